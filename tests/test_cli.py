@@ -1,0 +1,91 @@
+"""The click CLI in-process: help text, a real search, and exact one-line errors."""
+
+import click
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from tunefm import store
+from tunefm.cli import main
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_every_command_and_option_is_documented():
+    ctx = click.Context(main, **main.context_settings)
+    for name, command in main.commands.items():
+        assert command.help, f"{name} has no help text"
+        sub = click.Context(command, parent=ctx, info_name=name)
+        for param in command.params:
+            if param.name in ("help",):
+                continue
+            help_text = param.get_help_record(sub)[1]
+            assert "default" in help_text, f"{name} {param.opts}: help does not state its default"
+
+
+def test_search_with_set_runs_the_narrowed_grid(ray_session, tmp_path, data_dir):
+    result = invoke("search", "--space", "fourfam", "--set", "model=iaro1", "--set", "lr=0.01",
+                    "--max-epochs", "1", "--train-size", "300", "--val-size", "200",
+                    "--data-dir", str(data_dir), "--results", str(tmp_path), "--name", "q")
+    assert result.exit_code == 0, result.output
+    trials = store.read_trials(tmp_path / "q")
+    assert len(trials) == 7 and set(trials.lr) == {0.01} and set(trials.model) == {"iaro1"}
+    assert sorted(trials.batch_size) == [8, 16, 32, 64, 128, 256, 512]
+    assert "Running 7 trials of study 'fourfam'" in result.output
+    best = trials.loc[trials.best_val_acc.idxmax()]
+    assert f"iaro1  {best.best_val_acc:.4f} 0.01" in result.output
+    assert "7 trials, 0 stopped early by ASHA, 7 epochs trained." in result.output
+    assert f"Results: {tmp_path / 'q'}" in result.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--space", "nope"], "unknown study 'nope'; valid studies: fourfam (or a path to a .py file that defines STUDY)"),
+    (["--set", "colour=red"], "unknown config key 'colour' in --set; valid keys: model, lr, batch_size, "
+                              "optimizer, momentum, weight_decay, seed"),
+    (["--set", "model=resnet"], "unknown model 'resnet'; valid models: iaro1, iaro2, iaro3, iaro4"),
+    (["--set", "optimizer=rmsprop"], "optimizer must be 'sgd' or 'adam', got optimizer='rmsprop'"),
+    (["--set", "lr=0"], "lr must be a number > 0, got lr=0"),
+    (["--set", "batch_size=0"], "batch_size must be an integer >= 1, got batch_size=0"),
+    (["--max-epochs", "0"], "--max-epochs must be >= 1, got 0"),
+    (["--train-size", "-5"], "--train-size must be between 1 and 50000 (60,000 training images minus "
+                             "--val-size 10000), got -5"),
+    (["--train-size", "70000"], "--train-size must be between 1 and 50000 (60,000 training images minus "
+                                "--val-size 10000), got 70000"),
+    (["--reduction-factor", "1"], "--reduction-factor must be >= 2, got 1"),
+    (["--data-dir", "/nonexistent/fm"], "data folder /nonexistent/fm does not exist; give --data-dir or "
+                                        "TUNEFM_DATA_DIR a folder holding the Fashion-MNIST IDX files"),
+])
+def test_bad_input_is_one_error_line(tmp_path, data_dir, args, message):
+    if "--data-dir" not in args:
+        args = [*args, "--data-dir", str(data_dir)]
+    result = invoke("search", "--results", str(tmp_path / "results"), *args)
+    assert result.exit_code == 1
+    assert result.output == f"Error: {message}\n"
+    assert not (tmp_path / "results").exists()  # nothing written
+
+
+def test_existing_run_name_is_refused_and_untouched(tmp_path, data_dir):
+    run_dir = tmp_path / "q"
+    run_dir.mkdir()
+    pd.DataFrame({"trial_id": ["x"]}).to_parquet(run_dir / "trials.parquet")
+    result = invoke("search", "--results", str(tmp_path), "--name", "q", "--data-dir", str(data_dir))
+    assert result.exit_code == 1
+    assert result.output == f"Error: run {run_dir} already exists; choose another --name\n"
+    assert pd.read_parquet(run_dir / "trials.parquet").trial_id.tolist() == ["x"]
+
+
+def test_results_path_that_is_a_file(ray_session, tmp_path, data_dir):
+    blocker = tmp_path / "results"
+    blocker.write_text("not a folder")
+    result = invoke("search", "--results", str(blocker), "--name", "q", "--data-dir", str(data_dir),
+                    "--set", "model=iaro1", "--max-epochs", "1", "--train-size", "100", "--val-size", "100")
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: cannot create run folder {blocker / 'q'}: ")
+    assert result.output.count("\n") == 1 and blocker.read_text() == "not a folder"
+
+
+def test_debug_shows_the_traceback():
+    result = CliRunner().invoke(main, ["--debug", "search", "--space", "nope"])
+    assert result.exit_code == 1 and "UserError" in repr(result.exception)

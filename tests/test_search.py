@@ -1,0 +1,145 @@
+"""End to end on real Ray, real Parquet and slices of the real data files."""
+
+import itertools
+import json
+import threading
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from tunefm import data, store, trainable
+from tunefm.errors import UserError
+from tunefm.search import SearchSettings, run
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+TINY = dict(train_size=300, val_size=200)
+ASHA_SIZES = dict(train_size=2000, val_size=500)  # enough for epoch-1 accuracies to differ
+
+
+def settings(tmp_path, data_dir, **overrides):
+    base = dict(space="fourfam", results_dir=str(tmp_path / "results"), data_dir=str(data_dir),
+                name="run", flush_interval_s=0.5, **TINY)
+    return SearchSettings(**{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def asha_run(tmp_path_factory, data_dir):
+    """fourfam for iaro1 (28 trials, 3 epochs) with ASHA, watched while it runs."""
+    tmp_path = tmp_path_factory.mktemp("asha")
+    config = settings(tmp_path, data_dir, sets=("model=iaro1",), max_epochs=3, **ASHA_SIZES)
+    run_dir = tmp_path / "results" / "run"
+    outcome, snapshots = {}, []
+    worker = threading.Thread(target=lambda: outcome.setdefault("value", run(config, echo=lambda s: None)))
+    worker.start()
+    while worker.is_alive():  # read the files while the search writes them
+        if (run_dir / store.EPOCHS_FILE).exists():
+            snapshots.append((len(store.read_epochs(run_dir)), store.read_json(run_dir / store.RUN_FILE)["status"]))
+        time.sleep(0.2)
+    worker.join()
+    return outcome["value"], run_dir, snapshots
+
+
+def test_every_trial_and_epoch_is_in_parquet(asha_run):
+    outcome, run_dir, _ = asha_run
+    trials, epochs = store.read_trials(run_dir), store.read_epochs(run_dir)
+    assert len(trials) == 28 and trials.trial_id.is_unique
+    assert set(trials.status) == {"TERMINATED"}
+    assert set(zip(trials.lr, trials.batch_size)) == set(itertools.product(
+        [0.0005, 0.001, 0.005, 0.01], [8, 16, 32, 64, 128, 256, 512]))
+    assert len(epochs) == trials.epochs.sum()
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+    for trial_id, group in epochs.groupby("trial_id"):
+        assert sorted(group.epoch) == list(range(1, len(group) + 1))
+    assert (trials.params == 21_352).all() and (trials.gpu_fraction == 0).all()
+    assert trials.node_id.notna().all() and (trials.device == "cpu").all()
+    assert {"model", "lr", "batch_size", "optimizer", "seed"} <= set(epochs.columns)
+    pd.testing.assert_frame_equal(outcome.trials, trials)
+
+
+def test_asha_stopped_trials_early(asha_run):
+    _, run_dir, _ = asha_run
+    trials = store.read_trials(run_dir)
+    stopped = trials[trials.stopped_early]
+    assert len(stopped) >= 10  # keeps ~1/3 at the epoch-1 rung
+    assert (stopped.epochs == 1).all()
+    assert (trials[~trials.stopped_early].epochs == 3).all()
+    # the survivors are better at epoch 1 than the median stopped trial
+    epoch1 = store.read_epochs(run_dir).query("epoch == 1").set_index("trial_id").val_acc
+    assert epoch1[trials[~trials.stopped_early].trial_id].median() > epoch1[stopped.trial_id].median()
+
+
+def test_rows_are_written_while_the_search_runs(asha_run):
+    _, run_dir, snapshots = asha_run
+    final = len(store.read_epochs(run_dir))
+    during = [n for n, status in snapshots if status == "running"]
+    assert during and min(during) < final  # a reader saw partial, readable files
+
+
+def test_run_json_records_the_run(asha_run, data_dir):
+    _, run_dir, _ = asha_run
+    info = store.read_json(run_dir / store.RUN_FILE)
+    assert info["status"] == "completed" and info["study"]["name"] == "fourfam"
+    assert info["study"]["num_trials"] == 28 and info["options"]["max_epochs"] == 3
+    assert set(info["versions"]) >= {"tunefm", "ray", "torch"}
+    assert info["data"]["sizes"] == {"train": 2000, "val": 500, "test": 10_000}
+    sums = dict(line.split()[::-1] for line in (data_dir / "SHA256SUMS").read_text().splitlines())
+    assert info["data"]["sha256"] == sums
+
+
+def test_trial_under_ray_equals_plain_loop_and_checkpoint_restores(asha_run, data_dir):
+    _, run_dir, _ = asha_run
+    trials = store.read_trials(run_dir)
+    trial = trials[(trials.lr == 0.01) & (trials.batch_size == 32)].iloc[0]
+    config = {k: trial[k] for k in ("model", "lr", "batch_size", "optimizer", "momentum", "weight_decay", "seed")}
+    config = {k: (v.item() if hasattr(v, "item") else v) for k, v in config.items()}
+    splits = data.load(data_dir, **ASHA_SIZES)
+    arrays = {"train_x": splits.train_x, "train_y": splits.train_y, "val_x": splits.val_x, "val_y": splits.val_y}
+    torch.set_num_threads(1)
+    direct = [m["val_acc"] for m, _ in trainable.fit(config, arrays, int(trial.epochs), torch.device("cpu"))]
+    recorded = store.read_epochs(run_dir).query("trial_id == @trial.trial_id").sort_values("epoch").val_acc
+    assert recorded.tolist() == direct
+
+    checkpoints = sorted((run_dir / store.TUNE_DIR / trial.trial_id).glob("checkpoint_*"))
+    assert checkpoints, "every trial keeps a checkpoint"
+    state = torch.load(checkpoints[-1] / trainable.CHECKPOINT_FILE, weights_only=False)
+    assert set(state) >= {"model", "optimizer", "epoch", "generator", "torch_rng"}
+    assert state["epoch"] == trial.epochs
+
+
+def test_no_early_stop_trains_every_epoch(tmp_path, data_dir):
+    outcome = run(settings(tmp_path, data_dir, sets=("model=iaro1", "lr=0.01", "batch_size=64,128"),
+                           max_epochs=2, early_stop=False), echo=lambda s: None)
+    assert len(outcome.trials) == 2
+    assert (outcome.trials.epochs == 2).all() and not outcome.trials.stopped_early.any()
+
+
+def test_num_samples_adds_seeds(tmp_path, data_dir):
+    outcome = run(settings(tmp_path, data_dir, sets=("model=iaro1", "lr=0.01", "batch_size=64"),
+                           max_epochs=1, num_samples=2, seed=5), echo=lambda s: None)
+    assert sorted(outcome.trials.seed) == [5, 6]
+    assert outcome.trials.best_val_acc.nunique() == 2
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"cpus_per_trial": 64}, "--cpus-per-trial 64 can never be met: the largest node has 2 CPU"),
+    ({"gpus_per_trial": 1}, "--gpus-per-trial 1 can never be met: the largest node has 0 GPU"),
+])
+def test_unsatisfiable_resources_fail_fast(tmp_path, data_dir, overrides, message):
+    started = time.monotonic()
+    with pytest.raises(UserError, match=message):
+        run(settings(tmp_path, data_dir, sets=("model=iaro1",), max_epochs=1, **overrides), echo=lambda s: None)
+    assert time.monotonic() - started < 60  # fails instead of pending forever
+    assert not (tmp_path / "results" / "run").exists()
+
+
+def test_existing_run_is_left_alone(tmp_path, data_dir):
+    run_dir = tmp_path / "results" / "run"
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.json").write_text(json.dumps({"status": "completed"}))
+    with pytest.raises(UserError, match="already exists; choose another --name"):
+        run(settings(tmp_path, data_dir, max_epochs=1), echo=lambda s: None)
+    assert [p.name for p in run_dir.iterdir()] == ["run.json"]
+    assert json.loads((run_dir / "run.json").read_text()) == {"status": "completed"}

@@ -1,0 +1,75 @@
+"""Parquet layout: per-trial summaries from hand-built epochs, atomic incremental writes."""
+
+import pandas as pd
+import pytest
+
+from tunefm import store
+
+
+def _result(epoch, train_loss, val_loss, val_acc, t=1.0):
+    return {"epoch": epoch, "train_loss": train_loss, "train_acc": 0.5, "val_loss": val_loss,
+            "val_acc": val_acc, "epoch_time_s": t, "time_total_s": epoch * t + 0.5,
+            "params": 1234, "device": "cpu", "node_id": "n1", "gpu_fraction": 0.25}
+
+
+def test_trial_summary_from_epochs(tmp_path):
+    writer = store.RunWriter(tmp_path, max_epochs=4, config_keys=["model", "lr"])
+    config = {"model": "iaro1", "lr": 0.01, "batch_size": 8}
+    for epoch, (tl, vl, va) in enumerate([(1.0, 0.9, 0.6), (0.6, 0.7, 0.8), (0.3, 0.8, 0.8), (0.2, 1.0, 0.7)], 1):
+        writer.add_epoch("a", config, _result(epoch, tl, vl, va, t=2.0))
+    writer.add_epoch("b", {**config, "lr": 0.1}, _result(1, 2.0, 2.1, 0.1))
+    writer.set_status("a", config, "TERMINATED")
+    writer.set_status("b", config, "TERMINATED")
+    writer.set_status("c", config, "PENDING")
+    writer.flush()
+
+    trials = store.read_trials(tmp_path).set_index("trial_id")
+    assert list(trials.columns[:6]) == ["status", "stopped_early", "epochs", "model", "lr", "batch_size"]
+    a, b, c = trials.loc["a"], trials.loc["b"], trials.loc["c"]
+    assert a.epochs == 4 and not a.stopped_early
+    assert a.best_val_acc == 0.8 and a.best_epoch == 2 and a.val_loss_at_best == 0.7
+    assert a.min_train_loss == 0.2 and a.min_train_loss_epoch == 4
+    assert a.final_train_loss == 0.2 and a.final_val_loss == 1.0 and a.overfit_gap == pytest.approx(0.8)
+    assert a.time_per_epoch_s == 2.0 and a.total_time_s == 8.5
+    assert a.params == 1234 and a.gpu_fraction == 0.25 and a.node_id == "n1"
+    assert pd.isna(a.test_acc) and pd.isna(a.test_loss)
+    assert b.stopped_early and b.epochs == 1
+    assert c.epochs == 0 and not c.stopped_early and pd.isna(c.best_val_acc)
+
+    epochs = store.read_epochs(tmp_path)
+    assert len(epochs) == 5 and not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert {"model", "lr", "batch_size"} <= set(epochs.columns)
+
+
+def test_repeated_epoch_replaces_instead_of_duplicating(tmp_path):
+    writer = store.RunWriter(tmp_path, max_epochs=2)
+    writer.add_epoch("a", {"model": "m"}, _result(1, 1.0, 1.0, 0.5))
+    writer.add_epoch("a", {"model": "m"}, _result(1, 0.9, 0.9, 0.6))  # a retried epoch
+    writer.flush()
+    epochs = store.read_epochs(tmp_path)
+    assert len(epochs) == 1 and epochs.val_acc.item() == 0.6
+
+
+def test_flush_is_periodic_and_atomic(tmp_path):
+    writer = store.RunWriter(tmp_path, max_epochs=2, flush_interval_s=3600)
+    writer.add_epoch("a", {"model": "m"}, _result(1, 1.0, 1.0, 0.5))
+    writer.maybe_flush()
+    assert not (tmp_path / store.EPOCHS_FILE).exists()  # interval not reached
+    writer.flush_interval_s = 0
+    writer.maybe_flush()
+    assert len(store.read_epochs(tmp_path)) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epochs.parquet", "trials.parquet"]  # no temp files
+
+
+def test_failed_write_keeps_the_previous_file(tmp_path):
+    path = tmp_path / "x.parquet"
+    store.write_parquet(pd.DataFrame({"a": [1]}), path)
+
+    def broken(tmp):
+        tmp.write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        store.write_atomic(path, broken)
+    assert pd.read_parquet(path)["a"].tolist() == [1]
+    assert [p.name for p in tmp_path.iterdir()] == ["x.parquet"]

@@ -1,0 +1,278 @@
+"""Build and run the Ray Tune search for a study; the library behind `tunefm search`.
+
+    settings = SearchSettings(space="fourfam", max_epochs=3, train_size=3000, val_size=1000)
+    outcome = search.run(settings)
+    outcome.run_dir, outcome.trials        # results/fourfam-<time>/, a DataFrame
+
+Everything the user gave is validated (study, --set, sizes, data files, run folder)
+before Ray starts or anything is written. Then: a local Ray (or `--address`), the data
+into the object store once, one trial per grid point with resources from its model
+(a GPU fraction where the cluster has GPUs), ASHA on val_acc unless early stopping
+is off, and a callback streaming every epoch into Parquet.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import random
+import socket
+from dataclasses import asdict, dataclass, field, replace
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from tunefm import data, models, store
+from tunefm import study as studies
+from tunefm.errors import UserError
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Options of one search; defaults match the CLI's."""
+
+    space: str = "fourfam"
+    name: str | None = None  # default: <space>-<timestamp>
+    results_dir: str = "results"
+    data_dir: str | None = None
+    train_size: int | None = None
+    val_size: int | None = None
+    test_size: int | None = None
+    max_epochs: int | None = None  # default: the study's
+    num_samples: int = 1  # seeds per grid point
+    concurrency: int | None = None  # default: as many as resources allow
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float | None = None  # default: each model's own fraction, where GPUs exist
+    address: str | None = None  # default: start a local Ray
+    early_stop: bool = True
+    grace_period: int = 1
+    reduction_factor: int = 3
+    seed: int = 0
+    sets: tuple[str, ...] = field(default_factory=tuple)
+    flush_interval_s: float = 5.0
+
+    def validate(self) -> None:
+        checks = [
+            (self.max_epochs is None or self.max_epochs >= 1, f"--max-epochs must be >= 1, got {self.max_epochs}"),
+            (self.num_samples >= 1, f"--num-samples must be >= 1, got {self.num_samples}"),
+            (self.concurrency is None or self.concurrency >= 1, f"--concurrency must be >= 1, got {self.concurrency}"),
+            (self.cpus_per_trial > 0, f"--cpus-per-trial must be > 0, got {self.cpus_per_trial}"),
+            (self.gpus_per_trial is None or self.gpus_per_trial >= 0,
+             f"--gpus-per-trial must be >= 0, got {self.gpus_per_trial}"),
+            (self.grace_period >= 1, f"--grace-period must be >= 1, got {self.grace_period}"),
+            (self.reduction_factor >= 2, f"--reduction-factor must be >= 2, got {self.reduction_factor}"),
+            (self.seed >= 0, f"--seed must be >= 0, got {self.seed}"),
+            (self.name is None or (self.name and "/" not in self.name and self.name not in (".", "..")),
+             f"--name must be a plain folder name, got {self.name!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+
+
+@dataclass
+class SearchOutcome:
+    run_dir: Path
+    trials: pd.DataFrame
+    dashboard_url: str | None = None
+
+
+def build_study(settings: SearchSettings) -> studies.Study:
+    """The study with --set, --seed/--num-samples and --max-epochs applied."""
+    study = studies.load(settings.space)
+    overrides = studies.parse_sets(settings.sets)
+    if "seed" in overrides and settings.num_samples > 1:
+        raise UserError("give either --set seed=... or --num-samples, not both")
+    if "seed" not in overrides and "seed" not in study.grid:
+        seeds = [settings.seed + i for i in range(settings.num_samples)]
+        overrides["seed"] = seeds
+    study = study.with_overrides(overrides)
+    if settings.max_epochs is not None:
+        study = replace(study, max_epochs=settings.max_epochs)
+        study.validate()
+    return study
+
+
+def choose_run_dir(settings: SearchSettings, study: studies.Study) -> Path:
+    """The new run's folder; refuses an existing one, so no earlier run is touched."""
+    name = settings.name or f"{study.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    run_dir = Path(settings.results_dir).expanduser() / name
+    if run_dir.exists():
+        raise UserError(f"run {run_dir} already exists; choose another --name")
+    return run_dir
+
+
+def create_run_dir(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True)
+    except OSError as e:
+        raise UserError(f"cannot create run folder {run_dir}: {e.strerror or e}") from None
+
+
+def versions() -> dict[str, str]:
+    import ray
+    import torch
+
+    try:
+        own = metadata.version("tunefm")
+    except metadata.PackageNotFoundError:
+        own = "unknown"
+    return {"tunefm": own, "ray": ray.__version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def trial_resources(cpus: float, gpus_per_trial: float | None, cluster_has_gpus: bool) -> Callable[[dict], object]:
+    """config -> PlacementGroupFactory: each model's GPU share unless --gpus-per-trial says otherwise."""
+    from ray.tune.execution.placement_groups import PlacementGroupFactory
+
+    def resources(config: dict):
+        gpu = gpus_per_trial if gpus_per_trial is not None else models.get(config["model"]).gpu_fraction
+        bundle = {"CPU": cpus}
+        if cluster_has_gpus and gpu > 0:
+            bundle["GPU"] = gpu
+        return PlacementGroupFactory([bundle])
+
+    return resources
+
+
+def check_resources_fit(cpus: float, gpus: float | None) -> None:
+    """Fail now, not pending forever, when no node can ever hold one trial."""
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    need = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+    for resource, amount in need.items():
+        most = max((n.get(resource, 0) for n in nodes), default=0)
+        if most < amount:
+            flag = "--cpus-per-trial" if resource == "CPU" else "--gpus-per-trial"
+            raise UserError(f"{flag} {amount:g} can never be met: the largest node has {most:g} {resource}")
+
+
+def trial_order(configs: list[dict], seed: int) -> list[dict]:
+    """The grid in a seeded random order.
+
+    ASHA judges a trial against the trials that reached the same epoch before it. In
+    grid order the first trials are one corner of the grid (the smallest learning
+    rates, say), so early cutoffs are set by the worst configurations and almost
+    nothing is stopped; a shuffled order gives every rung a representative sample.
+    """
+    order = random.Random(seed).sample(range(len(configs)), len(configs))
+    return [configs[i] for i in order]
+
+
+def start_ray(address: str | None) -> tuple[bool, str | None]:
+    """Join `address`, or start a local Ray; returns (we started it, dashboard URL)."""
+    import ray
+
+    if ray.is_initialized():
+        return False, None
+    try:
+        if address:
+            context = ray.init(address=address, log_to_driver=True)
+        else:
+            context = ray.init(dashboard_host="127.0.0.1", log_to_driver=True)
+    except (ConnectionError, ValueError, RuntimeError) as e:
+        where = f"the Ray cluster at {address}" if address else "a local Ray"
+        raise UserError(f"could not start or join {where}: {str(e).splitlines()[0]}") from None
+    url = getattr(context, "dashboard_url", None)
+    return True, (f"http://{url}" if url and not url.startswith("http") else url)
+
+
+def run(settings: SearchSettings, echo: Callable[[str], None] = print) -> SearchOutcome:
+    """Validate, run the study on Ray, write the run folder; returns the trials table."""
+    settings.validate()
+    study = build_study(settings)
+    splits = data.load(settings.data_dir, settings.train_size, settings.val_size, settings.test_size)
+    run_dir = choose_run_dir(settings, study)
+
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import BasicVariantGenerator
+
+    from tunefm.progress import ProgressLine
+    from tunefm.recorder import ParquetRecorder
+    from tunefm.trainable import tune_trainable
+
+    run_info = {
+        "study": {"name": study.name, "source": study.source, "description": study.description,
+                  "grid": dict(study.grid), "fixed": dict(study.fixed), "max_epochs": study.max_epochs,
+                  "num_trials": study.num_trials},
+        "options": asdict(settings),
+        "data": {"source": splits.source, "sizes": splits.sizes(), "sha256": splits.checksums},
+        "host": socket.gethostname(),
+        "started_at": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "status": "running",
+    }
+    started_ray, dashboard = start_ray(settings.address)
+    try:
+        cluster_gpus = ray.cluster_resources().get("GPU", 0)
+        check_resources_fit(settings.cpus_per_trial, settings.gpus_per_trial)
+        create_run_dir(run_dir)
+    except BaseException:
+        if started_ray:
+            ray.shutdown()
+        raise
+    run_info["versions"] = versions()
+    run_info["dashboard_url"] = dashboard
+    if dashboard:
+        echo(f"Ray dashboard: {dashboard}")
+    try:
+        store.write_json(run_info, run_dir / store.RUN_FILE)
+
+        arrays = {"train_x": splits.train_x, "train_y": splits.train_y,
+                  "val_x": splits.val_x, "val_y": splits.val_y}  # the test set never reaches a trial
+        trainable = tune.with_resources(
+            tune.with_parameters(tune_trainable, arrays=arrays, max_epochs=study.max_epochs),
+            trial_resources(settings.cpus_per_trial, settings.gpus_per_trial, cluster_gpus > 0),
+        )
+        if settings.early_stop:
+            scheduler = ASHAScheduler(time_attr="training_iteration", metric="val_acc", mode="max",
+                                      max_t=study.max_epochs, grace_period=settings.grace_period,
+                                      reduction_factor=settings.reduction_factor)
+        else:
+            scheduler = FIFOScheduler()
+        param_space = {**study.base_config(), **{k: tune.grid_search(list(v)) for k, v in study.grid.items()}}
+        # Each point pins every grid key, so each is exactly one trial, started in this order.
+        points = trial_order(study.configs(), settings.seed)
+        writer = store.RunWriter(run_dir, study.max_epochs, study.config_keys(), settings.flush_interval_s)
+        # Keeping only the best and latest checkpoint forces a state snapshot per checkpoint;
+        # Tune warns about that each time, which is expected here.
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                scheduler=scheduler,
+                search_alg=BasicVariantGenerator(points_to_evaluate=points),
+                num_samples=len(points),  # repeats are a seed grid axis, so every trial's seed is known
+                max_concurrent_trials=settings.concurrency,
+                reuse_actors=True,  # a new actor per trial re-imports torch: seconds each
+                trial_dirname_creator=lambda trial: trial.trial_id,
+            ),
+            run_config=tune.RunConfig(
+                name=store.TUNE_DIR,
+                storage_path=str(run_dir.resolve()),
+                callbacks=[ParquetRecorder(writer), ProgressLine(study.num_trials, study.max_epochs, echo)],
+                checkpoint_config=tune.CheckpointConfig(
+                    num_to_keep=1, checkpoint_score_attribute="val_acc", checkpoint_score_order="max"),
+                verbose=0,  # ProgressLine prints one line instead of Tune's per-trial tables
+            ),
+        )
+        echo(f"Running {study.num_trials} trials of study {study.name!r} into {run_dir}")
+        results = tuner.fit()
+        trials = store.read_trials(run_dir)
+        run_info["status"] = "completed" if not results.errors else "completed with errors"
+        run_info["errors"] = len(results.errors)
+        return SearchOutcome(run_dir, trials, dashboard)
+    except BaseException as e:
+        run_info["status"] = "failed"
+        run_info["error"] = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise
+    finally:
+        run_info["finished_at"] = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+        store.write_json(run_info, run_dir / store.RUN_FILE)
+        if started_ray:
+            ray.shutdown()

@@ -1,0 +1,196 @@
+"""The Ray Tune function trainable: one trial = one model trained for up to N epochs.
+
+Data arrives once through the object store (`tune.with_parameters`) as uint8 arrays;
+the trial moves each split to its device once as normalized float tensors, and each
+epoch slices batches from a seeded random permutation: no DataLoader, no PIL, no
+per-sample Python. After every epoch it reports
+
+    epoch, train_loss, train_acc, val_loss, val_acc, epoch_time_s
+
+(plus constant trial facts: params, device, node_id, gpu_fraction) together with a
+checkpoint of model, optimizer, epoch and RNG states, so a restored trial continues
+exactly where it stopped. The same seed and config give the same curve on CPU.
+
+The pieces (`to_tensors`, `train_epoch`, `evaluate`, `fit`) are plain PyTorch and are
+used directly by the tests and the benchmarks; only `tune_trainable` needs Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from tunefm import models
+
+# Fashion-MNIST pixel statistics (training set, pixels / 255).
+PIXEL_MEAN, PIXEL_STD = 0.2860, 0.3530
+EVAL_BATCH_SIZE = 2048
+CHECKPOINT_FILE = "state.pt"
+
+
+def to_tensors(images: np.ndarray, labels: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 (N, 28, 28) + uint8 (N,) -> normalized float (N, 1, 28, 28) + int64 (N,) on `device`."""
+    x = torch.from_numpy(images.copy()).to(device)  # copy: object-store arrays are read-only
+    x = x.unsqueeze(1).float().div_(255.0).sub_(PIXEL_MEAN).div_(PIXEL_STD)
+    y = torch.from_numpy(labels.astype(np.int64)).to(device)
+    return x, y
+
+
+def build_optimizer(config: dict, parameters) -> torch.optim.Optimizer:
+    name = config.get("optimizer", "sgd")
+    if name == "sgd":
+        return torch.optim.SGD(parameters, lr=config["lr"], momentum=config.get("momentum", 0.0),
+                               weight_decay=config.get("weight_decay", 0.0))
+    if name == "adam":
+        return torch.optim.Adam(parameters, lr=config["lr"], weight_decay=config.get("weight_decay", 0.0))
+    raise ValueError(f"unknown optimizer {name!r}")  # the study validates this first
+
+
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                batch_size: int, generator: torch.Generator) -> tuple[float, float]:
+    """One pass over (x, y) in a random order; returns (mean loss, accuracy)."""
+    model.train()
+    n = len(y)
+    order = torch.randperm(n, generator=generator).to(x.device)
+    # Sums stay on the device: one host sync per epoch instead of one per batch.
+    loss_sum = torch.zeros((), device=x.device)
+    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    for start in range(0, n, batch_size):
+        idx = order[start:start + batch_size]
+        xb, yb = x[idx], y[idx]  # (B, 1, 28, 28), (B,)
+        logits = model(xb)
+        loss = nn.functional.cross_entropy(logits, yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * len(idx)
+        correct += (logits.detach().argmax(1) == yb).sum()
+    return loss_sum.item() / n, correct.item() / n
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             batch_size: int = EVAL_BATCH_SIZE) -> tuple[float, float]:
+    """(mean loss, accuracy) over (x, y) in large batches, without gradients."""
+    model.eval()
+    loss_sum = torch.zeros((), device=x.device)
+    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    for start in range(0, len(y), batch_size):
+        logits = model(x[start:start + batch_size])
+        yb = y[start:start + batch_size]
+        loss_sum += nn.functional.cross_entropy(logits, yb, reduction="sum")
+        correct += (logits.argmax(1) == yb).sum()
+    return loss_sum.item() / len(y), correct.item() / len(y)
+
+
+@dataclass
+class TrainingState:
+    """Everything needed to continue a trial bit-for-bit: saved in each checkpoint."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator  # drives the batch order
+    epoch: int = 0  # epochs completed
+
+    def state_dict(self) -> dict:
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch = state["epoch"]
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+
+def init_state(config: dict, device: torch.device) -> TrainingState:
+    """A fresh model and optimizer, seeded from config['seed']."""
+    seed = int(config.get("seed", 0))
+    torch.manual_seed(seed)
+    model = models.build(config["model"]).to(device)
+    generator = torch.Generator().manual_seed(seed)
+    return TrainingState(model, build_optimizer(config, model.parameters()), generator)
+
+
+def fit(config: dict, arrays: dict[str, np.ndarray], max_epochs: int, device: torch.device,
+        state: TrainingState | None = None) -> Iterator[tuple[dict, TrainingState]]:
+    """Train from `state` (or from scratch) to `max_epochs`; yield (metrics, state) per epoch."""
+    state = state or init_state(config, device)
+    train_x, train_y = to_tensors(arrays["train_x"], arrays["train_y"], device)
+    val_x, val_y = to_tensors(arrays["val_x"], arrays["val_y"], device)
+    batch_size = int(config["batch_size"])
+    while state.epoch < max_epochs:
+        started = time.perf_counter()
+        train_loss, train_acc = train_epoch(state.model, state.optimizer, train_x, train_y,
+                                            batch_size, state.generator)
+        trained = time.perf_counter()
+        val_loss, val_acc = evaluate(state.model, val_x, val_y)
+        state.epoch += 1
+        yield {
+            "epoch": state.epoch,
+            "train_loss": train_loss,
+            "train_acc": train_acc,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "epoch_time_s": time.perf_counter() - started,
+            "train_time_s": trained - started,
+        }, state
+
+
+def pick_device(gpu_ids: list) -> tuple[torch.device, str]:
+    """CUDA when Ray gave the trial a GPU and CUDA exists, else CPU; with the reason."""
+    if gpu_ids and torch.cuda.is_available():
+        return torch.device("cuda"), f"on CUDA (Ray GPU ids {gpu_ids})"
+    if gpu_ids:
+        return torch.device("cpu"), f"on CPU: Ray assigned GPU {gpu_ids} but CUDA is not available"
+    return torch.device("cpu"), "on CPU: no GPU assigned to this trial"
+
+
+def tune_trainable(config: dict, arrays: dict[str, np.ndarray], max_epochs: int) -> None:
+    """Ray Tune entry point; wrap with `tune.with_parameters(arrays=..., max_epochs=...)`."""
+    import ray
+    from ray import tune
+
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "checkpoint created" line per epoch is noise
+    context = tune.get_context()
+    resources = context.get_trial_resources().required_resources
+    threads = max(1, int(resources.get("CPU", 1)))
+    torch.set_num_threads(threads)
+    device, why = pick_device(ray.get_gpu_ids())
+    print(f"[tunefm] trial {context.get_trial_id()}: {config['model']} {why}, {threads} thread(s)", flush=True)
+
+    state = init_state(config, device)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state.load_state_dict(torch.load(os.path.join(folder, CHECKPOINT_FILE), weights_only=False))
+
+    trial_facts = {
+        "params": models.count_params(state.model),
+        "device": device.type,
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "gpu_fraction": float(resources.get("GPU", 0.0)),
+    }
+    for metrics, state in fit(config, arrays, max_epochs, device, state):
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(state.state_dict(), os.path.join(folder, CHECKPOINT_FILE))
+            tune.report({**metrics, **trial_facts}, checkpoint=tune.Checkpoint.from_directory(folder))
