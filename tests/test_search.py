@@ -55,6 +55,7 @@ def test_every_trial_and_epoch_is_in_parquet(asha_run):
         assert sorted(group.epoch) == list(range(1, len(group) + 1))
     assert (trials.params == 21_352).all() and (trials.gpu_fraction == 0).all()
     assert trials.node_id.notna().all() and (trials.device == "cpu").all()
+    assert (trials.threads == 1).all()  # 1 CPU per trial -> 1 torch thread
     assert {"model", "lr", "batch_size", "optimizer", "seed"} <= set(epochs.columns)
     pd.testing.assert_frame_equal(outcome.trials, trials)
 
@@ -114,6 +115,12 @@ def test_no_early_stop_trains_every_epoch(tmp_path, data_dir):
                            max_epochs=2, early_stop=False), echo=lambda s: None)
     assert len(outcome.trials) == 2
     assert (outcome.trials.epochs == 2).all() and not outcome.trials.stopped_early.any()
+
+
+def test_torch_threads_follow_cpus_per_trial(tmp_path, data_dir):
+    outcome = run(settings(tmp_path, data_dir, sets=("model=iaro1", "lr=0.01", "batch_size=64"),
+                           max_epochs=1, cpus_per_trial=2), echo=lambda s: None)
+    assert outcome.trials.threads.tolist() == [2]
 
 
 def test_num_samples_adds_seeds(tmp_path, data_dir):

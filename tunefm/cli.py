@@ -92,8 +92,10 @@ def search(**options) -> None:
     click.echo("Best trial per model:")
     click.echo(_format_best(trials))
     stopped = int(trials["stopped_early"].sum())
+    failed = int((trials["status"] == "ERROR").sum())
     click.echo(f"\n{len(trials)} trials, {stopped} stopped early by ASHA, "
-               f"{int(trials['epochs'].sum())} epochs trained.")
+               + (f"{failed} failed (see {outcome.run_dir / 'tune'}), " if failed else "")
+               + f"{int(trials['epochs'].sum())} epochs trained.")
     click.echo(f"Results: {outcome.run_dir}")
 
 

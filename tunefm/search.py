@@ -180,14 +180,9 @@ def start_ray(address: str | None) -> tuple[bool, str | None]:
     return True, (f"http://{url}" if url and not url.startswith("http") else url)
 
 
-def run(settings: SearchSettings, echo: Callable[[str], None] = print) -> SearchOutcome:
-    """Validate, run the study on Ray, write the run folder; returns the trials table."""
-    settings.validate()
-    study = build_study(settings)
-    splits = data.load(settings.data_dir, settings.train_size, settings.val_size, settings.test_size)
-    run_dir = choose_run_dir(settings, study)
-
-    import ray
+def make_tuner(study: studies.Study, settings: SearchSettings, splits: data.Splits, run_dir: Path,
+               cluster_has_gpus: bool, echo: Callable[[str], None]):
+    """The Tuner: trainable with data and resources, scheduler, trial order, callbacks, storage."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import BasicVariantGenerator
@@ -196,16 +191,56 @@ def run(settings: SearchSettings, echo: Callable[[str], None] = print) -> Search
     from tunefm.recorder import ParquetRecorder
     from tunefm.trainable import tune_trainable
 
-    run_info = {
-        "study": {"name": study.name, "source": study.source, "description": study.description,
-                  "grid": dict(study.grid), "fixed": dict(study.fixed), "max_epochs": study.max_epochs,
-                  "num_trials": study.num_trials},
-        "options": asdict(settings),
-        "data": {"source": splits.source, "sizes": splits.sizes(), "sha256": splits.checksums},
-        "host": socket.gethostname(),
-        "started_at": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "status": "running",
-    }
+    arrays = {"train_x": splits.train_x, "train_y": splits.train_y,
+              "val_x": splits.val_x, "val_y": splits.val_y}  # the test set never reaches a trial
+    trainable = tune.with_resources(
+        tune.with_parameters(tune_trainable, arrays=arrays, max_epochs=study.max_epochs),
+        trial_resources(settings.cpus_per_trial, settings.gpus_per_trial, cluster_has_gpus),
+    )
+    if settings.early_stop:
+        scheduler = ASHAScheduler(time_attr="training_iteration", metric="val_acc", mode="max",
+                                  max_t=study.max_epochs, grace_period=settings.grace_period,
+                                  reduction_factor=settings.reduction_factor)
+    else:
+        scheduler = FIFOScheduler()
+    param_space = {**study.base_config(), **{k: tune.grid_search(list(v)) for k, v in study.grid.items()}}
+    # Each point pins every grid key, so each is exactly one trial, started in this order.
+    points = trial_order(study.configs(), settings.seed)
+    writer = store.RunWriter(run_dir, study.max_epochs, study.config_keys(), settings.flush_interval_s)
+    # Keeping only the best and latest checkpoint forces a state snapshot per checkpoint;
+    # Tune warns about that each time, which is expected here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            scheduler=scheduler,
+            search_alg=BasicVariantGenerator(points_to_evaluate=points),
+            num_samples=len(points),  # repeats are a seed grid axis, so every trial's seed is known
+            max_concurrent_trials=settings.concurrency,
+            reuse_actors=True,  # a new actor per trial re-imports torch: seconds each
+            trial_dirname_creator=lambda trial: trial.trial_id,
+        ),
+        run_config=tune.RunConfig(
+            name=store.TUNE_DIR,
+            storage_path=str(run_dir.resolve()),
+            callbacks=[ParquetRecorder(writer), ProgressLine(study.num_trials, study.max_epochs, echo)],
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute="val_acc", checkpoint_score_order="max"),
+            verbose=0,  # ProgressLine prints one line instead of Tune's per-trial tables
+        ),
+    )
+
+
+def run(settings: SearchSettings, echo: Callable[[str], None] = print) -> SearchOutcome:
+    """Validate, run the study on Ray, write the run folder; returns the trials table."""
+    settings.validate()
+    study = build_study(settings)
+    splits = data.load(settings.data_dir, settings.train_size, settings.val_size, settings.test_size)
+    run_dir = choose_run_dir(settings, study)
+
+    import ray
+
     started_ray, dashboard = start_ray(settings.address)
     try:
         cluster_gpus = ray.cluster_resources().get("GPU", 0)
@@ -215,58 +250,28 @@ def run(settings: SearchSettings, echo: Callable[[str], None] = print) -> Search
         if started_ray:
             ray.shutdown()
         raise
-    run_info["versions"] = versions()
-    run_info["dashboard_url"] = dashboard
     if dashboard:
         echo(f"Ray dashboard: {dashboard}")
+    run_info = {
+        "study": {"name": study.name, "source": study.source, "description": study.description,
+                  "grid": dict(study.grid), "fixed": dict(study.fixed), "max_epochs": study.max_epochs,
+                  "num_trials": study.num_trials},
+        "options": asdict(settings),
+        "data": {"source": splits.source, "sizes": splits.sizes(), "sha256": splits.checksums},
+        "versions": versions(),
+        "host": socket.gethostname(),
+        "dashboard_url": dashboard,
+        "started_at": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "status": "running",
+    }
     try:
         store.write_json(run_info, run_dir / store.RUN_FILE)
-
-        arrays = {"train_x": splits.train_x, "train_y": splits.train_y,
-                  "val_x": splits.val_x, "val_y": splits.val_y}  # the test set never reaches a trial
-        trainable = tune.with_resources(
-            tune.with_parameters(tune_trainable, arrays=arrays, max_epochs=study.max_epochs),
-            trial_resources(settings.cpus_per_trial, settings.gpus_per_trial, cluster_gpus > 0),
-        )
-        if settings.early_stop:
-            scheduler = ASHAScheduler(time_attr="training_iteration", metric="val_acc", mode="max",
-                                      max_t=study.max_epochs, grace_period=settings.grace_period,
-                                      reduction_factor=settings.reduction_factor)
-        else:
-            scheduler = FIFOScheduler()
-        param_space = {**study.base_config(), **{k: tune.grid_search(list(v)) for k, v in study.grid.items()}}
-        # Each point pins every grid key, so each is exactly one trial, started in this order.
-        points = trial_order(study.configs(), settings.seed)
-        writer = store.RunWriter(run_dir, study.max_epochs, study.config_keys(), settings.flush_interval_s)
-        # Keeping only the best and latest checkpoint forces a state snapshot per checkpoint;
-        # Tune warns about that each time, which is expected here.
-        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-        tuner = tune.Tuner(
-            trainable,
-            param_space=param_space,
-            tune_config=tune.TuneConfig(
-                scheduler=scheduler,
-                search_alg=BasicVariantGenerator(points_to_evaluate=points),
-                num_samples=len(points),  # repeats are a seed grid axis, so every trial's seed is known
-                max_concurrent_trials=settings.concurrency,
-                reuse_actors=True,  # a new actor per trial re-imports torch: seconds each
-                trial_dirname_creator=lambda trial: trial.trial_id,
-            ),
-            run_config=tune.RunConfig(
-                name=store.TUNE_DIR,
-                storage_path=str(run_dir.resolve()),
-                callbacks=[ParquetRecorder(writer), ProgressLine(study.num_trials, study.max_epochs, echo)],
-                checkpoint_config=tune.CheckpointConfig(
-                    num_to_keep=1, checkpoint_score_attribute="val_acc", checkpoint_score_order="max"),
-                verbose=0,  # ProgressLine prints one line instead of Tune's per-trial tables
-            ),
-        )
+        tuner = make_tuner(study, settings, splits, run_dir, cluster_gpus > 0, echo)
         echo(f"Running {study.num_trials} trials of study {study.name!r} into {run_dir}")
         results = tuner.fit()
-        trials = store.read_trials(run_dir)
         run_info["status"] = "completed" if not results.errors else "completed with errors"
-        run_info["errors"] = len(results.errors)
-        return SearchOutcome(run_dir, trials, dashboard)
+        run_info["failed_trials"] = len(results.errors)
+        return SearchOutcome(run_dir, store.read_trials(run_dir), dashboard)
     except BaseException as e:
         run_info["status"] = "failed"
         run_info["error"] = str(e).splitlines()[0] if str(e) else type(e).__name__

@@ -29,11 +29,11 @@ import pandas as pd
 TRIALS_FILE, EPOCHS_FILE, RUN_FILE = "trials.parquet", "epochs.parquet", "run.json"
 TUNE_DIR = "tune"
 EPOCH_METRICS = ["train_loss", "train_acc", "val_loss", "val_acc", "epoch_time_s", "time_total_s"]
-TRIAL_FACTS = ["params", "device", "node_id", "gpu_fraction"]  # constant per trial
+TRIAL_FACTS = ["params", "device", "node_id", "gpu_fraction", "threads"]  # constant per trial
 SUMMARY_COLUMNS = [
     "params", "best_val_acc", "best_epoch", "val_loss_at_best", "min_train_loss",
     "min_train_loss_epoch", "final_train_loss", "final_val_loss", "overfit_gap",
-    "time_per_epoch_s", "total_time_s", "gpu_fraction", "node_id", "device", "test_acc", "test_loss",
+    "time_per_epoch_s", "total_time_s", "gpu_fraction", "node_id", "device", "threads", "test_acc", "test_loss",
 ]
 
 
@@ -98,7 +98,7 @@ def summarize_trials(epochs: pd.DataFrame, trials: pd.DataFrame, max_epochs: int
         rows.append(row)
     table = pd.DataFrame(rows)
     if len(table):
-        for column in ("best_epoch", "min_train_loss_epoch", "params"):
+        for column in ("best_epoch", "min_train_loss_epoch", "params", "threads"):
             table[column] = table[column].astype("Int64")
         for column in ("test_acc", "test_loss", "gpu_fraction"):
             table[column] = table[column].astype("float64")

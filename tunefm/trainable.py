@@ -7,7 +7,7 @@ per-sample Python. After every epoch it reports
 
     epoch, train_loss, train_acc, val_loss, val_acc, epoch_time_s
 
-(plus constant trial facts: params, device, node_id, gpu_fraction) together with a
+(plus constant trial facts: params, device, node_id, gpu_fraction, threads) together with a
 checkpoint of model, optimizer, epoch and RNG states, so a restored trial continues
 exactly where it stopped. The same seed and config give the same curve on CPU.
 
@@ -165,6 +165,16 @@ def pick_device(gpu_ids: list) -> tuple[torch.device, str]:
     return torch.device("cpu"), "on CPU: no GPU assigned to this trial"
 
 
+_announced: set[str] = set()
+
+
+def announce(message: str) -> None:
+    """Print a device message once per worker process: reused actors run many trials."""
+    if message not in _announced:
+        _announced.add(message)
+        print(message, flush=True)
+
+
 def tune_trainable(config: dict, arrays: dict[str, np.ndarray], max_epochs: int) -> None:
     """Ray Tune entry point; wrap with `tune.with_parameters(arrays=..., max_epochs=...)`."""
     import ray
@@ -176,7 +186,7 @@ def tune_trainable(config: dict, arrays: dict[str, np.ndarray], max_epochs: int)
     threads = max(1, int(resources.get("CPU", 1)))
     torch.set_num_threads(threads)
     device, why = pick_device(ray.get_gpu_ids())
-    print(f"[tunefm] trial {context.get_trial_id()}: {config['model']} {why}, {threads} thread(s)", flush=True)
+    announce(f"[tunefm] training {why}, {threads} thread(s) per trial")
 
     state = init_state(config, device)
     checkpoint = tune.get_checkpoint()
@@ -189,6 +199,7 @@ def tune_trainable(config: dict, arrays: dict[str, np.ndarray], max_epochs: int)
         "device": device.type,
         "node_id": ray.get_runtime_context().get_node_id(),
         "gpu_fraction": float(resources.get("GPU", 0.0)),
+        "threads": torch.get_num_threads(),
     }
     for metrics, state in fit(config, arrays, max_epochs, device, state):
         with tempfile.TemporaryDirectory() as folder:

@@ -1,0 +1,23 @@
+"""The one-line progress printer, fed fake trials."""
+
+from types import SimpleNamespace
+
+from tunefm.progress import ProgressLine
+
+
+def trial(trial_id, status, **config):
+    return SimpleNamespace(trial_id=trial_id, status=status, config=config)
+
+
+def test_line_counts_done_stopped_failed_running_and_best():
+    lines = []
+    progress = ProgressLine(total=5, max_epochs=3, echo=lines.append, interval_s=0)
+    a = trial("a", "TERMINATED", model="iaro1", lr=0.01, batch_size=8)
+    b = trial("b", "TERMINATED", model="iaro2", lr=0.1, batch_size=32)
+    c, d, e = trial("c", "ERROR"), trial("d", "RUNNING"), trial("e", "PENDING")
+    for t, epochs, acc in [(a, 3, 0.8), (b, 1, 0.5)]:
+        for epoch in range(1, epochs + 1):
+            progress.on_trial_result(0, [], t, {"training_iteration": epoch, "val_acc": acc})
+    progress.on_step_end(0, [a, b, c, d, e])
+    assert lines[0].endswith("] 3/5 done (1 stopped early, 1 failed), 1 running | "
+                             "best val_acc 0.8000 (iaro1 lr=0.01 batch_size=8)")
