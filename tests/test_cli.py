@@ -86,6 +86,20 @@ def test_results_path_that_is_a_file(ray_session, tmp_path, data_dir):
     assert result.output.count("\n") == 1 and blocker.read_text() == "not a folder"
 
 
+def test_address_with_nothing_listening_fails_fast(tmp_path, data_dir):
+    import socket
+
+    with socket.socket() as probe:  # a port that was free a moment ago
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = invoke("search", "--address", f"127.0.0.1:{port}", "--results", str(tmp_path),
+                    "--data-dir", str(data_dir), "--train-size", "100", "--val-size", "100")
+    assert result.exit_code == 1
+    assert result.output == (f"Error: no Ray cluster answers at --address 127.0.0.1:{port} (Connection refused); "
+                             "start one with `ray start --head` or give its head node's address\n")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_debug_shows_the_traceback():
     result = CliRunner().invoke(main, ["--debug", "search", "--space", "nope"])
     assert result.exit_code == 1 and "UserError" in repr(result.exception)

@@ -150,3 +150,14 @@ def test_existing_run_is_left_alone(tmp_path, data_dir):
         run(settings(tmp_path, data_dir, max_epochs=1), echo=lambda s: None)
     assert [p.name for p in run_dir.iterdir()] == ["run.json"]
     assert json.loads((run_dir / "run.json").read_text()) == {"status": "completed"}
+
+
+@pytest.mark.slow
+def test_full_fourfam_grid_with_asha(tmp_path, data_dir):
+    """The whole 112-trial study at reduced scale: the issue's acceptance run, smaller."""
+    outcome = run(settings(tmp_path, data_dir, max_epochs=3, **ASHA_SIZES), echo=lambda s: None)
+    trials, epochs = outcome.trials, store.read_epochs(outcome.run_dir)
+    assert len(trials) == 112
+    assert trials.groupby("model").size().to_dict() == {f"iaro{i}": 28 for i in range(1, 5)}
+    assert (trials.stopped_early & (trials.epochs < 3)).sum() >= 56  # ASHA stopped at least half
+    assert len(epochs) == trials.epochs.sum() and not epochs.duplicated(["trial_id", "epoch"]).any()

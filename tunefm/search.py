@@ -162,10 +162,24 @@ def trial_order(configs: list[dict], seed: int) -> list[dict]:
     return [configs[i] for i in order]
 
 
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds on a host:port with nothing listening; ray.init would retry for minutes."""
+    host, sep, port = address.rpartition(":")
+    if address == "auto" or "://" in address or not sep or not port.isdigit():
+        return  # ray.init itself fails fast on 'auto' with no cluster; ray:// is Ray Client's
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise UserError(f"no Ray cluster answers at --address {address} ({e.strerror or e}); "
+                        f"start one with `ray start --head` or give its head node's address") from None
+
+
 def start_ray(address: str | None) -> tuple[bool, str | None]:
     """Join `address`, or start a local Ray; returns (we started it, dashboard URL)."""
     import ray
 
+    if address:
+        check_reachable(address)
     if ray.is_initialized():
         return False, None
     try:
@@ -268,6 +282,7 @@ def run(settings: SearchSettings, echo: Callable[[str], None] = print) -> Search
         store.write_json(run_info, run_dir / store.RUN_FILE)
         tuner = make_tuner(study, settings, splits, run_dir, cluster_gpus > 0, echo)
         echo(f"Running {study.num_trials} trials of study {study.name!r} into {run_dir}")
+        echo(f"TensorBoard: tensorboard --logdir {run_dir / store.TUNE_DIR}")
         results = tuner.fit()
         run_info["status"] = "completed" if not results.errors else "completed with errors"
         run_info["failed_trials"] = len(results.errors)
