@@ -57,6 +57,7 @@ def test_every_trial_and_epoch_is_in_parquet(asha_run):
     assert trials.node_id.notna().all() and (trials.device == "cpu").all()
     assert (trials.threads == 1).all()  # 1 CPU per trial -> 1 torch thread
     assert {"model", "lr", "batch_size", "optimizer", "seed"} <= set(epochs.columns)
+    assert ((0 < epochs.train_time_s) & (epochs.train_time_s < epochs.epoch_time_s)).all()
     pd.testing.assert_frame_equal(outcome.trials, trials)
 
 
@@ -76,7 +77,7 @@ def test_rows_are_written_while_the_search_runs(asha_run):
     _, run_dir, snapshots = asha_run
     final = len(store.read_epochs(run_dir))
     during = [n for n, status in snapshots if status == "running"]
-    assert during and min(during) < final  # a reader saw partial, readable files
+    assert any(0 < n < final for n in during)  # a reader saw some, not all, epochs mid-run
 
 
 def test_run_json_records_the_run(asha_run, data_dir):

@@ -197,14 +197,13 @@ def load(data_dir: str | os.PathLike | None = None, train_size: int | None = Non
     train_labels = read_idx(paths["train_labels"], LABELS_MAGIC)
     test_images = read_idx(paths["test_images"], IMAGES_MAGIC)
     test_labels = read_idx(paths["test_labels"], LABELS_MAGIC)
-    for images, labels, expected in [(train_images, train_labels, TRAIN_COUNT),
-                                     (test_images, test_labels, TEST_COUNT)]:
+    for split, images, labels, expected in [("train", train_images, train_labels, TRAIN_COUNT),
+                                            ("test", test_images, test_labels, TEST_COUNT)]:
         if len(images) != len(labels):
-            raise UserError(f"{paths['train_images' if expected == TRAIN_COUNT else 'test_images'].name} "
-                            f"holds {len(images)} images but its label file holds {len(labels)} labels")
+            raise UserError(f"{paths[split + '_images'].name} holds {len(images)} images "
+                            f"but its label file holds {len(labels)} labels")
         if len(images) != expected:
-            raise UserError(f"expected {expected} images in the "
-                            f"{'training' if expected == TRAIN_COUNT else 'test'} files, found {len(images)}")
+            raise UserError(f"expected {expected} images in the {split} files, found {len(images)}")
     test_idx = np.arange(TEST_COUNT)
     if test_size is not None and test_size < TEST_COUNT:
         test_idx = np.sort(np.random.default_rng(SPLIT_SEED).permutation(TEST_COUNT)[:test_size])

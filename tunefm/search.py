@@ -77,7 +77,6 @@ class SearchSettings:
 class SearchOutcome:
     run_dir: Path
     trials: pd.DataFrame
-    dashboard_url: str | None = None
 
 
 def build_study(settings: SearchSettings) -> studies.Study:
@@ -91,8 +90,7 @@ def build_study(settings: SearchSettings) -> studies.Study:
         overrides["seed"] = seeds
     study = study.with_overrides(overrides)
     if settings.max_epochs is not None:
-        study = replace(study, max_epochs=settings.max_epochs)
-        study.validate()
+        study = replace(study, max_epochs=settings.max_epochs)  # replace() re-validates
     return study
 
 
@@ -286,7 +284,7 @@ def run(settings: SearchSettings, echo: Callable[[str], None] = print) -> Search
         results = tuner.fit()
         run_info["status"] = "completed" if not results.errors else "completed with errors"
         run_info["failed_trials"] = len(results.errors)
-        return SearchOutcome(run_dir, store.read_trials(run_dir), dashboard)
+        return SearchOutcome(run_dir, store.read_trials(run_dir))
     except BaseException as e:
         run_info["status"] = "failed"
         run_info["error"] = str(e).splitlines()[0] if str(e) else type(e).__name__

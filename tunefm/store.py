@@ -28,7 +28,7 @@ import pandas as pd
 
 TRIALS_FILE, EPOCHS_FILE, RUN_FILE = "trials.parquet", "epochs.parquet", "run.json"
 TUNE_DIR = "tune"
-EPOCH_METRICS = ["train_loss", "train_acc", "val_loss", "val_acc", "epoch_time_s", "time_total_s"]
+EPOCH_METRICS = ["train_loss", "train_acc", "val_loss", "val_acc", "epoch_time_s", "train_time_s", "time_total_s"]
 TRIAL_FACTS = ["params", "device", "node_id", "gpu_fraction", "threads"]  # constant per trial
 SUMMARY_COLUMNS = [
     "params", "best_val_acc", "best_epoch", "val_loss_at_best", "min_train_loss",
