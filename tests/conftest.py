@@ -61,7 +61,8 @@ def ray_session():
     """One local Ray for the whole test session (starting one takes seconds)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    # Fixed resources (no GPU even where one exists), so resource tests mean the same everywhere.
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
     yield ray
     ray.shutdown()

@@ -1,5 +1,7 @@
 """The click CLI in-process: help text, a real search, and exact one-line errors."""
 
+import re
+
 import click
 import pandas as pd
 import pytest
@@ -97,6 +99,21 @@ def test_address_with_nothing_listening_fails_fast(tmp_path, data_dir):
     assert result.exit_code == 1
     assert result.output == (f"Error: no Ray cluster answers at --address 127.0.0.1:{port} (Connection refused); "
                              "start one with `ray start --head` or give its head node's address\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unsatisfiable_resources_without_ray_running_print_only_the_error(tmp_path, data_dir):
+    """A fresh process, as a user runs it: refused before a local Ray starts, so no Ray logs."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "tunefm.cli", "search", "--cpus-per-trial", "10000", "--results", str(tmp_path),
+         "--data-dir", str(data_dir), "--train-size", "100", "--val-size", "100"],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert re.fullmatch(r"Error: --cpus-per-trial 10000 can never be met: the largest node has \d+ CPU\n",
+                        result.stderr), result.stderr
     assert list(tmp_path.iterdir()) == []
 
 

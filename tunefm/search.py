@@ -135,11 +135,22 @@ def trial_resources(cpus: float, gpus_per_trial: float | None, cluster_has_gpus:
     return resources
 
 
-def check_resources_fit(cpus: float, gpus: float | None) -> None:
-    """Fail now, not pending forever, when no node can ever hold one trial."""
+def cluster_nodes() -> list[dict[str, float]]:
+    """Resources of each live node of the connected Ray cluster."""
     import ray
 
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+
+def local_node() -> list[dict[str, float]]:
+    """What a local Ray would detect here, known before starting one."""
+    import torch
+
+    return [{"CPU": len(os.sched_getaffinity(0)), "GPU": torch.cuda.device_count()}]
+
+
+def check_resources_fit(cpus: float, gpus: float | None, nodes: list[dict[str, float]]) -> None:
+    """Fail now, not pending forever, when no node can ever hold one trial."""
     need = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
     for resource, amount in need.items():
         most = max((n.get(resource, 0) for n in nodes), default=0)
@@ -253,10 +264,13 @@ def run(settings: SearchSettings, echo: Callable[[str], None] = print) -> Search
 
     import ray
 
+    if not settings.address and not ray.is_initialized():
+        # A local Ray would detect these; refusing now spares its start-up and logs.
+        check_resources_fit(settings.cpus_per_trial, settings.gpus_per_trial, local_node())
     started_ray, dashboard = start_ray(settings.address)
     try:
         cluster_gpus = ray.cluster_resources().get("GPU", 0)
-        check_resources_fit(settings.cpus_per_trial, settings.gpus_per_trial)
+        check_resources_fit(settings.cpus_per_trial, settings.gpus_per_trial, cluster_nodes())
         create_run_dir(run_dir)
     except BaseException:
         if started_ray:
