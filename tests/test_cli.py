@@ -78,14 +78,14 @@ def test_existing_run_name_is_refused_and_untouched(tmp_path, data_dir):
     assert pd.read_parquet(run_dir / "trials.parquet").trial_id.tolist() == ["x"]
 
 
-def test_results_path_that_is_a_file(ray_session, tmp_path, data_dir):
+def test_results_path_that_is_a_file(tmp_path, data_dir):
     blocker = tmp_path / "results"
     blocker.write_text("not a folder")
     result = invoke("search", "--results", str(blocker), "--name", "q", "--data-dir", str(data_dir),
                     "--set", "model=iaro1", "--max-epochs", "1", "--train-size", "100", "--val-size", "100")
     assert result.exit_code == 1
-    assert result.output.startswith(f"Error: cannot create run folder {blocker / 'q'}: ")
-    assert result.output.count("\n") == 1 and blocker.read_text() == "not a folder"
+    assert result.output == f"Error: cannot create run folder {blocker / 'q'}: {blocker} is not a folder\n"
+    assert blocker.read_text() == "not a folder"
 
 
 def test_address_with_nothing_listening_fails_fast(tmp_path, data_dir):

@@ -100,6 +100,12 @@ def choose_run_dir(settings: SearchSettings, study: studies.Study) -> Path:
     run_dir = Path(settings.results_dir).expanduser() / name
     if run_dir.exists():
         raise UserError(f"run {run_dir} already exists; choose another --name")
+    ancestor = run_dir.parent  # the folder that mkdir will write into, checked before Ray starts
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        problem = "is not a folder" if not ancestor.is_dir() else "is not writable"
+        raise UserError(f"cannot create run folder {run_dir}: {ancestor} {problem}")
     return run_dir
 
 
