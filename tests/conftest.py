@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tunefm import data
+from tunefm import data, store
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "fashion-mnist"
@@ -66,3 +66,48 @@ def ray_session():
              configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+QUICK_FOURFAM = dict(space="fourfam", max_epochs=3, train_size=3000, val_size=1000)  # the README's quick search
+
+
+@pytest.fixture(scope="session")
+def quick_fourfam(tmp_path_factory, data_dir, ray_session) -> Path:
+    """The README's quick search (all 112 fourfam trials, 3 epochs, ASHA, test evaluation).
+
+    Shared by the search, summarize, evaluate and report tests; they must not change it
+    (copy it with `linked_copy` first).
+    """
+    from tunefm.search import SearchSettings, run
+
+    results = tmp_path_factory.mktemp("quick")
+    settings = SearchSettings(**QUICK_FOURFAM, results_dir=str(results), data_dir=str(data_dir), name="quick")
+    return run(settings, echo=lambda line: None).run_dir
+
+
+def linked_copy(run_dir: Path, target: Path) -> Path:
+    """A copy of a run folder made of hard links: cheap, and safe because tunefm replaces
+    files by renaming new ones into place instead of writing into them."""
+    shutil.copytree(run_dir, target, copy_function=os.link)
+    return target
+
+
+def tiny_run(run_dir: Path, started_at: str = "2026-01-01T00:00:00+00:00", finished: bool = True) -> Path:
+    """A run folder written through RunWriter by hand, without Ray: two trials of iaro1
+    (one with 2 epochs, one with 1), no test evaluation; `finished=False` leaves it running."""
+    run_dir.mkdir(parents=True)
+    writer = store.RunWriter(run_dir, max_epochs=3, config_keys=["model", "lr", "batch_size"])
+    for epoch, (tl, vl, va) in enumerate([(1.0, 0.9, 0.6), (0.7, 0.8, 0.7)], 1):
+        writer.add_epoch("a", {"model": "iaro1", "lr": 0.01, "batch_size": 8},
+                         {"epoch": epoch, "train_loss": tl, "val_loss": vl, "val_acc": va, "train_acc": 0.5,
+                          "epoch_time_s": 1.0, "train_time_s": 0.9, "time_total_s": epoch, "params": 21352,
+                          "gpu_fraction": 0.0})
+    writer.add_epoch("b", {"model": "iaro1", "lr": 0.1, "batch_size": 8},
+                     {"epoch": 1, "train_loss": 2.0, "val_loss": 2.1, "val_acc": 0.3, "train_acc": 0.2,
+                      "epoch_time_s": 1.0, "train_time_s": 0.9, "time_total_s": 1.0, "params": 21352,
+                      "gpu_fraction": 0.0})
+    writer.set_status("a", {}, "TERMINATED" if finished else "RUNNING")
+    writer.flush()
+    store.write_json({"study": {"name": "tiny"}, "status": "completed" if finished else "running",
+                      "started_at": started_at}, run_dir / store.RUN_FILE)
+    return run_dir

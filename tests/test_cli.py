@@ -21,7 +21,8 @@ def test_every_command_and_option_is_documented():
         assert command.help, f"{name} has no help text"
         sub = click.Context(command, parent=ctx, info_name=name)
         for param in command.params:
-            if param.name in ("help",):
+            if isinstance(param, click.Argument):
+                assert param.name.upper() in command.help, f"{name}: help does not explain {param.name.upper()}"
                 continue
             help_text = param.get_help_record(sub)[1]
             assert "default" in help_text, f"{name} {param.opts}: help does not state its default"
@@ -37,7 +38,10 @@ def test_search_with_set_runs_the_narrowed_grid(ray_session, tmp_path, data_dir)
     assert sorted(trials.batch_size) == [8, 16, 32, 64, 128, 256, 512]
     assert "Running 7 trials of study 'fourfam'" in result.output
     best = trials.loc[trials.best_val_acc.idxmax()]
-    assert f"iaro1  {best.best_val_acc:.4f} 0.01" in result.output
+    assert re.search(rf"^iaro1 +21\.4k +{best.best_val_acc:.4f} +{best.test_acc:.4f} +0\.01 +{best.batch_size} ",
+                     result.output, re.M), result.output
+    assert trials.test_acc.notna().sum() == 3  # the top 3 configurations of the one model
+    assert "Test set: 3 trial(s) evaluated in" in result.output
     assert "7 trials, 0 stopped early by ASHA, 7 epochs trained." in result.output
     assert f"Results: {tmp_path / 'q'}" in result.output
 

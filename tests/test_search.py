@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tunefm import data, store, trainable
+from tunefm import data, store, summary, trainable
 from tunefm.errors import UserError
 from tunefm.search import SearchSettings, run
 
@@ -34,9 +34,11 @@ def asha_run(tmp_path_factory, data_dir):
     outcome, snapshots = {}, []
     worker = threading.Thread(target=lambda: outcome.setdefault("value", run(config, echo=lambda s: None)))
     worker.start()
-    while worker.is_alive():  # read the files while the search writes them
-        if (run_dir / store.EPOCHS_FILE).exists():
-            snapshots.append((len(store.read_epochs(run_dir)), store.read_json(run_dir / store.RUN_FILE)["status"]))
+    while worker.is_alive():  # read the files, and summarize them, while the search writes them
+        if (run_dir / store.TRIALS_FILE).exists():
+            status = store.read_json(run_dir / store.RUN_FILE)["status"]
+            report = json.loads(summary.render(store.load_run(run_dir), summary.SummaryOptions(), "json"))
+            snapshots.append((len(store.read_epochs(run_dir)), status, report))
         time.sleep(0.2)
     worker.join()
     return outcome["value"], run_dir, snapshots
@@ -76,8 +78,12 @@ def test_asha_stopped_trials_early(asha_run):
 def test_rows_are_written_while_the_search_runs(asha_run):
     _, run_dir, snapshots = asha_run
     final = len(store.read_epochs(run_dir))
-    during = [n for n, status in snapshots if status == "running"]
-    assert any(0 < n < final for n in during)  # a reader saw some, not all, epochs mid-run
+    during = [(n, report) for n, status, report in snapshots if status == "running"]
+    assert any(0 < n < final for n, _ in during)  # a reader saw some, not all, epochs mid-run
+    # summarize worked on every mid-run read, and its numbers only ever grew.
+    best_so_far = [max((r["best_val_acc"] for r in report["best"]), default=0) for _, report in during]
+    assert best_so_far == sorted(best_so_far) and best_so_far[-1] > 0
+    assert all(len(report["overfit"]) <= 28 for _, report in during)
 
 
 def test_run_json_records_the_run(asha_run, data_dir):
@@ -154,10 +160,9 @@ def test_existing_run_is_left_alone(tmp_path, data_dir):
 
 
 @pytest.mark.slow
-def test_full_fourfam_grid_with_asha(tmp_path, data_dir):
-    """The whole 112-trial study at reduced scale: the issue's acceptance run, smaller."""
-    outcome = run(settings(tmp_path, data_dir, max_epochs=3, **ASHA_SIZES), echo=lambda s: None)
-    trials, epochs = outcome.trials, store.read_epochs(outcome.run_dir)
+def test_quick_fourfam_search_runs_the_full_grid_with_asha(quick_fourfam):
+    """The README's quick search: every trial and epoch, ASHA stopping, test evaluation."""
+    trials, epochs = store.read_trials(quick_fourfam), store.read_epochs(quick_fourfam)
     assert len(trials) == 112
     assert trials.groupby("model").size().to_dict() == {f"iaro{i}": 28 for i in range(1, 5)}
     assert (trials.stopped_early & (trials.epochs < 3)).sum() >= 56  # ASHA stopped at least half

@@ -1,14 +1,272 @@
-"""Answers from a run's tables as pure pandas functions (no Ray, no I/O)."""
+"""Answers from a run's tables as pure pandas functions (no Ray, no torch, no I/O).
+
+    best(trials)                       best configuration per model (mean ± std over seeds)
+    grid(trials, "best_val_acc", "lr", "batch_size")      a metric over two hyperparameters
+    pareto(trials, "best_val_acc", "total_time_s")        trials no other trial beats on both
+    overfit(trials, epochs), overfit_grid(...)            train/val loss gaps, overfitting flags
+    confusion(confusion_counts, trials)                   matrix, per-class P/R/F1, confused pairs
+    top_configs(trials, k)             which trials get a test-set evaluation (val only)
+
+Every function takes the DataFrames of `store.load_run` and returns DataFrames; the
+tests build those frames by hand. A configuration is a trial's config without its
+seed, so repeated seeds of one grid point are summarized together.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import pandas as pd
 
+from tunefm.data import CLASSES
+from tunefm.errors import UserError
+from tunefm.store import config_columns
 
-def best_per_model(trials: pd.DataFrame, metric: str = "best_val_acc") -> pd.DataFrame:
-    """The trial with the highest `metric` for each model, best model first."""
-    scored = trials.dropna(subset=[metric])
+COSTS = ("total_time_s", "time_per_epoch_s", "params", "gpu_seconds")
+OVERFIT_TOLERANCE = 0.10  # final val loss this far above its minimum, train loss still falling
+
+
+def varied_keys(trials: pd.DataFrame, exclude: tuple[str, ...] = ("model", "seed")) -> list[str]:
+    """Config keys that take more than one value in this run."""
+    return [c for c in config_columns(trials)
+            if c not in exclude and trials[c].astype(str).nunique(dropna=False) > 1]
+
+
+def describe_columns(trials: pd.DataFrame) -> list[str]:
+    """Config columns that identify a trial in a table: model, lr, batch_size, then other varied keys."""
+    leading = [c for c in ("model", "lr", "batch_size") if c in trials.columns]
+    return leading + [c for c in varied_keys(trials) if c not in leading]
+
+
+def _config_groups(trials: pd.DataFrame):
+    keys = [c for c in config_columns(trials) if c != "seed"]
+    return trials.groupby(keys, dropna=False, sort=False) if keys else trials.groupby(lambda _: 0)
+
+
+def _check_column(trials: pd.DataFrame, column: str, option: str, numeric: bool = True) -> None:
+    candidates = [c for c in trials.columns if not numeric or pd.api.types.is_numeric_dtype(trials[c])]
+    if column not in trials.columns or (numeric and not pd.api.types.is_numeric_dtype(trials[column])):
+        raise UserError(f"{option} {column!r} is not a {'numeric ' if numeric else ''}column of this run; "
+                        f"valid: {', '.join(candidates)}")
+
+
+def _check_config_key(trials: pd.DataFrame, key: str, option: str) -> None:
+    keys = config_columns(trials)
+    if key not in keys:
+        raise UserError(f"{option} {key!r} is not a config key of this run; valid: {', '.join(keys)}")
+
+
+def best(trials: pd.DataFrame, metric: str = "best_val_acc") -> pd.DataFrame:
+    """One row per model: its configuration with the highest mean `metric` over seeds.
+
+    Columns: model, params, n (seeds with a result), `metric` and `metric`_std, test_acc,
+    test_acc_std, test_n (seeds evaluated on the test set), the config columns that
+    vary, min_train_loss, min_train_loss_epoch, val_loss_at_best, time_per_epoch_s,
+    epochs, trial_ids. Means over seeds; std is NaN for a single seed. Best model first.
+    """
+    _check_column(trials, metric, "--metric")
+    scored = trials[trials[metric].notna()]
     if scored.empty:
-        return scored
-    best = scored.loc[scored.groupby("model", sort=False)[metric].idxmax()]
-    return best.sort_values(metric, ascending=False).reset_index(drop=True)
+        return pd.DataFrame(columns=["model", "params", "n", metric, f"{metric}_std"])
+    shown = describe_columns(scored)
+    rows = []
+    for _, group in _config_groups(scored):
+        first = group.iloc[0]
+        rows.append({
+            "model": first["model"], "params": first["params"], "n": len(group),
+            metric: group[metric].mean(), f"{metric}_std": group[metric].std(ddof=1),
+            "test_acc": group["test_acc"].mean(), "test_acc_std": group["test_acc"].std(ddof=1),
+            "test_n": int(group["test_acc"].notna().sum()),
+            **{c: first[c] for c in shown if c != "model"},
+            "min_train_loss": group["min_train_loss"].mean(),
+            "min_train_loss_epoch": group["min_train_loss_epoch"].mean(),
+            "val_loss_at_best": group["val_loss_at_best"].mean(),
+            "time_per_epoch_s": group["time_per_epoch_s"].mean(),
+            "epochs": group["epochs"].mean(),
+            "trial_ids": ",".join(sorted(group["trial_id"])),
+        })
+    configs = pd.DataFrame(rows)
+    # Highest mean first; ties go to more seeds, then to the earliest trial id.
+    configs = configs.sort_values([metric, "n", "trial_ids"], ascending=[False, False, True], kind="stable")
+    return configs.drop_duplicates("model").reset_index(drop=True)
+
+
+def top_configs(trials: pd.DataFrame, k: int, metric: str = "best_val_acc") -> list[str]:
+    """Trial ids to evaluate on the test set: every seed of each model's top `k` configurations.
+
+    Ranked by the mean validation `metric` over seeds, never by anything from the test set.
+    """
+    scored = trials[trials[metric].notna() & (trials["epochs"] > 0)]
+    if scored.empty or k < 1:
+        return []
+    rows = [{"model": g["model"].iloc[0], "score": g[metric].mean(), "ids": sorted(g["trial_id"])}
+            for _, g in _config_groups(scored)]
+    ranked = pd.DataFrame(rows).sort_values(["score"], ascending=False, kind="stable")
+    chosen = ranked.groupby("model", sort=False).head(k)
+    return sorted(tid for ids in chosen["ids"] for tid in ids)
+
+
+def grid(trials: pd.DataFrame, metric: str = "best_val_acc", rows: str = "lr", cols: str = "batch_size",
+         agg: str = "mean") -> pd.DataFrame:
+    """`metric` over `rows` x `cols` for each model, long form: model, rows, cols, value, n, stopped.
+
+    A cell aggregates every trial with that model, row and column value (seeds, and any
+    other key that varies) with `agg` (mean, max or min); n counts those trials and
+    `stopped` those that ASHA stopped early (their numbers come from fewer epochs).
+    """
+    _check_column(trials, metric, "--metric")
+    _check_config_key(trials, rows, "--rows")
+    _check_config_key(trials, cols, "--cols")
+    if rows == cols:
+        raise UserError(f"--rows and --cols must differ, both are {rows!r}")
+    if agg not in ("mean", "max", "min"):
+        raise UserError(f"--agg must be mean, max or min, got {agg!r}")
+    scored = trials[trials[metric].notna()]
+    keys = ["model", rows, cols] if "model" not in (rows, cols) else [rows, cols]
+    cells = scored.groupby(keys, sort=True).agg(
+        value=(metric, agg), n=(metric, "count"), stopped=("stopped_early", "sum")).reset_index()
+    cells["stopped"] = cells["stopped"].astype(int)
+    return cells.rename(columns={"value": metric})
+
+
+def pivot(cells: pd.DataFrame, model: str | None, rows: str, cols: str, metric: str) -> pd.DataFrame:
+    """One model's grid cells as a rows x cols table of `metric` (or of n, stopped; NaN where no trial)."""
+    part = cells if model is None else cells[cells["model"] == model]
+    return part.pivot(index=rows, columns=cols, values=metric)
+
+
+def with_cost(trials: pd.DataFrame, cost: str) -> pd.DataFrame:
+    if cost not in COSTS:
+        raise UserError(f"--cost must be one of {', '.join(COSTS)}, got {cost!r}")
+    if cost == "gpu_seconds":  # GPU time actually held: a 0.25 share costs a quarter
+        return trials.assign(gpu_seconds=trials["total_time_s"] * trials["gpu_fraction"])
+    return trials
+
+
+def pareto(trials: pd.DataFrame, metric: str = "best_val_acc", cost: str = "total_time_s") -> pd.DataFrame:
+    """Trials that no other trial beats on both `metric` (higher is better) and `cost` (lower).
+
+    Trial j beats trial i when j's metric >= i's and j's cost <= i's, one of them strictly.
+    Trials equal on both are all kept. Sorted by cost, then metric (best first).
+    """
+    _check_column(trials, metric, "--metric")
+    costed = with_cost(trials, cost)
+    scored = costed[costed[metric].notna() & costed[cost].notna()]
+    scored = scored.sort_values([cost, metric], ascending=[True, False], kind="stable")
+    keep, best_cheaper = [], -np.inf
+    for _, same_cost in scored.groupby(cost, sort=True):
+        top = same_cost[metric].max()
+        if top > best_cheaper:  # equal to something cheaper means beaten by it
+            keep.extend(same_cost.index[same_cost[metric] == top])
+            best_cheaper = top
+    front = scored.loc[keep]
+    columns = ["trial_id", *describe_columns(trials), metric, cost, "epochs"]
+    return front[list(dict.fromkeys(columns))].reset_index(drop=True)
+
+
+def overfit(trials: pd.DataFrame, epochs: pd.DataFrame, tolerance: float = OVERFIT_TOLERANCE) -> pd.DataFrame:
+    """Per trial: final losses, their gap, where val loss bottomed out, and an overfitting flag.
+
+    `overfitting` is true when the final val loss is at least `tolerance` (10%) above
+    its minimum while the train loss kept falling after that minimum.
+    """
+    shown = describe_columns(trials)
+    rows = []
+    histories = ({tid: g.sort_values("epoch") for tid, g in epochs.groupby("trial_id", sort=False)}
+                 if len(epochs) else {})
+    for trial in trials.itertuples(index=False):
+        history = histories.get(trial.trial_id)
+        if history is None or history.empty:
+            continue
+        last = history.iloc[-1]
+        row = {"trial_id": trial.trial_id, **{c: getattr(trial, c) for c in shown},
+               "epochs": int(last["epoch"]), "final_train_loss": last["train_loss"],
+               "final_val_loss": last["val_loss"], "gap": last["val_loss"] - last["train_loss"],
+               "min_val_loss": np.nan, "min_val_loss_epoch": pd.NA, "epochs_past_min": pd.NA,
+               "val_rise": np.nan, "overfitting": False}
+        if history["val_loss"].notna().any():  # a diverged trial has only NaN losses
+            lowest = history.loc[history["val_loss"].idxmin()]
+            rise = last["val_loss"] / lowest["val_loss"] - 1 if lowest["val_loss"] > 0 else np.nan
+            train_kept_falling = last["train_loss"] < lowest["train_loss"]
+            row.update(min_val_loss=lowest["val_loss"], min_val_loss_epoch=int(lowest["epoch"]),
+                       epochs_past_min=int(last["epoch"] - lowest["epoch"]), val_rise=rise,
+                       overfitting=bool(rise >= tolerance and train_kept_falling))
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=["trial_id", *shown, "epochs", "final_train_loss", "final_val_loss", "gap",
+                                        "min_val_loss", "min_val_loss_epoch", "epochs_past_min", "val_rise",
+                                        "overfitting"])
+    for column in ("min_val_loss_epoch", "epochs_past_min"):
+        table[column] = table[column].astype("Int64")
+    table["overfitting"] = table["overfitting"].astype(bool)
+    return table
+
+
+def overfit_grid(gaps: pd.DataFrame, rows: str = "lr", cols: str = "batch_size") -> pd.DataFrame:
+    """Mean gap over `rows` x `cols` across models: rows, cols, mean_gap, n, overfitting (count)."""
+    for key, option in ((rows, "--rows"), (cols, "--cols")):
+        if key not in gaps.columns:
+            raise UserError(f"{option} {key!r} is not a config key of this run")
+    if gaps.empty:
+        return pd.DataFrame(columns=[rows, cols, "mean_gap", "n", "overfitting"])
+    cells = gaps.groupby([rows, cols], sort=True).agg(
+        mean_gap=("gap", "mean"), n=("gap", "count"), overfitting=("overfitting", "sum"))
+    return cells.reset_index()
+
+
+@dataclass
+class Confusion:
+    """One trial's test-set confusion: matrix (true x predicted, class names), per class, pairs."""
+
+    trial_id: str
+    matrix: pd.DataFrame
+    per_class: pd.DataFrame  # label, class, precision, recall, f1, support
+    pairs: pd.DataFrame  # true_class, pred_class, count, share (of the true class)
+
+    @property
+    def accuracy(self) -> float:
+        values = self.matrix.to_numpy()
+        return float(np.trace(values) / values.sum()) if values.sum() else float("nan")
+
+
+def chosen_trial(confusion_counts: pd.DataFrame, trials: pd.DataFrame, trial_id: str | None = None) -> str:
+    """`trial_id` if it was evaluated, else the evaluated trial with the best validation accuracy."""
+    evaluated = sorted(set(confusion_counts["trial_id"]))
+    if not evaluated:
+        raise UserError("no trial of this run has a test-set evaluation; run `tunefm evaluate RUN` first")
+    if trial_id is not None:
+        if trial_id not in evaluated:
+            raise UserError(f"--trial {trial_id!r} has no test-set evaluation; evaluated trials: "
+                            f"{', '.join(evaluated)}")
+        return trial_id
+    candidates = trials[trials["trial_id"].isin(evaluated)].sort_values(
+        ["best_val_acc", "trial_id"], ascending=[False, True], kind="stable")
+    return candidates["trial_id"].iloc[0] if len(candidates) else evaluated[0]
+
+
+def confusion(confusion_counts: pd.DataFrame, trials: pd.DataFrame, trial_id: str | None = None,
+              top_pairs: int = 5) -> Confusion:
+    """The confusion matrix of one evaluated trial, with precision, recall and F1 per class."""
+    trial_id = chosen_trial(confusion_counts, trials, trial_id)
+    counts = confusion_counts[confusion_counts["trial_id"] == trial_id]
+    labels = range(len(CLASSES))
+    matrix = np.zeros((len(CLASSES), len(CLASSES)), dtype=np.int64)
+    np.add.at(matrix, (counts["true_label"].to_numpy(int), counts["pred_label"].to_numpy(int)),
+              counts["count"].to_numpy(np.int64))
+    true_pos = np.diag(matrix).astype(float)
+    support, predicted = matrix.sum(axis=1), matrix.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(predicted > 0, true_pos / predicted, np.nan)
+        recall = np.where(support > 0, true_pos / support, np.nan)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+        f1 = np.where(np.isnan(precision) | np.isnan(recall), np.nan, f1)
+    per_class = pd.DataFrame({"label": list(labels), "class": list(CLASSES), "precision": precision,
+                              "recall": recall, "f1": f1, "support": support})
+    off_diagonal = [(matrix[t, p], t, p) for t in labels for p in labels if t != p and matrix[t, p] > 0]
+    off_diagonal.sort(key=lambda item: (-item[0], item[1], item[2]))
+    pairs = pd.DataFrame(
+        [{"true_class": CLASSES[t], "pred_class": CLASSES[p], "count": int(n), "share": n / support[t]}
+         for n, t, p in off_diagonal[:top_pairs]],
+        columns=["true_class", "pred_class", "count", "share"])
+    frame = pd.DataFrame(matrix, index=pd.Index(CLASSES, name="true"), columns=pd.Index(CLASSES, name="predicted"))
+    return Confusion(trial_id, frame, per_class, pairs)

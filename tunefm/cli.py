@@ -2,6 +2,9 @@
 
     tunefm search --space fourfam --max-epochs 3 --train-size 3000 --val-size 1000
     tunefm search --space fourfam --set model=iaro1 --set lr=0.01
+    tunefm summarize [RUN] --section best --format markdown
+    tunefm evaluate RUN --test-top 5
+    tunefm report RUN --out report/
 
 Each command parses its options, calls the library and prints the answer. A
 `UserError` becomes one `Error: ...` line and exit code 1 (`--debug` shows the
@@ -13,10 +16,11 @@ from __future__ import annotations
 import functools
 
 import click
-import pandas as pd
 
-from tunefm import analysis, models
 from tunefm.errors import UserError
+
+# Heavy modules (Ray, torch) are imported inside the commands that need them:
+# `summarize` and `report` read Parquet only and start in a fraction of a second.
 
 
 def user_errors(command):
@@ -39,21 +43,6 @@ def user_errors(command):
 @click.version_option(package_name="tunefm")
 def main(debug: bool) -> None:
     """tunefm: hyperparameter search for small Fashion-MNIST classifiers on Ray Tune."""
-
-
-def _format_best(trials: pd.DataFrame) -> str:
-    best = analysis.best_per_model(trials)
-    if best.empty:
-        return "No trial reported a result."
-    table = pd.DataFrame({
-        "model": best["model"],
-        "val acc": best["best_val_acc"].map("{:.4f}".format),
-        "lr": best["lr"],
-        "batch size": best["batch_size"],
-        "epochs run": best["epochs"],
-        "trial": best["trial_id"],
-    })
-    return table.to_string(index=False)
 
 
 @main.command()
@@ -79,9 +68,12 @@ def _format_best(trials: pd.DataFrame) -> str:
 @click.option("--seed", type=int, default=0, help="Base seed for model init and batch order.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=V1[,V2...]",
               help="Override a config key: one value pins it, several make a grid. Repeatable.  [default: none]")
+@click.option("--test-top", type=int, default=3,
+              help="Afterwards, evaluate each model's top K configurations on the test set (0: skip).")
 @user_errors
 def search(**options) -> None:
     """Run a study's grid on Ray Tune and write results/<run>/ (Parquet + run.json)."""
+    from tunefm import store, summary
     from tunefm.search import SearchSettings, run
 
     early_stop = not options.pop("no_early_stop")
@@ -89,14 +81,88 @@ def search(**options) -> None:
     outcome = run(settings, echo=click.echo)
     trials = outcome.trials
     click.echo("")
-    click.echo("Best trial per model:")
-    click.echo(_format_best(trials))
+    click.echo(summary.render(store.load_run(outcome.run_dir), summary.SummaryOptions(sections=("best",))))
     stopped = int(trials["stopped_early"].sum())
     failed = int((trials["status"] == "ERROR").sum())
     click.echo(f"\n{len(trials)} trials, {stopped} stopped early by ASHA, "
                + (f"{failed} failed (see {outcome.run_dir / 'tune'}), " if failed else "")
                + f"{int(trials['epochs'].sum())} epochs trained.")
-    click.echo(f"Results: {outcome.run_dir}")
+    click.echo(f"Results: {outcome.run_dir}   (next: tunefm summarize {outcome.run_dir})")
+
+
+
+@main.command()
+@click.argument("run")
+@click.option("--results", "results_dir", default="results", metavar="DIR", help="Folder holding run folders.")
+@click.option("--test-top", type=int, default=3, help="Evaluate each model's top K configurations (by val acc).")
+@click.option("--data-dir", default=None, metavar="DIR",
+              help="Fashion-MNIST IDX files.  [default: the run's, else $TUNEFM_DATA_DIR, else the cache]")
+@user_errors
+def evaluate(run: str, results_dir: str, test_top: int, data_dir: str | None) -> None:
+    """Evaluate a finished or interrupted run's best trials on the test set.
+
+    Loads each chosen trial's best-validation checkpoint, fills test_acc and test_loss in
+    trials.parquet and writes confusion.parquet. RUN is a run folder, or a run name
+    under --results.
+    """
+    from tunefm import evaluate as evaluation
+    from tunefm import store, summary
+
+    run_dir = store.resolve_run(run, results_dir)
+    outcome = evaluation.run(run_dir, test_top, data_dir, echo=click.echo)
+    click.echo("")
+    click.echo(summary.render(store.load_run(run_dir), summary.SummaryOptions(sections=("best",))))
+    click.echo(f"\n{len(outcome.evaluated)} trial(s) evaluated; results in {run_dir}")
+
+
+@main.command()
+@click.argument("run", required=False)
+@click.option("--results", "results_dir", default="results", metavar="DIR", help="Folder holding run folders.")
+@click.option("--section", "sections", multiple=True, type=click.Choice(["best", "grid", "pareto", "overfit", "confusion"]),
+              help="Section to show; repeatable.  [default: all]")
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "json"]), default="table",
+              help="Output format.")
+@click.option("--metric", default="best_val_acc", help="Metric for best, grid and pareto (higher is better).")
+@click.option("--rows", default="lr", help="grid and overfit: config key down the rows.")
+@click.option("--cols", default="batch_size", help="grid and overfit: config key across the columns.")
+@click.option("--agg", type=click.Choice(["mean", "max", "min"]), default="mean",
+              help="grid: how a cell combines its trials (seeds, other varied keys).")
+@click.option("--cost", type=click.Choice(["total_time_s", "time_per_epoch_s", "params", "gpu_seconds"]),
+              default="total_time_s", help="pareto: the cost axis (lower is better).")
+@click.option("--trial", default=None, metavar="ID",
+              help="confusion: this evaluated trial.  [default: the evaluated trial with the best val acc]")
+@user_errors
+def summarize(run: str | None, results_dir: str, sections: tuple[str, ...], fmt: str, **options) -> None:
+    """Best configurations, grids, Pareto front, overfitting and confusion of a run.
+
+    Reads only the run's Parquet files, so it also works while the search is running.
+    RUN is a run folder or a run name under --results.  [default: the newest run]
+    """
+    from tunefm import store, summary
+
+    run_dir = store.resolve_run(run, results_dir)
+    settings = summary.SummaryOptions(sections=tuple(sections), **options)
+    click.echo(summary.render(store.load_run(run_dir), settings, fmt))
+
+
+@main.command()
+@click.argument("run", required=False)
+@click.option("--results", "results_dir", default="results", metavar="DIR", help="Folder holding run folders.")
+@click.option("--out", "out_dir", default=None, metavar="DIR", help="Where to write.  [default: RUN/report]")
+@click.option("--cost", type=click.Choice(["total_time_s", "time_per_epoch_s", "params", "gpu_seconds"]),
+              default="total_time_s", help="Cost axis of the Pareto plot.")
+@user_errors
+def report(run: str | None, results_dir: str, out_dir: str | None, cost: str) -> None:
+    """PNG figures and an index.html with the summary tables for a run.
+
+    RUN is a run folder or a run name under --results.  [default: the newest run]
+    """
+    from tunefm import report as reporting
+    from tunefm import store
+
+    run_dir = store.resolve_run(run, results_dir)
+    written = reporting.write(store.load_run(run_dir), out_dir, cost=cost)
+    click.echo(f"Wrote {len(written.figures)} figures and {written.index}")
 
 
 if __name__ == "__main__":

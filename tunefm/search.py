@@ -52,6 +52,7 @@ class SearchSettings:
     reduction_factor: int = 3
     seed: int = 0
     sets: tuple[str, ...] = field(default_factory=tuple)
+    test_top: int = 3  # configurations per model evaluated on the test set afterwards; 0: none
     flush_interval_s: float = 5.0
 
     def validate(self) -> None:
@@ -65,6 +66,7 @@ class SearchSettings:
             (self.grace_period >= 1, f"--grace-period must be >= 1, got {self.grace_period}"),
             (self.reduction_factor >= 2, f"--reduction-factor must be >= 2, got {self.reduction_factor}"),
             (self.seed >= 0, f"--seed must be >= 0, got {self.seed}"),
+            (self.test_top >= 0, f"--test-top must be >= 0, got {self.test_top}"),
             (self.name is None or (self.name and "/" not in self.name and self.name not in (".", "..")),
              f"--name must be a plain folder name, got {self.name!r}"),
         ]
@@ -255,7 +257,7 @@ def make_tuner(study: studies.Study, settings: SearchSettings, splits: data.Spli
             storage_path=str(run_dir.resolve()),
             callbacks=[ParquetRecorder(writer), ProgressLine(study.num_trials, study.max_epochs, echo)],
             checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute="val_acc", checkpoint_score_order="max"),
+                num_to_keep=1, checkpoint_score_attribute="checkpoint_score", checkpoint_score_order="max"),
             verbose=0,  # ProgressLine prints one line instead of Tune's per-trial tables
         ),
     )
@@ -292,6 +294,7 @@ def run(settings: SearchSettings, echo: Callable[[str], None] = print) -> Search
         "data": {"source": splits.source, "sizes": splits.sizes(), "sha256": splits.checksums},
         "versions": versions(),
         "host": socket.gethostname(),
+        "pid": os.getpid(),
         "dashboard_url": dashboard,
         "started_at": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "status": "running",
@@ -304,6 +307,11 @@ def run(settings: SearchSettings, echo: Callable[[str], None] = print) -> Search
         results = tuner.fit()
         run_info["status"] = "completed" if not results.errors else "completed with errors"
         run_info["failed_trials"] = len(results.errors)
+        if settings.test_top:
+            from tunefm import evaluate
+
+            evaluation = evaluate.evaluate_trials(run_dir, splits.test_x, splits.test_y, settings.test_top, echo)
+            run_info["evaluation"] = evaluation.record()
         return SearchOutcome(run_dir, store.read_trials(run_dir))
     except BaseException as e:
         run_info["status"] = "failed"

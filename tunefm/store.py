@@ -3,6 +3,7 @@
     results/<run>/
       trials.parquet   one row per trial (status, config columns, summary metrics)
       epochs.parquet   one row per (trial_id, epoch), config columns included
+      confusion.parquet  trial_id, true_label, pred_label, count (test-evaluated trials)
       run.json         study, options, versions, data checksums, times, host
       tune/            Ray Tune's experiment folder (checkpoints, TensorBoard events)
 
@@ -17,16 +18,21 @@ This module is pure pandas/pyarrow and never imports Ray.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 
+from tunefm.errors import UserError
+
 TRIALS_FILE, EPOCHS_FILE, RUN_FILE = "trials.parquet", "epochs.parquet", "run.json"
+CONFUSION_FILE = "confusion.parquet"
 TUNE_DIR = "tune"
 EPOCH_METRICS = ["train_loss", "train_acc", "val_loss", "val_acc", "epoch_time_s", "train_time_s", "time_total_s"]
 TRIAL_FACTS = ["params", "device", "node_id", "gpu_fraction", "threads"]  # constant per trial
@@ -35,6 +41,13 @@ SUMMARY_COLUMNS = [
     "min_train_loss_epoch", "final_train_loss", "final_val_loss", "overfit_gap",
     "time_per_epoch_s", "total_time_s", "gpu_fraction", "node_id", "device", "threads", "test_acc", "test_loss",
 ]
+TRIAL_STATE = ["trial_id", "status", "stopped_early", "epochs"]
+
+
+def config_columns(trials: pd.DataFrame) -> list[str]:
+    """The columns of a trials table that are config keys (model, lr, batch_size, ...)."""
+    known = {*TRIAL_STATE, *SUMMARY_COLUMNS, *TRIAL_FACTS}
+    return [c for c in trials.columns if c not in known]
 
 
 def write_atomic(path: Path, write) -> None:
@@ -84,16 +97,18 @@ def summarize_trials(epochs: pd.DataFrame, trials: pd.DataFrame, max_epochs: int
         metrics.update({c: trial.get(c) for c in TRIAL_FACTS})
         if n_epochs:
             best = history.loc[history["val_acc"].idxmax()]  # first epoch at the best value
-            lowest_train = history.loc[history["train_loss"].idxmin()]
             last = history.iloc[-1]
             metrics.update(
                 best_val_acc=best["val_acc"], best_epoch=int(best["epoch"]),
                 val_loss_at_best=best["val_loss"],
-                min_train_loss=lowest_train["train_loss"], min_train_loss_epoch=int(lowest_train["epoch"]),
                 final_train_loss=last["train_loss"], final_val_loss=last["val_loss"],
                 overfit_gap=last["val_loss"] - last["train_loss"],
                 time_per_epoch_s=history["epoch_time_s"].mean(), total_time_s=history["time_total_s"].max(),
             )
+            if history["train_loss"].notna().any():  # a diverged trial has only NaN losses
+                lowest_train = history.loc[history["train_loss"].idxmin()]
+                metrics.update(min_train_loss=lowest_train["train_loss"],
+                               min_train_loss_epoch=int(lowest_train["epoch"]))
         row.update({c: metrics[c] for c in SUMMARY_COLUMNS})
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -175,3 +190,82 @@ def read_trials(run_dir: Path) -> pd.DataFrame:
 
 def read_epochs(run_dir: Path) -> pd.DataFrame:
     return pd.read_parquet(Path(run_dir) / EPOCHS_FILE)
+
+
+def is_run(folder: Path) -> bool:
+    return (folder / RUN_FILE).is_file() or (folder / TRIALS_FILE).is_file()
+
+
+def newest_run(results_dir: Path) -> Path:
+    """The run folder under `results_dir` that was started last."""
+    results_dir = Path(results_dir).expanduser()
+    runs = [d for d in results_dir.iterdir() if d.is_dir() and is_run(d)] if results_dir.is_dir() else []
+    if not runs:
+        raise UserError(f"no runs under {results_dir}/; start one with `tunefm search`, "
+                        f"or give a run folder")
+    return max(runs, key=_started_at)
+
+
+def _started_at(run_dir: Path) -> float:
+    """When a run started: run.json's started_at (a folder's mtime changes with every flush)."""
+    try:
+        return dt.datetime.fromisoformat(read_json(run_dir / RUN_FILE)["started_at"]).timestamp()
+    except (OSError, ValueError, KeyError, TypeError):
+        return (run_dir / TRIALS_FILE).stat().st_mtime if (run_dir / TRIALS_FILE).exists() else 0.0
+
+
+def resolve_run(run: str | None, results_dir: Path) -> Path:
+    """RUN as given on the command line: a folder path, a name under `results_dir`, or the newest."""
+    results_dir = Path(results_dir).expanduser()
+    if run is None:
+        return newest_run(results_dir)
+    for candidate in (Path(run).expanduser(), results_dir / run):
+        if candidate.is_dir() and is_run(candidate):
+            return candidate
+    names = sorted(d.name for d in results_dir.iterdir() if d.is_dir() and is_run(d)) if results_dir.is_dir() else []
+    known = f"runs under {results_dir}/: {', '.join(names)}" if names else f"no runs under {results_dir}/"
+    what = "is not a run folder (no run.json or trials.parquet)" if Path(run).expanduser().is_dir() else "does not exist"
+    raise UserError(f"run {run!r} {what}; {known}")
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot read {path}: {reason}") from None
+
+
+@dataclass
+class RunTables:
+    """A run folder read back: its tables (empty where a file is absent) and run.json."""
+
+    run_dir: Path
+    trials: pd.DataFrame
+    epochs: pd.DataFrame
+    confusion: pd.DataFrame
+    info: dict[str, Any]
+
+
+def load_run(run_dir: Path) -> RunTables:
+    """Read a run for analysis; a missing, empty or damaged run is a one-line UserError.
+
+    Works while the search is still writing: every file is replaced atomically, so each
+    read sees a whole file (epochs may be a few seconds newer than trials).
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / TRIALS_FILE).is_file():
+        raise UserError(f"run {run_dir} has no results yet ({TRIALS_FILE} is missing); "
+                        f"a search writes it after its first epochs")
+    trials = _read_table(run_dir / TRIALS_FILE)
+    if trials.empty or "trial_id" not in trials.columns:
+        raise UserError(f"run {run_dir} has no trials in {TRIALS_FILE}")
+    epochs = _read_table(run_dir / EPOCHS_FILE) if (run_dir / EPOCHS_FILE).exists() else pd.DataFrame(
+        columns=["trial_id", "epoch", *EPOCH_METRICS])
+    confusion = _read_table(run_dir / CONFUSION_FILE) if (run_dir / CONFUSION_FILE).exists() else pd.DataFrame(
+        columns=["trial_id", "true_label", "pred_label", "count"])
+    try:
+        info = read_json(run_dir / RUN_FILE) if (run_dir / RUN_FILE).exists() else {}
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {run_dir / RUN_FILE}: {e}") from None
+    return RunTables(run_dir, trials, epochs, confusion, info)

@@ -1,0 +1,228 @@
+"""The analysis functions on small DataFrames built by hand: ties, single trials, one epoch."""
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tunefm import analysis
+from tunefm.data import CLASSES
+from tunefm.errors import UserError
+
+
+def trials_frame(rows):
+    """A trials table as store writes it, from dicts giving the columns that matter."""
+    base = {"status": "TERMINATED", "stopped_early": False, "epochs": 3, "model": "m1", "lr": 0.01,
+            "batch_size": 32, "optimizer": "sgd", "seed": 0, "params": 1000, "best_val_acc": 0.5,
+            "best_epoch": 1, "val_loss_at_best": 1.0, "min_train_loss": 0.9, "min_train_loss_epoch": 3,
+            "final_train_loss": 0.9, "final_val_loss": 1.0, "overfit_gap": 0.1, "time_per_epoch_s": 1.0,
+            "total_time_s": 3.0, "gpu_fraction": 0.25, "node_id": "n", "device": "cpu", "threads": 1,
+            "test_acc": np.nan, "test_loss": np.nan}
+    frame = pd.DataFrame([{**base, "trial_id": f"t{i}", **row} for i, row in enumerate(rows)])
+    return frame[["trial_id", *base]]
+
+
+# ---- pareto --------------------------------------------------------------------------------
+
+def brute_force_front(frame, metric, cost):
+    """The definition, literally: i is kept unless some j is >= on metric, <= on cost, one strictly."""
+    keep = []
+    for i, a in frame.iterrows():
+        beaten = any((b[metric] >= a[metric] and b[cost] <= a[cost]) and (b[metric] > a[metric] or b[cost] < a[cost])
+                     for j, b in frame.iterrows() if j != i)
+        if not beaten:
+            keep.append(a["trial_id"])
+    return set(keep)
+
+
+def test_pareto_keeps_ties_and_drops_equal_metric_at_higher_cost():
+    trials = trials_frame([
+        {"best_val_acc": 0.90, "total_time_s": 10},  # t0 front
+        {"best_val_acc": 0.80, "total_time_s": 5},   # t1 front (cheapest)
+        {"best_val_acc": 0.85, "total_time_s": 12},  # t2 beaten by t0
+        {"best_val_acc": 0.70, "total_time_s": 5},   # t3 same cost as t1, lower acc
+        {"best_val_acc": 0.90, "total_time_s": 10},  # t4 exact tie with t0: both stay
+        {"best_val_acc": 0.95, "total_time_s": 30},  # t5 front (most accurate)
+        {"best_val_acc": 0.90, "total_time_s": 11},  # t6 same acc as t0 but dearer
+        {"best_val_acc": np.nan, "total_time_s": 1},  # t7 no result: not a candidate
+    ])
+    front = analysis.pareto(trials, "best_val_acc", "total_time_s")
+    assert front["trial_id"].tolist() == ["t1", "t0", "t4", "t5"]  # by cost, ties by acc
+    assert front["total_time_s"].is_monotonic_increasing and front["best_val_acc"].is_monotonic_increasing
+    assert list(front.columns) == ["trial_id", "model", "lr", "batch_size", "best_val_acc", "total_time_s", "epochs"]
+
+
+def test_pareto_single_trial_and_gpu_seconds():
+    one = trials_frame([{"best_val_acc": 0.6, "total_time_s": 4.0, "gpu_fraction": 0.5}])
+    assert analysis.pareto(one, cost="gpu_seconds")[["trial_id", "gpu_seconds"]].values.tolist() == [["t0", 2.0]]
+    two = trials_frame([{"best_val_acc": 0.9, "total_time_s": 10.0, "gpu_fraction": 0.25},   # 2.5 GPU s
+                        {"best_val_acc": 0.8, "total_time_s": 4.0, "gpu_fraction": 1.0}])    # 4.0 GPU s
+    assert analysis.pareto(two, cost="gpu_seconds")["trial_id"].tolist() == ["t0"]
+    assert analysis.pareto(two, cost="total_time_s")["trial_id"].tolist() == ["t1", "t0"]
+    with pytest.raises(UserError, match="--cost must be one of total_time_s, time_per_epoch_s, params, "
+                                        "gpu_seconds, got 'watts'"):
+        analysis.pareto(two, cost="watts")
+    with pytest.raises(UserError, match="--metric 'nope' is not a numeric column"):
+        analysis.pareto(two, metric="nope")
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_pareto_equals_the_definition_on_random_trials_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    n = 40
+    trials = trials_frame([{"best_val_acc": round(a, 1), "params": int(p)}
+                           for a, p in zip(rng.uniform(0.5, 0.9, n), rng.integers(1, 8, n))])
+    front = analysis.pareto(trials, "best_val_acc", "params")
+    assert set(front["trial_id"]) == brute_force_front(trials, "best_val_acc", "params")
+
+
+# ---- best ------------------------------------------------------------------------------------
+
+def test_best_averages_seeds_and_picks_the_best_mean():
+    trials = trials_frame([
+        # config A of m1: two seeds, mean 0.80
+        {"seed": 0, "best_val_acc": 0.78, "test_acc": 0.77, "min_train_loss": 0.2, "time_per_epoch_s": 2.0},
+        {"seed": 1, "best_val_acc": 0.82, "test_acc": np.nan, "min_train_loss": 0.4, "time_per_epoch_s": 4.0},
+        # config B of m1: one lucky seed at 0.81 and one at 0.70: mean 0.755 < 0.80
+        {"lr": 0.1, "seed": 0, "best_val_acc": 0.81},
+        {"lr": 0.1, "seed": 1, "best_val_acc": 0.70},
+        # m2: a single trial with one epoch
+        {"model": "m2", "params": 50, "epochs": 1, "best_val_acc": 0.9, "min_train_loss_epoch": 1},
+    ])
+    best = analysis.best(trials)
+    assert best["model"].tolist() == ["m2", "m1"]  # best model first
+    m1 = best.set_index("model").loc["m1"]
+    assert m1.n == 2 and m1.lr == 0.01 and m1.best_val_acc == pytest.approx(0.80)
+    assert m1.best_val_acc_std == pytest.approx(np.std([0.78, 0.82], ddof=1))
+    assert m1.test_acc == 0.77 and m1.test_n == 1 and np.isnan(m1.test_acc_std)  # only one seed evaluated
+    assert m1.min_train_loss == pytest.approx(0.3) and m1.time_per_epoch_s == 3.0
+    assert m1.trial_ids == "t0,t1"
+    m2 = best.set_index("model").loc["m2"]
+    assert m2.n == 1 and np.isnan(m2.best_val_acc_std) and m2.params == 50 and m2.epochs == 1
+
+
+def test_best_shows_other_varied_keys_and_ignores_trials_without_results():
+    trials = trials_frame([{"optimizer": "sgd", "best_val_acc": 0.6}, {"optimizer": "adam", "best_val_acc": 0.7},
+                           {"optimizer": "adam", "lr": 0.1, "best_val_acc": np.nan, "epochs": 0}])
+    best = analysis.best(trials)
+    assert len(best) == 1 and best.loc[0, "optimizer"] == "adam" and best.loc[0, "trial_ids"] == "t1"
+
+
+# ---- top configurations for the test set ----------------------------------------------------
+
+def test_top_configs_takes_every_seed_of_the_top_k_per_model_by_validation_only():
+    rows = []
+    for model, lr, seed in itertools.product(["m1", "m2"], [0.1, 0.01, 0.001], [0, 1]):
+        rows.append({"model": model, "lr": lr, "seed": seed, "best_val_acc": 0.5 + lr + 0.001 * seed})
+    trials = trials_frame(rows + [{"model": "m3", "best_val_acc": np.nan, "epochs": 0}])
+    chosen = analysis.top_configs(trials, 2)
+    expected = trials[trials["lr"].isin([0.1, 0.01]) & trials["model"].isin(["m1", "m2"])]["trial_id"]
+    assert chosen == sorted(expected)
+    # The test set cannot change the choice.
+    trials["test_acc"] = np.where(trials["lr"] == 0.001, 0.99, 0.1)
+    assert analysis.top_configs(trials, 2) == chosen
+    assert analysis.top_configs(trials, 0) == []
+    assert len(analysis.top_configs(trials, 10)) == 12  # every configuration with a result
+
+
+# ---- grid ------------------------------------------------------------------------------------
+
+def test_grid_pivots_per_model_with_mean_over_seeds():
+    rows = [{"model": m, "lr": lr, "batch_size": bs, "seed": s, "best_val_acc": lr * 10 + bs / 1000 + s * 0.01}
+            for m, lr, bs, s in itertools.product(["m1", "m2"], [0.01, 0.05], [8, 64], [0, 1])]
+    cells = analysis.grid(trials_frame(rows))
+    assert len(cells) == 8 and (cells["n"] == 2).all()
+    table = analysis.pivot(cells, "m1", "lr", "batch_size", "best_val_acc")
+    assert table.loc[0.05, 64] == pytest.approx(0.5 + 0.064 + 0.005)
+    assert list(table.index) == [0.01, 0.05] and list(table.columns) == [8, 64]
+    high = analysis.pivot(analysis.grid(trials_frame(rows), agg="max"), "m2", "lr", "batch_size", "best_val_acc")
+    assert high.loc[0.01, 8] == pytest.approx(0.1 + 0.008 + 0.01)
+    by_seed = analysis.grid(trials_frame(rows), "best_val_acc", rows="seed", cols="batch_size")
+    assert set(by_seed.columns) == {"model", "seed", "batch_size", "best_val_acc", "n", "stopped"}
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(rows="width"), "--rows 'width' is not a config key of this run; valid: model, lr, batch_size, optimizer, seed"),
+    (dict(rows="lr", cols="lr"), "--rows and --cols must differ, both are 'lr'"),
+    (dict(agg="median"), "--agg must be mean, max or min, got 'median'"),
+    (dict(metric="model"), "--metric 'model' is not a numeric column"),
+])
+def test_grid_rejects_bad_axes(kwargs, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        analysis.grid(trials_frame([{}]), **kwargs)
+
+
+# ---- overfit ---------------------------------------------------------------------------------
+
+def epochs_frame(curves):
+    """trial id -> list of (train_loss, val_loss) per epoch."""
+    return pd.DataFrame([{"trial_id": tid, "epoch": e, "train_loss": tl, "val_loss": vl}
+                         for tid, curve in curves.items() for e, (tl, vl) in enumerate(curve, 1)])
+
+
+def test_overfit_flags_rising_val_loss_only_while_train_loss_falls():
+    trials = trials_frame([{}, {"lr": 0.1}, {"batch_size": 8}, {"batch_size": 8, "lr": 0.1}, {"lr": 0.5}])
+    epochs = epochs_frame({
+        "t0": [(1.0, 0.9), (0.6, 0.5), (0.4, 0.6), (0.2, 0.7)],   # val +40% over its min, train falling
+        "t1": [(1.0, 0.9), (0.6, 0.5), (0.7, 0.55)],             # val +10% but train rose again
+        "t2": [(0.8, 0.7)],                                      # a single epoch
+        "t3": [(1.0, 0.9), (0.6, 0.5), (0.5, 0.55)],             # exactly +10%, train falling
+        "t4": [(np.nan, np.nan), (np.nan, np.nan)],              # diverged
+    })
+    gaps = analysis.overfit(trials, epochs).set_index("trial_id")
+    t0, t1, t2, t3, t4 = (gaps.loc[f"t{i}"] for i in range(5))
+    assert t0.overfitting and t0.min_val_loss_epoch == 2 and t0.epochs_past_min == 2
+    assert t0.gap == pytest.approx(0.5) and t0.final_train_loss == 0.2 and t0.val_rise == pytest.approx(0.4)
+    assert not t1.overfitting and t1.val_rise == pytest.approx(0.1)
+    assert not t2.overfitting and t2.min_val_loss_epoch == 1 and t2.epochs_past_min == 0 and t2.epochs == 1
+    assert t3.overfitting
+    assert not t4.overfitting and pd.isna(t4.min_val_loss_epoch) and np.isnan(t4.gap)
+    grid = analysis.overfit_grid(gaps.reset_index()).set_index(["lr", "batch_size"])
+    assert grid.loc[(0.01, 32), "mean_gap"] == pytest.approx(0.5) and grid.loc[(0.01, 32), "overfitting"] == 1
+    assert grid.loc[(0.1, 8), "n"] == 1 and grid.loc[(0.1, 8), "mean_gap"] == pytest.approx(0.05)
+
+
+def test_overfit_skips_trials_without_epochs():
+    trials = trials_frame([{}, {"epochs": 0}])
+    gaps = analysis.overfit(trials, epochs_frame({"t0": [(0.5, 0.6)]}))
+    assert gaps["trial_id"].tolist() == ["t0"]
+    assert analysis.overfit(trials, epochs_frame({})).empty
+
+
+# ---- confusion -------------------------------------------------------------------------------
+
+def counts_frame(trial_id, matrix):
+    return pd.DataFrame([{"trial_id": trial_id, "true_label": t, "pred_label": p, "count": int(matrix[t, p])}
+                         for t in range(10) for p in range(10)])
+
+
+def test_confusion_scores_and_most_confused_pairs():
+    matrix = np.diag([90] * 10)
+    matrix[6, 0], matrix[0, 6], matrix[4, 2] = 30, 10, 5  # shirts called T-shirts, and back
+    matrix[8, 8] = 0  # no bag ever predicted correctly or at all
+    counts = pd.concat([counts_frame("t0", matrix), counts_frame("t1", np.eye(10, dtype=int))])
+    trials = trials_frame([{"best_val_acc": 0.9}, {"best_val_acc": 0.8}])
+    result = analysis.confusion(counts, trials)
+    assert result.trial_id == "t0"  # the evaluated trial with the best val acc
+    scores = result.per_class.set_index("class")
+    shirt, tshirt = scores.loc["Shirt"], scores.loc["T-shirt/top"]
+    assert shirt.support == 120 and shirt.recall == pytest.approx(90 / 120)
+    assert shirt.precision == pytest.approx(90 / 100)
+    assert shirt.f1 == pytest.approx(2 * 0.9 * 0.75 / 1.65)
+    assert tshirt.precision == pytest.approx(90 / 120) and tshirt.recall == pytest.approx(90 / 100)
+    assert np.isnan(scores.loc["Bag"].precision) and np.isnan(scores.loc["Bag"].f1)
+    assert result.pairs.iloc[0].tolist() == ["Shirt", "T-shirt/top", 30, pytest.approx(0.25)]
+    assert result.pairs[["true_class", "pred_class"]].values.tolist() == [
+        ["Shirt", "T-shirt/top"], ["T-shirt/top", "Shirt"], ["Coat", "Pullover"]]
+    assert list(result.matrix.columns) == list(CLASSES) and result.matrix.loc["Shirt", "T-shirt/top"] == 30
+    assert analysis.confusion(counts, trials, "t1").accuracy == 1.0
+
+
+def test_confusion_errors_name_the_evaluated_trials():
+    counts = counts_frame("t0", np.eye(10, dtype=int))
+    trials = trials_frame([{}, {}])
+    with pytest.raises(UserError, match="--trial 't1' has no test-set evaluation; evaluated trials: t0"):
+        analysis.confusion(counts, trials, "t1")
+    with pytest.raises(UserError, match="no trial of this run has a test-set evaluation; run `tunefm evaluate RUN`"):
+        analysis.confusion(counts.iloc[:0], trials)

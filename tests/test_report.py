@@ -1,0 +1,83 @@
+"""`tunefm report`: every figure, labelled, named by index.html; failures keep the old report."""
+
+import re
+import struct
+
+import matplotlib.pyplot as plt
+import pytest
+from click.testing import CliRunner
+
+from conftest import linked_copy, tiny_run
+from tunefm import analysis, report, store
+from tunefm.cli import main
+from tunefm.errors import UserError
+
+FIGURES = ["curves.png", "grid.png", "pareto.png", "overfit.png", "confusion.png", "f1.png"]
+
+
+def png_size(path):
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n", f"{path.name} is not a PNG"
+    return struct.unpack(">II", header[16:24])
+
+
+def test_report_writes_every_figure_and_index_names_only_existing_files(quick_fourfam, tmp_path):
+    out = tmp_path / "report"
+    result = CliRunner().invoke(main, ["report", str(quick_fourfam), "--out", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert result.output == f"Wrote 6 figures and {out / 'index.html'}\n"
+    assert sorted(p.name for p in out.iterdir()) == sorted([*FIGURES, "index.html"])
+    for name in FIGURES:
+        width, height = png_size(out / name)
+        assert width >= 600 and height >= 350, name  # big enough to read
+    page = (out / "index.html").read_text()
+    named = re.findall(r'src="([^"]+)"', page)
+    assert sorted(named) == sorted(FIGURES) and all((out / n).is_file() for n in named)
+    for table_text in ("Best configuration per model", "iaro4", "Pareto front", "Most confused", "Shirt"):
+        assert table_text in page
+
+
+def every_axes_is_labelled(fig):
+    title = fig._suptitle.get_text() if fig._suptitle else ""
+    for ax in fig.axes:
+        if not ax.get_visible():
+            continue
+        if ax.get_label() == "<colorbar>":
+            assert ax.get_ylabel() or ax.get_xlabel(), "a colour bar without a label"
+            continue
+        assert ax.get_title() or title, "an axes without a title"
+        assert ax.get_xlabel() and ax.get_ylabel(), f"axes {ax.get_title()!r} lacks an axis label"
+
+
+def test_every_figure_has_a_title_axis_labels_and_units(quick_fourfam):
+    run = store.load_run(quick_fourfam)
+    result = analysis.confusion(run.confusion, run.trials)
+    gaps = analysis.overfit(run.trials, run.epochs)
+    figures = [report.draw_curves(run.trials, run.epochs), report.draw_grid(run.trials),
+               report.draw_overfit(gaps), report.draw_confusion(result), report.draw_f1(result),
+               *(report.draw_pareto(run.trials, cost=cost) for cost in analysis.COSTS)]
+    for fig in figures:
+        every_axes_is_labelled(fig)
+        labels = " ".join(ax.get_xlabel() + " " + ax.get_ylabel() for ax in fig.axes)
+        assert "(" in labels, "units are given in parentheses"
+        plt.close(fig)
+
+
+def test_report_without_test_results_leaves_out_the_confusion_figures(tmp_path):
+    run_dir = tiny_run(tmp_path / "run")
+    written = report.write(store.load_run(run_dir))
+    assert written.index == run_dir / "report" / "index.html"
+    assert sorted(p.name for p in written.figures) == sorted(["curves.png", "grid.png", "pareto.png", "overfit.png"])
+    assert "no trial has a test-set evaluation yet" in written.index.read_text()
+
+
+def test_a_failed_report_keeps_the_previous_one(quick_fourfam, tmp_path):
+    run_dir = linked_copy(quick_fourfam, tmp_path / "copy")
+    first = report.write(store.load_run(run_dir))
+    before = {p.name: p.read_bytes() for p in first.index.parent.iterdir()}
+    run = store.load_run(run_dir)
+    run.trials["best_val_acc"] = float("nan")  # nothing left to plot
+    with pytest.raises(UserError, match="has no trial with a result yet; nothing to plot"):
+        report.write(run)
+    assert {p.name: p.read_bytes() for p in first.index.parent.iterdir()} == before
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(".report")]  # no temporary folders left

@@ -1,0 +1,219 @@
+"""`tunefm summarize` on the quick fourfam run, checked against the Parquet files directly."""
+
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from conftest import REPO, tiny_run
+from tunefm import store, summary
+from tunefm.cli import main
+from tunefm.data import CLASSES
+
+JSON_KEYS = {"best", "grid", "pareto", "overfit", "overfit_grid", "confusion", "confusion_pairs"}
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def summary_json(quick_fourfam):
+    result = invoke("summarize", str(quick_fourfam), "--format", "json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_json_has_the_documented_keys_and_parses(summary_json):
+    assert set(summary_json) == JSON_KEYS
+    assert all(isinstance(v, list) and all(isinstance(r, dict) for r in v) for v in summary_json.values())
+    readme = (REPO / "README.md").read_text()
+    for key in JSON_KEYS:
+        assert f"`{key}`" in readme, f"README does not document the JSON key {key}"
+
+
+def test_best_matches_the_trials_file(quick_fourfam, summary_json):
+    trials = store.read_trials(quick_fourfam)
+    best = pd.DataFrame(summary_json["best"]).set_index("model")
+    assert sorted(best.index) == ["iaro1", "iaro2", "iaro3", "iaro4"]
+    for model, group in trials.groupby("model"):
+        top = group.loc[group.best_val_acc.idxmax()]
+        row = best.loc[model]
+        assert row.best_val_acc == top.best_val_acc and row.n == 1
+        assert (row.lr, row.batch_size, row.params) == (top.lr, top.batch_size, top.params)
+        assert row.test_acc == top.test_acc  # the best configuration is always among those evaluated
+        assert row.min_train_loss == pytest.approx(top.min_train_loss)
+        assert row.val_loss_at_best == pytest.approx(top.val_loss_at_best)
+        assert row.time_per_epoch_s == pytest.approx(top.time_per_epoch_s)
+    assert best.best_val_acc.is_monotonic_decreasing
+
+
+def test_grid_matches_a_pivot_of_the_trials_file(quick_fourfam, summary_json):
+    trials = store.read_trials(quick_fourfam)
+    expected = trials.pivot_table(index=["model", "lr"], columns="batch_size", values="best_val_acc")
+    cells = pd.DataFrame(summary_json["grid"])
+    assert len(cells) == 112 and (cells.n == 1).all()
+    for cell in cells.itertuples():
+        assert cell.best_val_acc == pytest.approx(expected.loc[(cell.model, cell.lr), cell.batch_size])
+    stopped = trials.set_index(["model", "lr", "batch_size"]).stopped_early
+    assert all(cell.stopped == int(stopped[(cell.model, cell.lr, cell.batch_size)]) for cell in cells.itertuples())
+
+
+@pytest.mark.parametrize("cost", ["total_time_s", "time_per_epoch_s", "params", "gpu_seconds"])
+def test_pareto_matches_the_definition_on_the_trials_file(quick_fourfam, cost):
+    trials = store.read_trials(quick_fourfam)
+    trials["gpu_seconds"] = trials.total_time_s * trials.gpu_fraction
+    acc, price = trials.best_val_acc.to_numpy(), trials[cost].to_numpy()
+    beaten = ((acc[None, :] >= acc[:, None]) & (price[None, :] <= price[:, None])
+              & ((acc[None, :] > acc[:, None]) | (price[None, :] < price[:, None]))).any(axis=1)
+    expected = set(trials.trial_id[~beaten])
+    result = invoke("summarize", str(quick_fourfam), "--section", "pareto", "--cost", cost, "--format", "json")
+    front = pd.DataFrame(json.loads(result.output)["pareto"])
+    assert set(front.trial_id) == expected
+    assert front[cost].is_monotonic_increasing
+    assert front.best_val_acc.iloc[-1] == trials.best_val_acc.max()
+
+
+def test_overfit_gaps_match_the_epochs_file(quick_fourfam, summary_json):
+    epochs = store.read_epochs(quick_fourfam).sort_values(["trial_id", "epoch"])
+    last = epochs.groupby("trial_id").last()
+    gaps = pd.DataFrame(summary_json["overfit"]).set_index("trial_id")
+    assert len(gaps) == 112
+    assert np.allclose(gaps.gap, (last.val_loss - last.train_loss)[gaps.index])
+    assert (gaps.epochs == last.epoch[gaps.index]).all()
+    lowest = epochs.loc[epochs.groupby("trial_id").val_loss.idxmin()].set_index("trial_id")
+    assert (gaps.min_val_loss_epoch == lowest.epoch[gaps.index]).all()
+    assert (gaps.epochs_past_min == gaps.epochs - gaps.min_val_loss_epoch).all()
+    rise = last.val_loss / lowest.val_loss - 1
+    fell = last.train_loss < lowest.train_loss
+    assert (gaps.overfitting == ((rise >= 0.10) & fell)[gaps.index]).all()
+
+    by_grid = pd.DataFrame(summary_json["overfit_grid"]).set_index(["lr", "batch_size"])
+    expected = gaps.groupby(["lr", "batch_size"]).gap.mean()
+    assert len(by_grid) == 28 and np.allclose(by_grid.mean_gap, expected[by_grid.index])
+    assert (by_grid.n == 4).all()
+
+
+def test_confusion_matches_the_confusion_file(quick_fourfam, summary_json):
+    counts = pd.read_parquet(quick_fourfam / store.CONFUSION_FILE)
+    trials = store.read_trials(quick_fourfam)
+    chosen = trials.loc[trials.test_acc.notna()].sort_values(["best_val_acc", "trial_id"],
+                                                             ascending=[False, True]).trial_id.iloc[0]
+    rows = pd.DataFrame(summary_json["confusion"])
+    assert (rows.trial_id == chosen).all() and rows["class"].tolist() == list(CLASSES)
+    matrix = counts[counts.trial_id == chosen].pivot(index="true_label", columns="pred_label", values="count")
+    assert (rows[list(CLASSES)].to_numpy() == matrix.to_numpy()).all()
+    assert np.allclose(rows.recall, np.diag(matrix) / matrix.sum(axis=1))
+    assert np.allclose(rows.precision, np.diag(matrix) / matrix.sum(axis=0))
+    pairs = pd.DataFrame(summary_json["confusion_pairs"])
+    off = matrix.to_numpy().copy()
+    np.fill_diagonal(off, 0)
+    assert pairs["count"].iloc[0] == off.max() and pairs["count"].is_monotonic_decreasing
+
+
+def test_table_output_fits_80_columns_and_shows_every_section(quick_fourfam):
+    result = invoke("summarize", str(quick_fourfam))
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert max(len(line) for line in lines) <= 80, [line for line in lines if len(line) > 80][:3]
+    for heading in ("Best configuration per model", "val acc (mean) by lr (rows) x batch_size (columns)",
+                    "Pareto front", "Overfitting", "Mean gap by lr x batch_size", "Confusion matrix of trial",
+                    "Per class:", "Most confused:"):
+        assert heading in result.output
+    assert "iaro1:" in result.output and "* = stopped early by ASHA" in result.output
+
+
+def test_markdown_and_csv(quick_fourfam):
+    markdown = invoke("summarize", str(quick_fourfam), "--format", "markdown", "--section", "best").output
+    assert "## Best configuration per model (by val acc)" in markdown
+    assert "| model | params | val acc | test acc | lr | batch |" in markdown
+    assert len([line for line in markdown.splitlines() if line.startswith("| iaro")]) == 4
+
+    one = invoke("summarize", str(quick_fourfam), "--format", "csv", "--section", "pareto").output
+    front = pd.read_csv(io.StringIO(one))
+    assert list(front.columns) == ["trial_id", "model", "lr", "batch_size", "best_val_acc", "total_time_s", "epochs"]
+    several = invoke("summarize", str(quick_fourfam), "--format", "csv", "--section", "best", "--section", "overfit")
+    blocks = several.output.split("\n\n")
+    assert [b.splitlines()[0] for b in blocks] == ["# best", "# overfit", "# overfit_grid"]
+    assert len(pd.read_csv(io.StringIO(blocks[1]), comment="#")) == 112
+
+
+def test_grid_options_choose_other_axes_and_aggregates(quick_fourfam):
+    result = invoke("summarize", str(quick_fourfam), "--section", "grid", "--rows", "model", "--cols", "lr",
+                    "--agg", "max", "--metric", "val_loss_at_best", "--format", "json")
+    cells = pd.DataFrame(json.loads(result.output)["grid"])
+    trials = store.read_trials(quick_fourfam)
+    expected = trials.groupby(["model", "lr"]).val_loss_at_best.max()
+    assert len(cells) == 16 and (cells.n == 7).all()
+    assert np.allclose(cells.set_index(["model", "lr"]).val_loss_at_best, expected)
+
+
+def test_summarize_imports_neither_ray_nor_torch(quick_fourfam):
+    code = ("import sys; from tunefm.cli import main\n"
+            f"main(['summarize', {str(quick_fourfam)!r}, '--format', 'json'], standalone_mode=False)\n"
+            "heavy = sorted(m for m in ('ray', 'torch') if m in sys.modules)\n"
+            "assert not heavy, heavy\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["best"]
+
+
+# ---- runs by name, the newest run, and errors ------------------------------------------------
+
+def test_default_run_is_the_newest_and_a_name_is_looked_up_under_results(tmp_path):
+    results = tmp_path / "results"
+    tiny_run(results / "old", "2026-01-01T00:00:00+00:00")
+    tiny_run(results / "new", "2026-02-01T00:00:00+00:00")
+    (results / "benchmarks").mkdir()  # not a run
+    assert invoke("summarize", "--results", str(results)).output.startswith(f"Run {results / 'new'}\n")
+    assert invoke("summarize", "old", "--results", str(results)).output.startswith(f"Run {results / 'old'}\n")
+
+
+def test_a_run_in_progress_without_test_results_still_summarizes(tmp_path):
+    run_dir = tiny_run(tmp_path / "live", finished=False)
+    result = invoke("summarize", str(run_dir))
+    assert result.exit_code == 0
+    assert "no trial has a test-set evaluation yet; run `tunefm evaluate RUN`" in result.output
+    assert json.loads(invoke("summarize", str(run_dir), "--format", "json").output)["confusion"] == []
+
+
+@pytest.mark.parametrize("setup, args, message", [
+    (lambda r: None, ["summarize", "nope"], "Error: run 'nope' does not exist; runs under {results}/: run"),
+    (lambda r: None, ["summarize", "--results", "{tmp}/empty"], "Error: no runs under {tmp}/empty/; start one "
+                                                               "with `tunefm search`, or give a run folder"),
+    (lambda r: (r / store.TRIALS_FILE).unlink(), ["summarize", "run"],
+     "Error: run {results}/run has no results yet (trials.parquet is missing); a search writes it after its "
+     "first epochs"),
+    (lambda r: (r / store.TRIALS_FILE).write_bytes(b"PAR1 not really"), ["summarize", "run"],
+     "Error: cannot read {results}/run/trials.parquet: "),
+    (lambda r: store.write_parquet(pd.DataFrame({"trial_id": []}), r / store.TRIALS_FILE), ["summarize", "run"],
+     "Error: run {results}/run has no trials in trials.parquet"),
+    (lambda r: None, ["summarize", "run", "--rows", "width"],
+     "Error: --rows 'width' is not a config key of this run; valid: model, lr, batch_size"),
+    (lambda r: None, ["summarize", "run", "--section", "confusion"],
+     "Error: no trial of this run has a test-set evaluation; run `tunefm evaluate RUN` first"),
+    (lambda r: None, ["summarize", "run", "--metric", "nope"], "Error: --metric 'nope' is not a numeric column"),
+    (lambda r: None, ["report", "nope"], "Error: run 'nope' does not exist"),
+    (lambda r: (r / store.EPOCHS_FILE).write_text("garbage"), ["report", "run"],
+     "Error: cannot read {results}/run/epochs.parquet: "),
+    (lambda r: None, ["evaluate", "nope"], "Error: run 'nope' does not exist"),
+])
+def test_bad_runs_and_options_are_one_error_line(tmp_path, setup, args, message):
+    results = tmp_path / "results"
+    run_dir = tiny_run(results / "run")
+    setup(run_dir)
+    changed = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    if args[0] in ("summarize", "report", "evaluate") and "--results" not in args:
+        args = [*args, "--results", str(results)]
+    args = [a.format(tmp=tmp_path, results=results) for a in args]
+    result = invoke(*args)
+    expected = message.format(tmp=tmp_path, results=results)
+    assert result.exit_code == 1
+    assert result.output.startswith(expected) and result.output.count("\n") == 1, result.output
+    assert "Traceback" not in result.output
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == changed  # nothing written

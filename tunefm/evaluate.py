@@ -1,0 +1,201 @@
+"""Test-set evaluation of a run's winners, from each trial's best-validation checkpoint.
+
+    tunefm evaluate results/fourfam-20261122-101500 --test-top 3
+    evaluate.run(run_dir, top_k=3)                     # the same from Python
+
+Which trials: every seed of each model's top K configurations by mean validation
+accuracy (`analysis.top_configs`), chosen before the test images are even loaded, so
+model selection never sees the test set. Each is rebuilt from its config, loaded from
+the checkpoint of its best validation epoch (`tune/<trial_id>/checkpoint_*/`), and
+run once over the test split. Results replace any earlier evaluation:
+
+    trials.parquet      test_acc, test_loss filled for the evaluated trials (null elsewhere)
+    confusion.parquet   trial_id, true_label, pred_label, count (100 rows per trial)
+    run.json            "evaluation": which trials, K, device, test size, checkpoints skipped
+
+Needs torch but not Ray: it reads checkpoint files directly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from tunefm import analysis, data, store, trainable
+from tunefm.errors import UserError
+
+DEFAULT_TOP_K = 3
+
+
+@dataclass
+class Evaluation:
+    """What an evaluation did; `record()` is what run.json keeps under "evaluation"."""
+
+    top_k: int
+    test_size: int
+    device: str | None = None
+    evaluated: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # trial id -> why
+
+    def record(self) -> dict:
+        return {"top_k": self.top_k, "trials": self.evaluated, "skipped": self.skipped,
+                "test_size": self.test_size, "device": self.device,
+                "at": dt.datetime.now().astimezone().isoformat(timespec="seconds")}
+
+
+def checkpoint_epochs(trial_dir: Path) -> dict[int, Path]:
+    """epoch -> checkpoint folder, for the checkpoints Tune kept for one trial."""
+    found = {}
+    for folder in sorted(trial_dir.glob("checkpoint_*")):
+        meta, state = folder / trainable.CHECKPOINT_META, folder / trainable.CHECKPOINT_FILE
+        if not state.is_file():
+            continue
+        if meta.is_file():
+            epoch = json.loads(meta.read_text())["epoch"]
+        else:  # written before meta.json existed: read the epoch from the state itself
+            epoch = torch.load(state, map_location="cpu", weights_only=False)["epoch"]
+        found[int(epoch)] = folder
+    return found
+
+
+def trial_config(row: pd.Series, keys: list[str]) -> dict:
+    """A trial's config from its trials.parquet row, as plain Python values."""
+    config = {}
+    for key in keys:
+        value = row[key]
+        if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
+            continue
+        config[key] = value.item() if isinstance(value, np.generic) else value
+    return config
+
+
+def load_model(config: dict, checkpoint: Path, device: torch.device) -> nn.Module:
+    model = trainable.build_model(config)
+    state = torch.load(checkpoint / trainable.CHECKPOINT_FILE, map_location=device, weights_only=False)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+            batch_size: int = trainable.EVAL_BATCH_SIZE) -> tuple[float, np.ndarray]:
+    """(mean cross-entropy, predicted labels) over (x, y)."""
+    loss_sum = torch.zeros((), device=x.device)
+    predictions = []
+    for start in range(0, len(y), batch_size):
+        logits = model(x[start:start + batch_size])
+        loss_sum += nn.functional.cross_entropy(logits, y[start:start + batch_size], reduction="sum")
+        predictions.append(logits.argmax(1))
+    return loss_sum.item() / len(y), torch.cat(predictions).cpu().numpy()
+
+
+def confusion_rows(trial_id: str, true: np.ndarray, predicted: np.ndarray) -> pd.DataFrame:
+    """All 10 x 10 (true, predicted) counts for one trial, zeros included."""
+    n = len(data.CLASSES)
+    counts = np.bincount(true.astype(np.int64) * n + predicted, minlength=n * n)
+    return pd.DataFrame({"trial_id": trial_id, "true_label": np.repeat(np.arange(n), n),
+                         "pred_label": np.tile(np.arange(n), n), "count": counts.astype(np.int64)})
+
+
+def evaluate_trials(run_dir: Path, test_x: np.ndarray, test_y: np.ndarray, top_k: int = DEFAULT_TOP_K,
+                    echo: Callable[[str], None] = print, device: torch.device | None = None) -> Evaluation:
+    """Evaluate the run's top configurations on (test_x, test_y); write trials and confusion.
+
+    The caller records `Evaluation.record()` in run.json.
+    """
+    run_dir = Path(run_dir)
+    trials = store.read_trials(run_dir)
+    chosen = analysis.top_configs(trials, top_k)  # from validation numbers only
+    outcome = Evaluation(top_k, len(test_y))
+    trials["test_acc"], trials["test_loss"] = np.nan, np.nan
+    tables = []
+    if chosen:
+        device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        outcome.device = device.type
+        echo(f"Test set ({len(test_y)} images): evaluating {len(chosen)} trial(s), the top {top_k} "
+             f"configuration(s) per model by val acc, from their best-validation checkpoints on {device.type}")
+        started = time.perf_counter()
+        x, y = trainable.to_tensors(test_x, test_y, device)
+        keys = store.config_columns(trials)
+        by_id = trials.set_index("trial_id", drop=False)
+        for trial_id in chosen:
+            row = by_id.loc[trial_id]
+            best_epoch = int(row["best_epoch"])
+            checkpoints = checkpoint_epochs(run_dir / store.TUNE_DIR / trial_id)
+            if best_epoch not in checkpoints:
+                kept = ", ".join(map(str, sorted(checkpoints))) or "none"
+                outcome.skipped[trial_id] = f"no checkpoint of best epoch {best_epoch} (kept: {kept})"
+                continue
+            model = load_model(trial_config(row, keys), checkpoints[best_epoch], device)
+            loss, predicted = predict(model, x, y)
+            accuracy = float((predicted == test_y).mean())
+            trials.loc[trials["trial_id"] == trial_id, ["test_acc", "test_loss"]] = [accuracy, loss]
+            tables.append(confusion_rows(trial_id, test_y, predicted))
+            outcome.evaluated.append(trial_id)
+        for trial_id, why in outcome.skipped.items():
+            echo(f"Warning: trial {trial_id} not evaluated: {why}")
+        echo(f"Test set: {len(outcome.evaluated)} trial(s) evaluated in {time.perf_counter() - started:.1f} s")
+    else:
+        echo("Test set: no trial has a validation result yet; nothing to evaluate")
+    confusion = pd.concat(tables, ignore_index=True) if tables else confusion_rows("", np.zeros(0, int),
+                                                                                   np.zeros(0, int)).iloc[:0]
+    # Confusion first: a reader that sees new test columns also finds their matrices.
+    store.write_parquet(confusion, run_dir / store.CONFUSION_FILE)
+    store.write_parquet(trials, run_dir / store.TRIALS_FILE)
+    return outcome
+
+
+def check_not_running(run_dir: Path, info: dict) -> None:
+    """Refuse a run whose search is still alive: its next flush would drop the test columns."""
+    pid, host = info.get("pid"), info.get("host")
+    if info.get("status") != "running" or not pid or host != socket.gethostname():
+        return
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return  # the search was killed: an interrupted run, fine to evaluate
+    except PermissionError:
+        pass
+    raise UserError(f"run {run_dir} is still running (process {pid}); it evaluates its winners itself "
+                    f"when the search ends, or evaluate it after that")
+
+
+def test_split(info: dict, data_dir: str | None) -> data.Splits:
+    """The run's data again, with the sizes it used; its files must be the ones it used."""
+    options, recorded_data = info.get("options", {}), info.get("data", {})
+    source = data_dir
+    if source is None and recorded_data.get("source") and Path(recorded_data["source"]).is_dir():
+        source = recorded_data["source"]  # else: TUNEFM_DATA_DIR or the cache, as for a search
+    splits = data.load(source, options.get("train_size"), options.get("val_size"), options.get("test_size"))
+    recorded = recorded_data.get("sha256", {})
+    for name, digest in splits.checksums.items():
+        if name in recorded and recorded[name] != digest:
+            raise UserError(f"{Path(splits.source) / name} differs from the file this run used "
+                            f"(SHA-256 {digest[:12]}... vs {recorded[name][:12]}...); give --data-dir the "
+                            f"run's data")
+    return splits
+
+
+def run(run_dir: Path, top_k: int = DEFAULT_TOP_K, data_dir: str | None = None,
+        echo: Callable[[str], None] = print) -> Evaluation:
+    """`tunefm evaluate`: evaluate an existing (finished or interrupted) run."""
+    if top_k < 1:
+        raise UserError(f"--test-top must be >= 1, got {top_k}")
+    tables = store.load_run(run_dir)  # one-line errors for a missing, empty or damaged run
+    check_not_running(run_dir, tables.info)
+    splits = test_split(tables.info, data_dir)
+    outcome = evaluate_trials(run_dir, splits.test_x, splits.test_y, top_k, echo)
+    if (Path(run_dir) / store.RUN_FILE).exists():
+        store.write_json({**tables.info, "evaluation": outcome.record()}, Path(run_dir) / store.RUN_FILE)
+    return outcome

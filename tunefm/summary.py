@@ -1,0 +1,378 @@
+"""`tunefm summarize`: a run's analysis tables rendered as text, markdown, CSV or JSON.
+
+    run = store.load_run(store.resolve_run(None, "results"))
+    print(summary.render(run, SummaryOptions(sections=("best", "pareto")), "table"))
+
+`tables()` computes the machine-readable tables (one per JSON key):
+
+    best             one row per model (analysis.best)
+    grid             model, <rows>, <cols>, <metric>, n          (long form of the pivots)
+    pareto           the non-dominated trials, cheapest first
+    overfit          one row per trial: final losses, gap, min val loss epoch, flag
+    overfit_grid     <rows>, <cols>, mean_gap, n, overfitting    (all models pooled)
+    confusion        one row per true class: trial_id, label, class, precision, recall, f1,
+                     support, then the count predicted as each class (by class name)
+    confusion_pairs  trial_id, true_class, pred_class, count, share (of the true class)
+
+`render()` prints them: `json` is one object with those keys, each a list of records;
+`csv` gives each table under a `# key` line (a single table gets no comment line);
+`table` (80-column terminal) and `markdown` show grids and the confusion matrix as
+pivots. Nothing here imports Ray or torch.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+import textwrap
+from dataclasses import dataclass
+
+import pandas as pd
+
+from tunefm import analysis, store
+from tunefm.data import CLASSES
+from tunefm.errors import UserError
+
+SECTIONS = ("best", "grid", "pareto", "overfit", "confusion")
+FORMATS = ("table", "markdown", "csv", "json")
+TABLES = {"best": ["best"], "grid": ["grid"], "pareto": ["pareto"], "overfit": ["overfit", "overfit_grid"],
+          "confusion": ["confusion", "confusion_pairs"]}
+WIDTH = 80
+NUMBER = re.compile(r"^[-+]?\.?\d")
+
+
+@dataclass(frozen=True)
+class SummaryOptions:
+    sections: tuple[str, ...] = ()  # empty: every section
+    metric: str = "best_val_acc"
+    rows: str = "lr"
+    cols: str = "batch_size"
+    agg: str = "mean"
+    cost: str = "total_time_s"
+    trial: str | None = None  # confusion: this trial instead of the best evaluated one
+
+    def chosen_sections(self) -> tuple[str, ...]:
+        for section in self.sections:
+            if section not in SECTIONS:
+                raise UserError(f"--section must be one of {', '.join(SECTIONS)}, got {section!r}")
+        return tuple(s for s in SECTIONS if s in self.sections) if self.sections else SECTIONS
+
+    @property
+    def confusion_required(self) -> bool:
+        """Asked for by name (or a --trial): a run without test results is then an error."""
+        return self.trial is not None or "confusion" in self.sections
+
+
+def confusion_records(result: analysis.Confusion) -> pd.DataFrame:
+    per_class = result.per_class.reset_index(drop=True)
+    counts = result.matrix.reset_index(drop=True)
+    return pd.concat([per_class.assign(trial_id=result.trial_id)[
+        ["trial_id", "label", "class", "precision", "recall", "f1", "support"]], counts], axis=1)
+
+
+def tables(run: store.RunTables, options: SummaryOptions) -> dict[str, pd.DataFrame]:
+    """The machine-readable tables of the chosen sections, keyed as in the JSON output."""
+    trials = run.trials
+    out: dict[str, pd.DataFrame] = {}
+    sections = options.chosen_sections()
+    if "best" in sections:
+        out["best"] = analysis.best(trials, options.metric)
+    if "grid" in sections:
+        out["grid"] = analysis.grid(trials, options.metric, options.rows, options.cols, options.agg)
+    if "pareto" in sections:
+        out["pareto"] = analysis.pareto(trials, options.metric, options.cost)
+    if "overfit" in sections:
+        gaps = analysis.overfit(trials, run.epochs)
+        out["overfit"] = gaps.sort_values(analysis.describe_columns(trials) + ["trial_id"], kind="stable")
+        out["overfit_grid"] = analysis.overfit_grid(gaps, options.rows, options.cols)
+    if "confusion" in sections:
+        if run.confusion.empty and not options.confusion_required:
+            out["confusion"] = pd.DataFrame(columns=["trial_id", "label", "class"])
+            out["confusion_pairs"] = pd.DataFrame(columns=["trial_id", "true_class", "pred_class", "count", "share"])
+        else:
+            result = analysis.confusion(run.confusion, trials, options.trial)
+            out["confusion"] = confusion_records(result)
+            out["confusion_pairs"] = result.pairs.assign(trial_id=result.trial_id)[
+                ["trial_id", "true_class", "pred_class", "count", "share"]]
+    return {key: frame.reset_index(drop=True) for key, frame in out.items()}
+
+
+# ---- number formats for people ----------------------------------------------------------
+
+def _missing(x) -> bool:
+    return x is None or x is pd.NA or (isinstance(x, float) and math.isnan(x))
+
+
+def fmt_acc(x, std=None) -> str:
+    if _missing(x):
+        return "-"
+    return f"{x:.4f}" if _missing(std) else f"{x:.4f}±{std:.4f}"
+
+
+def fmt_loss(x) -> str:
+    if _missing(x):
+        return "-"
+    return f"{x:.3f}" if abs(x) >= 0.01 or x == 0 else f"{x:.2g}"  # seed 000 reports 0.00033
+
+
+def fmt_gap(x) -> str:
+    return "-" if _missing(x) else f"{x:+.3f}"
+
+
+def fmt_seconds(x) -> str:
+    return "-" if _missing(x) else (f"{x:.2f}" if x < 100 else f"{x:,.0f}")
+
+
+def fmt_count(x) -> str:
+    if _missing(x):
+        return "-"
+    return f"{x:g}" if float(x) == int(x) else f"{x:.1f}"
+
+
+def fmt_params(x) -> str:
+    if _missing(x):
+        return "-"
+    x = int(x)
+    return f"{x / 1e6:.2f}M" if x >= 1e6 else (f"{x / 1e3:.1f}k" if x >= 1e4 else f"{x:,}")
+
+
+def fmt_value(x) -> str:
+    if _missing(x):
+        return "-"
+    if isinstance(x, float):
+        return f"{x:g}"
+    return str(x)
+
+
+METRIC_LABELS = {"best_val_acc": "val acc", "test_acc": "test acc", "val_loss_at_best": "val loss",
+                 "total_time_s": "total s", "time_per_epoch_s": "s/epoch", "params": "params",
+                 "gpu_seconds": "GPU s", "batch_size": "batch"}
+
+
+def label(column: str) -> str:
+    return METRIC_LABELS.get(column, column)
+
+
+def fmt_metric(column: str, x) -> str:
+    if column.endswith("_acc"):
+        return fmt_acc(x)
+    if column == "params":
+        return fmt_params(x)
+    if column.endswith("_s") or column == "gpu_seconds":
+        return fmt_seconds(x)
+    if "loss" in column or column == "overfit_gap":
+        return fmt_loss(x)
+    return fmt_value(x)
+
+
+# ---- display frames (strings), shared by table, markdown and the HTML report -------------
+
+def _config_display(frame: pd.DataFrame, columns: list[str]) -> dict[str, list[str]]:
+    return {label(c): [fmt_value(v) for v in frame[c]] for c in columns}
+
+
+def best_display(best: pd.DataFrame, metric: str) -> pd.DataFrame:
+    if best.empty:
+        return pd.DataFrame()
+    seeds = (best["n"] > 1).any()
+    config = [c for c in best.columns if c not in {
+        "model", "params", "n", metric, f"{metric}_std", "test_acc", "test_acc_std", "test_n", "min_train_loss",
+        "min_train_loss_epoch", "val_loss_at_best", "time_per_epoch_s", "epochs", "trial_ids"}]
+    shown = {"model": best["model"], "params": best["params"].map(fmt_params)}
+    if seeds:
+        shown["n"] = best["n"].map(fmt_count)
+    shown[label(metric)] = [fmt_acc(m, s) if metric.endswith("_acc") else fmt_metric(metric, m)
+                            for m, s in zip(best[metric], best[f"{metric}_std"])]
+    shown["test acc"] = [fmt_acc(m, s) for m, s in zip(best["test_acc"], best["test_acc_std"])]
+    shown.update(_config_display(best, config))
+    shown["min train@ep"] = [f"{fmt_loss(l)} @ {fmt_count(e)}" if not _missing(l) else "-"
+                                    for l, e in zip(best["min_train_loss"], best["min_train_loss_epoch"])]
+    shown["val loss"] = best["val_loss_at_best"].map(fmt_loss)
+    shown["s/epoch"] = best["time_per_epoch_s"].map(fmt_seconds)
+    return pd.DataFrame(shown)
+
+
+def grid_displays(cells: pd.DataFrame, metric: str, rows: str, cols: str) -> dict[str, pd.DataFrame]:
+    """One pivot per model (or a single one when model is itself an axis); `*` marks cells
+    whose every trial ASHA stopped early."""
+    models = [None] if "model" in (rows, cols) or "model" not in cells.columns else list(dict.fromkeys(cells["model"]))
+    out = {}
+    for model in models:
+        part = cells if model is None else cells[cells["model"] == model]
+        shown = part.assign(text=[fmt_metric(metric, v) + ("*" if s and s == n else "")
+                                  for v, n, s in zip(part[metric], part["n"], part["stopped"])])
+        table = shown.pivot(index=rows, columns=cols, values="text").fillna("-")
+        table.index = [fmt_value(v) for v in table.index]
+        table.columns = [fmt_value(v) for v in table.columns]
+        table.index.name, table.columns.name = label(rows), label(cols)
+        out[model or "all"] = table
+    return out
+
+
+def trials_display(frame: pd.DataFrame, columns: dict[str, callable]) -> pd.DataFrame:
+    config = [c for c in frame.columns if c not in columns and c != "trial_id"]
+    shown = {"trial": frame["trial_id"], **_config_display(frame, config)}
+    shown.update({label(c): frame[c].map(f) for c, f in columns.items()})
+    return pd.DataFrame(shown)
+
+
+def pareto_display(front: pd.DataFrame, metric: str, cost: str) -> pd.DataFrame:
+    return trials_display(front, {metric: lambda x: fmt_metric(metric, x), cost: lambda x: fmt_metric(cost, x),
+                                  "epochs": fmt_count})
+
+
+def overfit_display(gaps: pd.DataFrame) -> pd.DataFrame:
+    table = trials_display(gaps.drop(columns=["min_val_loss", "val_rise"]), {
+        "epochs": fmt_count, "final_train_loss": fmt_loss, "final_val_loss": fmt_loss, "gap": fmt_gap,
+        "min_val_loss_epoch": fmt_count, "epochs_past_min": fmt_count,
+        "overfitting": lambda flag: "yes" if flag else ""})
+    return table.rename(columns={"epochs": "ep", "final_train_loss": "train", "final_val_loss": "val",
+                                 "min_val_loss_epoch": "min@", "epochs_past_min": "past", "overfitting": "overfit"})
+
+
+def confusion_displays(records: pd.DataFrame, pairs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(matrix with short headers, per-class scores, most-confused pairs)."""
+    matrix = records[list(CLASSES)].copy()
+    matrix.index = [f"{i} {name}" for i, name in enumerate(CLASSES)]
+    matrix.index.name = "true \\ predicted"
+    matrix.columns = [str(i) for i in range(len(CLASSES))]
+    scores = pd.DataFrame({"class": records["class"], "precision": records["precision"].map(fmt_acc),
+                           "recall": records["recall"].map(fmt_acc), "F1": records["f1"].map(fmt_acc),
+                           "support": records["support"].map(fmt_count)})
+    confused = pd.DataFrame({"true class": pairs["true_class"], "predicted as": pairs["pred_class"],
+                             "count": pairs["count"].map(fmt_count),
+                             "share of true class": pairs["share"].map(lambda x: f"{x:.1%}")})
+    return matrix, scores, confused
+
+
+# ---- rendering ---------------------------------------------------------------------------
+
+def run_header(run: store.RunTables) -> list[str]:
+    """Lines saying which run this is and how far it got."""
+    info, trials = run.info, run.trials
+    study = info.get("study", {}).get("name", "?")
+    evaluated = int(trials["test_acc"].notna().sum()) if "test_acc" in trials else 0
+    stopped = int(trials["stopped_early"].sum()) if "stopped_early" in trials else 0
+    sizes = info.get("data", {}).get("sizes", {})
+    data = f"; data {sizes['train']} train / {sizes['val']} val / {sizes['test']} test" if sizes else ""
+    return [f"Run {run.run_dir}",
+            f"Study {study}, {info.get('status', 'status unknown')}{data}",
+            f"{len(trials)} trials, {stopped} stopped early, {int(trials['epochs'].sum())} epochs trained, "
+            f"{evaluated} evaluated on the test set"]
+
+
+def blocks(run: store.RunTables, found: dict[str, pd.DataFrame], options: SummaryOptions):
+    """(heading, note, [(subheading, display frame, show index)]) per section, for people."""
+    metric, rows, cols = options.metric, options.rows, options.cols
+    out = []
+    if "best" in found:
+        out.append((f"Best configuration per model (by {label(metric)})",
+                    "mean±std over seeds; n = seeds" if (found["best"].get("n", pd.Series(dtype=int)) > 1).any() else "",
+                    [("", best_display(found["best"], metric), False)]))
+    if "grid" in found:
+        pivots = grid_displays(found["grid"], metric, rows, cols)
+        stopped = "; * = stopped early by ASHA" if (found["grid"]["stopped"] > 0).any() else ""
+        out.append((f"{label(metric)} ({options.agg}) by {rows} (rows) x {cols} (columns)",
+                    f"cells: {options.agg} over the trials with those values{stopped}",
+                    [(model, table, True) for model, table in pivots.items()] or [("", pd.DataFrame(), False)]))
+    if "pareto" in found:
+        out.append((f"Pareto front: {label(metric)} (higher is better) vs {options.cost} (lower is better)",
+                    f"{len(found['pareto'])} of {int(run.trials[metric].notna().sum())} trials are on the front",
+                    [("", pareto_display(found["pareto"], metric, options.cost), False)]))
+    if "overfit" in found:
+        gaps = found["overfit"]
+        flagged = int(gaps["overfitting"].sum()) if len(gaps) else 0
+        grid_cells = found["overfit_grid"]
+        mean_gap = (grid_cells.pivot(index=rows, columns=cols, values="mean_gap").map(fmt_gap)
+                    if len(grid_cells) else pd.DataFrame())
+        if len(mean_gap):
+            mean_gap.index = [fmt_value(v) for v in mean_gap.index]
+            mean_gap.columns = [fmt_value(v) for v in mean_gap.columns]
+            mean_gap.index.name, mean_gap.columns.name = label(rows), label(cols)
+        out.append(("Overfitting: gap = final val loss - final train loss",
+                    f"{flagged} of {len(gaps)} trials overfit (final val loss >= 10% above its minimum "
+                    f"while train loss kept falling)",
+                    [("", overfit_display(gaps), False),
+                     (f"Mean gap by {rows} x {cols}, all models", mean_gap, True)]))
+    if "confusion" in found:
+        records = found["confusion"]
+        if records.empty:
+            out.append(("Confusion matrix", "no trial has a test-set evaluation yet; run `tunefm evaluate RUN`", []))
+        else:
+            trial_id = records["trial_id"].iloc[0]
+            matrix, scores, confused = confusion_displays(records, found["confusion_pairs"])
+            accuracy = records[list(CLASSES)].to_numpy().trace() / records["support"].sum()
+            out.append((f"Confusion matrix of trial {trial_id} on the test set (accuracy {accuracy:.4f})",
+                        "columns: predicted class by number", [("", matrix, True), ("Per class", scores, False),
+                                                               ("Most confused", confused, False)]))
+    return out
+
+
+def markdown_table(frame: pd.DataFrame, index: bool) -> str:
+    if index:
+        frame = frame.reset_index()
+    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |"
+            for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def text_table(frame: pd.DataFrame, index: bool, width: int = WIDTH) -> str:
+    """Fixed-width columns, two spaces apart; too wide a table continues in blocks that
+    repeat its first column, so every line fits in `width`."""
+    if frame.empty:
+        return "(none)"
+    if index:
+        frame = frame.reset_index().rename(columns={"index": frame.index.name or ""})
+    header = [str(c) for c in frame.columns]
+    body = [[str(v) for v in row] for row in frame.itertuples(index=False)]
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    # Numbers align right, words (models, classes, flags) left.
+    numeric = [all(NUMBER.match(r[i]) or r[i] in ("-", "") for r in body) for i in range(len(header))]
+    blocks, current, used = [], [], widths[0]
+    for i in range(1, len(header)):
+        if current and used + 2 + widths[i] > width:
+            blocks.append(current)
+            current, used = [], widths[0]
+        current.append(i)
+        used += 2 + widths[i]
+    blocks.append(current)
+
+    def line(cells, columns):
+        first = cells[0].ljust(widths[0])
+        return "  ".join([first, *(cells[i].rjust(widths[i]) if numeric[i] else cells[i].ljust(widths[i])
+                                   for i in columns)]).rstrip()
+
+    text = []
+    for columns in blocks:
+        text += ([""] if text else []) + [line(header, columns)] + [line(r, columns) for r in body]
+    return "\n".join(text)
+
+
+def render(run: store.RunTables, options: SummaryOptions, fmt: str = "table") -> str:
+    if fmt not in FORMATS:
+        raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    found = tables(run, options)
+    if fmt == "json":
+        return json.dumps({key: json.loads(frame.to_json(orient="records", double_precision=15)) for key, frame in found.items()},
+                          indent=1)
+    if fmt == "csv":
+        parts = []
+        for key, frame in found.items():
+            text = frame.to_csv(index=False)
+            parts.append(text if len(found) == 1 else f"# {key}\n{text}")
+        return "\n".join(parts).rstrip("\n")
+    header = run_header(run)
+    lines = [f"# {header[0]}", "", *(f"{h}  " for h in header[1:])] if fmt == "markdown" else header
+    for heading, note, parts in blocks(run, found, options):
+        lines += ["", f"## {heading}" if fmt == "markdown" else f"{heading}\n{'=' * min(len(heading), WIDTH)}"]
+        if note:
+            lines += [note] if fmt == "markdown" else textwrap.wrap(note, WIDTH)
+        for subheading, frame, index in parts:
+            if subheading:
+                lines += ["", f"### {subheading}" if fmt == "markdown" else f"{subheading}:"]
+            lines += ["", markdown_table(frame, index) if fmt == "markdown" else text_table(frame, index)]
+    return "\n".join(lines)
