@@ -60,6 +60,7 @@ def test_search_with_set_runs_the_narrowed_grid(ray_session, tmp_path, data_dir)
     (["--train-size", "70000"], "--train-size must be between 1 and 50000 (60,000 training images minus "
                                 "--val-size 10000), got 70000"),
     (["--reduction-factor", "1"], "--reduction-factor must be >= 2, got 1"),
+    (["--test-top", "-1"], "--test-top must be >= 0, got -1"),
     (["--data-dir", "/nonexistent/fm"], "data folder /nonexistent/fm does not exist; give --data-dir or "
                                         "TUNEFM_DATA_DIR a folder holding the Fashion-MNIST IDX files"),
 ])

@@ -217,3 +217,26 @@ def test_bad_runs_and_options_are_one_error_line(tmp_path, setup, args, message)
     assert result.output.startswith(expected) and result.output.count("\n") == 1, result.output
     assert "Traceback" not in result.output
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == changed  # nothing written
+
+
+def test_repeated_seeds_show_mean_std_and_n_within_80_columns(tmp_path):
+    writer = store.RunWriter(tmp_path, max_epochs=2, config_keys=["model", "lr", "batch_size", "seed"])
+    for lr, seed in [(0.01, 0), (0.01, 1), (0.01, 2), (0.1, 0), (0.1, 1), (0.1, 2)]:
+        config = {"model": "iaro1", "lr": lr, "batch_size": 8, "seed": seed}
+        for epoch in (1, 2):
+            val_acc = 0.5 + lr + 0.01 * seed + 0.1 * epoch
+            writer.add_epoch(f"{lr}-{seed}", config, {
+                "epoch": epoch, "train_loss": 1 / epoch, "val_loss": 1.1 / epoch, "val_acc": val_acc,
+                "train_acc": 0.5, "epoch_time_s": 1.0 + seed, "train_time_s": 0.9, "time_total_s": 2.0 * epoch,
+                "params": 21352, "gpu_fraction": 0.0})
+        writer.set_status(f"{lr}-{seed}", config, "TERMINATED")
+    writer.flush()
+    run = store.load_run(tmp_path)
+    text = summary.render(run, summary.SummaryOptions(sections=("best", "grid")), "table")
+    assert max(len(line) for line in text.splitlines()) <= 80
+    row = next(line for line in text.splitlines() if line.startswith("iaro1"))
+    mean, std = np.mean([0.80, 0.81, 0.82]), np.std([0.80, 0.81, 0.82], ddof=1)
+    assert f"{mean:.4f}±{std:.4f}" in row and "  3  " in row and "0.1" in row
+    assert "mean±std over seeds; n = seeds" in text
+    best = json.loads(summary.render(run, summary.SummaryOptions(sections=("best",)), "json"))["best"][0]
+    assert best["n"] == 3 and best["time_per_epoch_s"] == 2.0 and best["trial_ids"] == "0.1-0,0.1-1,0.1-2"
