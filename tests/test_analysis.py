@@ -226,3 +226,18 @@ def test_confusion_errors_name_the_evaluated_trials():
         analysis.confusion(counts, trials, "t1")
     with pytest.raises(UserError, match="no trial of this run has a test-set evaluation; run `tunefm evaluate RUN`"):
         analysis.confusion(counts.iloc[:0], trials)
+
+
+def test_losses_and_times_count_as_better_low():
+    assert analysis.higher_is_better("best_val_acc") and analysis.higher_is_better("test_acc")
+    assert not any(map(analysis.higher_is_better, ["val_loss_at_best", "overfit_gap", "time_per_epoch_s", "params"]))
+    trials = trials_frame([{"lr": 0.1, "val_loss_at_best": 0.5, "total_time_s": 10},
+                           {"lr": 0.2, "val_loss_at_best": 0.7, "total_time_s": 5},
+                           {"lr": 0.3, "val_loss_at_best": 0.6, "total_time_s": 12},
+                           {"model": "m2", "val_loss_at_best": 0.9}])
+    front = analysis.pareto(trials, "val_loss_at_best", "total_time_s")
+    assert front["trial_id"].tolist() == ["t3", "t1", "t0"]  # t2 is dearer than t0 and has a higher loss
+    assert set(front.trial_id) == brute_force_front(trials.assign(neg=-trials.val_loss_at_best), "neg", "total_time_s")
+    best = analysis.best(trials, "val_loss_at_best")
+    assert best.set_index("model").loc["m1", "val_loss_at_best"] == 0.5  # the lowest loss
+    assert best["model"].tolist() == ["m1", "m2"]

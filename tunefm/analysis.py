@@ -27,6 +27,11 @@ COSTS = ("total_time_s", "time_per_epoch_s", "params", "gpu_seconds")
 OVERFIT_TOLERANCE = 0.10  # final val loss this far above its minimum, train loss still falling
 
 
+def higher_is_better(metric: str) -> bool:
+    """Accuracies are better high; losses, gaps, times and sizes are better low."""
+    return not ("loss" in metric or "gap" in metric or metric.endswith("_s") or metric in ("params", "gpu_seconds"))
+
+
 def varied_keys(trials: pd.DataFrame, exclude: tuple[str, ...] = ("model", "seed")) -> list[str]:
     """Config keys that take more than one value in this run."""
     return [c for c in config_columns(trials)
@@ -58,7 +63,8 @@ def _check_config_key(trials: pd.DataFrame, key: str, option: str) -> None:
 
 
 def best(trials: pd.DataFrame, metric: str = "best_val_acc") -> pd.DataFrame:
-    """One row per model: its configuration with the highest mean `metric` over seeds.
+    """One row per model: its configuration with the best mean `metric` over seeds
+    (the highest, or the lowest for a loss or a time).
 
     Columns: model, params, n (seeds with a result), `metric` and `metric`_std, test_acc,
     test_acc_std, test_n (seeds evaluated on the test set), the config columns that
@@ -87,8 +93,9 @@ def best(trials: pd.DataFrame, metric: str = "best_val_acc") -> pd.DataFrame:
             "trial_ids": ",".join(sorted(group["trial_id"])),
         })
     configs = pd.DataFrame(rows)
-    # Highest mean first; ties go to more seeds, then to the earliest trial id.
-    configs = configs.sort_values([metric, "n", "trial_ids"], ascending=[False, False, True], kind="stable")
+    # Best mean first; ties go to more seeds, then to the earliest trial id.
+    configs = configs.sort_values([metric, "n", "trial_ids"], ascending=[not higher_is_better(metric), False, True],
+                                  kind="stable")
     return configs.drop_duplicates("model").reset_index(drop=True)
 
 
@@ -145,20 +152,24 @@ def with_cost(trials: pd.DataFrame, cost: str) -> pd.DataFrame:
 
 
 def pareto(trials: pd.DataFrame, metric: str = "best_val_acc", cost: str = "total_time_s") -> pd.DataFrame:
-    """Trials that no other trial beats on both `metric` (higher is better) and `cost` (lower).
+    """Trials that no other trial beats on both `metric` and `cost` (lower is better).
 
-    Trial j beats trial i when j's metric >= i's and j's cost <= i's, one of them strictly.
-    Trials equal on both are all kept. Sorted by cost, then metric (best first).
+    The metric is better high (accuracies) or low (losses, times: `higher_is_better`).
+    Trial j beats trial i when j's metric is at least as good and j's cost <= i's, one
+    of them strictly. Trials equal on both are all kept. Sorted by cost, then metric.
     """
     _check_column(trials, metric, "--metric")
     costed = with_cost(trials, cost)
     scored = costed[costed[metric].notna() & costed[cost].notna()]
-    scored = scored.sort_values([cost, metric], ascending=[True, False], kind="stable")
+    sign = 1 if higher_is_better(metric) else -1
+    goodness = sign * scored[metric]
+    scored = scored.assign(_goodness=goodness).sort_values([cost, "_goodness"], ascending=[True, False],
+                                                           kind="stable")
     keep, best_cheaper = [], -np.inf
     for _, same_cost in scored.groupby(cost, sort=True):
-        top = same_cost[metric].max()
+        top = same_cost["_goodness"].max()
         if top > best_cheaper:  # equal to something cheaper means beaten by it
-            keep.extend(same_cost.index[same_cost[metric] == top])
+            keep.extend(same_cost.index[same_cost["_goodness"] == top])
             best_cheaper = top
     front = scored.loc[keep]
     columns = ["trial_id", *describe_columns(trials), metric, cost, "epochs"]

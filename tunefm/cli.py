@@ -122,7 +122,7 @@ def evaluate(run: str, results_dir: str, test_top: int, data_dir: str | None) ->
               help="Section to show; repeatable.  [default: all]")
 @click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "json"]), default="table",
               help="Output format.")
-@click.option("--metric", default="best_val_acc", help="Metric for best, grid and pareto (higher is better).")
+@click.option("--metric", default="best_val_acc", help="Metric for best, grid and pareto; better high (accuracies) or low (losses, times).")
 @click.option("--rows", default="lr", help="grid and overfit: config key down the rows.")
 @click.option("--cols", default="batch_size", help="grid and overfit: config key across the columns.")
 @click.option("--agg", type=click.Choice(["mean", "max", "min"]), default="mean",

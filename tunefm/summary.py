@@ -278,7 +278,8 @@ def blocks(run: store.RunTables, found: dict[str, pd.DataFrame], options: Summar
                     f"cells: {options.agg} over the trials with those values{stopped}",
                     [(model, table, True) for model, table in pivots.items()] or [("", pd.DataFrame(), False)]))
     if "pareto" in found:
-        out.append((f"Pareto front: {label(metric)} (higher is better) vs {options.cost} (lower is better)",
+        direction = "higher" if analysis.higher_is_better(metric) else "lower"
+        out.append((f"Pareto front: {label(metric)} ({direction} is better) vs {options.cost} (lower is better)",
                     f"{len(found['pareto'])} of {int(run.trials[metric].notna().sum())} trials are on the front",
                     [("", pareto_display(found["pareto"], metric, options.cost), False)]))
     if "overfit" in found:
