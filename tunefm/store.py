@@ -9,9 +9,10 @@
 
 `RunWriter` keeps every row in memory (a study's epochs are a few MB at most),
 rewrites both Parquet files on `flush()` under a temporary name and renames them into
-place, so a reader never sees a half-written file and a crash loses at most the rows
-since the last flush. Rows are keyed by (trial_id, epoch): a reported epoch that
-arrives again (a retried trial) replaces the old row instead of duplicating it.
+place, so a reader that opens a file once (`read_parquet`) never sees a half-written
+one, and a crash loses at most the rows since the last flush. Rows are keyed by
+(trial_id, epoch): a reported epoch that arrives again (a retried trial) replaces the
+old row instead of duplicating it.
 
 This module is pure pandas/pyarrow and never imports Ray.
 """
@@ -19,6 +20,7 @@ This module is pure pandas/pyarrow and never imports Ray.
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import os
 import time
@@ -184,12 +186,23 @@ class RunWriter:
         self._dirty = False
 
 
+def read_parquet(path: Path) -> pd.DataFrame:
+    """Read a Parquet file that may be replaced while we read it.
+
+    `pd.read_parquet(path)` stats the file, then opens it: if a writer renames a new
+    file into place in between, it reads the new bytes with the old size and fails
+    (about 1 read in 20 under a busy writer). One open handle sees one whole file.
+    """
+    with open(path, "rb") as f:
+        return pd.read_parquet(io.BytesIO(f.read()))
+
+
 def read_trials(run_dir: Path) -> pd.DataFrame:
-    return pd.read_parquet(Path(run_dir) / TRIALS_FILE)
+    return read_parquet(Path(run_dir) / TRIALS_FILE)
 
 
 def read_epochs(run_dir: Path) -> pd.DataFrame:
-    return pd.read_parquet(Path(run_dir) / EPOCHS_FILE)
+    return read_parquet(Path(run_dir) / EPOCHS_FILE)
 
 
 def is_run(folder: Path) -> bool:
@@ -230,7 +243,7 @@ def resolve_run(run: str | None, results_dir: Path) -> Path:
 
 def _read_table(path: Path) -> pd.DataFrame:
     try:
-        return pd.read_parquet(path)
+        return read_parquet(path)
     except Exception as e:  # pyarrow raises several types for a damaged file
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot read {path}: {reason}") from None
