@@ -53,9 +53,11 @@ def test_every_figure_has_a_title_axis_labels_and_units(quick_fourfam):
     run = store.load_run(quick_fourfam)
     result = analysis.confusion(run.confusion, run.trials)
     gaps = analysis.overfit(run.trials, run.epochs)
-    figures = [report.draw_curves(run.trials, run.epochs), report.draw_grid(run.trials),
-               report.draw_overfit(gaps), report.draw_confusion(result), report.draw_f1(result),
-               *(report.draw_pareto(run.trials, cost=cost) for cost in analysis.COSTS)]
+    figures = [report.draw_curves(analysis.best(run.trials), run.trials, run.epochs),
+               report.draw_grid(analysis.grid(run.trials)), report.draw_overfit(analysis.overfit_grid(gaps)),
+               report.draw_confusion(result), report.draw_f1(result),
+               *(report.draw_pareto(run.trials, analysis.pareto(run.trials, cost=cost), cost=cost)
+                 for cost in analysis.COSTS)]
     for fig in figures:
         every_axes_is_labelled(fig)
         labels = " ".join(ax.get_xlabel() + " " + ax.get_ylabel() for ax in fig.axes)

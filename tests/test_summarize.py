@@ -184,6 +184,8 @@ def test_a_run_in_progress_without_test_results_still_summarizes(tmp_path):
 
 @pytest.mark.parametrize("setup, args, message", [
     (lambda r: None, ["summarize", "nope"], "Error: run 'nope' does not exist; runs under {results}/: run"),
+    (lambda r: (r.parent.parent / "plain").mkdir(), ["summarize", "{tmp}/plain"],
+     "Error: run '{tmp}/plain' is not a run folder (no run.json or trials.parquet); runs under {results}/: run"),
     (lambda r: None, ["summarize", "--results", "{tmp}/empty"], "Error: no runs under {tmp}/empty/; start one "
                                                                "with `tunefm search`, or give a run folder"),
     (lambda r: (r / store.TRIALS_FILE).unlink(), ["summarize", "run"],

@@ -24,6 +24,7 @@ from tunefm.errors import UserError
 from tunefm.store import config_columns
 
 COSTS = ("total_time_s", "time_per_epoch_s", "params", "gpu_seconds")
+AGGREGATES = ("mean", "max", "min")  # how a grid cell combines its trials
 OVERFIT_TOLERANCE = 0.10  # final val loss this far above its minimum, train loss still falling
 
 
@@ -44,16 +45,10 @@ def describe_columns(trials: pd.DataFrame) -> list[str]:
     return leading + [c for c in varied_keys(trials) if c not in leading]
 
 
-def _config_groups(trials: pd.DataFrame):
-    keys = [c for c in config_columns(trials) if c != "seed"]
-    return trials.groupby(keys, dropna=False, sort=False) if keys else trials.groupby(lambda _: 0)
-
-
-def _check_column(trials: pd.DataFrame, column: str, option: str, numeric: bool = True) -> None:
-    candidates = [c for c in trials.columns if not numeric or pd.api.types.is_numeric_dtype(trials[c])]
-    if column not in trials.columns or (numeric and not pd.api.types.is_numeric_dtype(trials[column])):
-        raise UserError(f"{option} {column!r} is not a {'numeric ' if numeric else ''}column of this run; "
-                        f"valid: {', '.join(candidates)}")
+def _check_column(trials: pd.DataFrame, column: str, option: str) -> None:
+    numeric = [c for c in trials.columns if pd.api.types.is_numeric_dtype(trials[c])]
+    if column not in numeric:
+        raise UserError(f"{option} {column!r} is not a numeric column of this run; valid: {', '.join(numeric)}")
 
 
 def _check_config_key(trials: pd.DataFrame, key: str, option: str) -> None:
@@ -62,22 +57,22 @@ def _check_config_key(trials: pd.DataFrame, key: str, option: str) -> None:
         raise UserError(f"{option} {key!r} is not a config key of this run; valid: {', '.join(keys)}")
 
 
-def best(trials: pd.DataFrame, metric: str = "best_val_acc") -> pd.DataFrame:
-    """One row per model: its configuration with the best mean `metric` over seeds
-    (the highest, or the lowest for a loss or a time).
+def configurations(trials: pd.DataFrame, metric: str = "best_val_acc") -> pd.DataFrame:
+    """One row per configuration (config without seed) with a `metric`, best mean first.
 
     Columns: model, params, n (seeds with a result), `metric` and `metric`_std, test_acc,
     test_acc_std, test_n (seeds evaluated on the test set), the config columns that
     vary, min_train_loss, min_train_loss_epoch, val_loss_at_best, time_per_epoch_s,
-    epochs, trial_ids. Means over seeds; std is NaN for a single seed. Best model first.
+    epochs, trial_ids (comma-separated). Means over seeds; std is NaN for one seed.
+    "Best" is the highest mean, or the lowest for a loss or a time.
     """
     _check_column(trials, metric, "--metric")
     scored = trials[trials[metric].notna()]
     if scored.empty:
-        return pd.DataFrame(columns=["model", "params", "n", metric, f"{metric}_std"])
+        return pd.DataFrame(columns=["model", "params", "n", metric, f"{metric}_std", "trial_ids"])
     shown = describe_columns(scored)
     rows = []
-    for _, group in _config_groups(scored):
+    for _, group in scored.groupby([c for c in config_columns(scored) if c != "seed"], dropna=False, sort=False):
         first = group.iloc[0]
         rows.append({
             "model": first["model"], "params": first["params"], "n": len(group),
@@ -92,26 +87,25 @@ def best(trials: pd.DataFrame, metric: str = "best_val_acc") -> pd.DataFrame:
             "epochs": group["epochs"].mean(),
             "trial_ids": ",".join(sorted(group["trial_id"])),
         })
-    configs = pd.DataFrame(rows)
-    # Best mean first; ties go to more seeds, then to the earliest trial id.
-    configs = configs.sort_values([metric, "n", "trial_ids"], ascending=[not higher_is_better(metric), False, True],
-                                  kind="stable")
-    return configs.drop_duplicates("model").reset_index(drop=True)
+    # Ties go to more seeds, then to the earliest trial id.
+    return pd.DataFrame(rows).sort_values([metric, "n", "trial_ids"], kind="stable",
+                                          ascending=[not higher_is_better(metric), False, True])
 
 
-def top_configs(trials: pd.DataFrame, k: int, metric: str = "best_val_acc") -> list[str]:
+def best(trials: pd.DataFrame, metric: str = "best_val_acc") -> pd.DataFrame:
+    """One row per model: its best configuration (`configurations`' columns), best model first."""
+    return configurations(trials, metric).drop_duplicates("model").reset_index(drop=True)
+
+
+def top_configs(trials: pd.DataFrame, k: int) -> list[str]:
     """Trial ids to evaluate on the test set: every seed of each model's top `k` configurations.
 
-    Ranked by the mean validation `metric` over seeds, never by anything from the test set.
+    Ranked by mean validation accuracy over seeds, never by anything from the test set.
     """
-    scored = trials[trials[metric].notna() & (trials["epochs"] > 0)]
-    if scored.empty or k < 1:
+    if k < 1:
         return []
-    rows = [{"model": g["model"].iloc[0], "score": g[metric].mean(), "ids": sorted(g["trial_id"])}
-            for _, g in _config_groups(scored)]
-    ranked = pd.DataFrame(rows).sort_values(["score"], ascending=False, kind="stable")
-    chosen = ranked.groupby("model", sort=False).head(k)
-    return sorted(tid for ids in chosen["ids"] for tid in ids)
+    chosen = configurations(trials, "best_val_acc").groupby("model", sort=False).head(k)
+    return sorted(tid for ids in chosen["trial_ids"] for tid in ids.split(","))
 
 
 def grid(trials: pd.DataFrame, metric: str = "best_val_acc", rows: str = "lr", cols: str = "batch_size",
@@ -127,8 +121,8 @@ def grid(trials: pd.DataFrame, metric: str = "best_val_acc", rows: str = "lr", c
     _check_config_key(trials, cols, "--cols")
     if rows == cols:
         raise UserError(f"--rows and --cols must differ, both are {rows!r}")
-    if agg not in ("mean", "max", "min"):
-        raise UserError(f"--agg must be mean, max or min, got {agg!r}")
+    if agg not in AGGREGATES:
+        raise UserError(f"--agg must be {', '.join(AGGREGATES[:-1])} or {AGGREGATES[-1]}, got {agg!r}")
     scored = trials[trials[metric].notna()]
     keys = ["model", rows, cols] if "model" not in (rows, cols) else [rows, cols]
     cells = scored.groupby(keys, sort=True).agg(
@@ -177,7 +171,8 @@ def pareto(trials: pd.DataFrame, metric: str = "best_val_acc", cost: str = "tota
 
 
 def overfit(trials: pd.DataFrame, epochs: pd.DataFrame, tolerance: float = OVERFIT_TOLERANCE) -> pd.DataFrame:
-    """Per trial: final losses, their gap, where val loss bottomed out, and an overfitting flag.
+    """Per trial, in config order: final losses, their gap, where val loss bottomed out, and
+    an overfitting flag.
 
     `overfitting` is true when the final val loss is at least `tolerance` (10%) above
     its minimum while the train loss kept falling after that minimum.
@@ -210,7 +205,7 @@ def overfit(trials: pd.DataFrame, epochs: pd.DataFrame, tolerance: float = OVERF
     for column in ("min_val_loss_epoch", "epochs_past_min"):
         table[column] = table[column].astype("Int64")
     table["overfitting"] = table["overfitting"].astype(bool)
-    return table
+    return table.sort_values([*shown, "trial_id"], kind="stable").reset_index(drop=True)
 
 
 def overfit_grid(gaps: pd.DataFrame, rows: str = "lr", cols: str = "batch_size") -> pd.DataFrame:

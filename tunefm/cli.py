@@ -17,10 +17,12 @@ import functools
 
 import click
 
+from tunefm.analysis import AGGREGATES, COSTS
 from tunefm.errors import UserError
+from tunefm.summary import FORMATS, SECTIONS
 
-# Heavy modules (Ray, torch) are imported inside the commands that need them:
-# `summarize` and `report` read Parquet only and start in a fraction of a second.
+# Ray and torch are imported inside the commands that need them: `summarize` and
+# `report` read Parquet only (pandas) and start in a fraction of a second.
 
 
 def user_errors(command):
@@ -90,7 +92,6 @@ def search(**options) -> None:
     click.echo(f"Results: {outcome.run_dir}   (next: tunefm summarize {outcome.run_dir})")
 
 
-
 @main.command()
 @click.argument("run")
 @click.option("--results", "results_dir", default="results", metavar="DIR", help="Folder holding run folders.")
@@ -118,16 +119,16 @@ def evaluate(run: str, results_dir: str, test_top: int, data_dir: str | None) ->
 @main.command()
 @click.argument("run", required=False)
 @click.option("--results", "results_dir", default="results", metavar="DIR", help="Folder holding run folders.")
-@click.option("--section", "sections", multiple=True, type=click.Choice(["best", "grid", "pareto", "overfit", "confusion"]),
+@click.option("--section", "sections", multiple=True, type=click.Choice(SECTIONS),
               help="Section to show; repeatable.  [default: all]")
-@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "json"]), default="table",
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table",
               help="Output format.")
 @click.option("--metric", default="best_val_acc", help="Metric for best, grid and pareto; better high (accuracies) or low (losses, times).")
 @click.option("--rows", default="lr", help="grid and overfit: config key down the rows.")
 @click.option("--cols", default="batch_size", help="grid and overfit: config key across the columns.")
-@click.option("--agg", type=click.Choice(["mean", "max", "min"]), default="mean",
+@click.option("--agg", type=click.Choice(AGGREGATES), default="mean",
               help="grid: how a cell combines its trials (seeds, other varied keys).")
-@click.option("--cost", type=click.Choice(["total_time_s", "time_per_epoch_s", "params", "gpu_seconds"]),
+@click.option("--cost", type=click.Choice(COSTS),
               default="total_time_s", help="pareto: the cost axis (lower is better).")
 @click.option("--trial", default=None, metavar="ID",
               help="confusion: this evaluated trial.  [default: the evaluated trial with the best val acc]")
@@ -149,7 +150,7 @@ def summarize(run: str | None, results_dir: str, sections: tuple[str, ...], fmt:
 @click.argument("run", required=False)
 @click.option("--results", "results_dir", default="results", metavar="DIR", help="Folder holding run folders.")
 @click.option("--out", "out_dir", default=None, metavar="DIR", help="Where to write.  [default: RUN/report]")
-@click.option("--cost", type=click.Choice(["total_time_s", "time_per_epoch_s", "params", "gpu_seconds"]),
+@click.option("--cost", type=click.Choice(COSTS),
               default="total_time_s", help="Cost axis of the Pareto plot.")
 @user_errors
 def report(run: str | None, results_dir: str, out_dir: str | None, cost: str) -> None:

@@ -87,19 +87,6 @@ def load_model(config: dict, checkpoint: Path, device: torch.device) -> nn.Modul
     return model.to(device).eval()
 
 
-@torch.inference_mode()
-def predict(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-            batch_size: int = trainable.EVAL_BATCH_SIZE) -> tuple[float, np.ndarray]:
-    """(mean cross-entropy, predicted labels) over (x, y)."""
-    loss_sum = torch.zeros((), device=x.device)
-    predictions = []
-    for start in range(0, len(y), batch_size):
-        logits = model(x[start:start + batch_size])
-        loss_sum += nn.functional.cross_entropy(logits, y[start:start + batch_size], reduction="sum")
-        predictions.append(logits.argmax(1))
-    return loss_sum.item() / len(y), torch.cat(predictions).cpu().numpy()
-
-
 def confusion_rows(trial_id: str, true: np.ndarray, predicted: np.ndarray) -> pd.DataFrame:
     """All 10 x 10 (true, predicted) counts for one trial, zeros included."""
     n = len(data.CLASSES)
@@ -138,7 +125,8 @@ def evaluate_trials(run_dir: Path, test_x: np.ndarray, test_y: np.ndarray, top_k
                 outcome.skipped[trial_id] = f"no checkpoint of best epoch {best_epoch} (kept: {kept})"
                 continue
             model = load_model(trial_config(row, keys), checkpoints[best_epoch], device)
-            loss, predicted = predict(model, x, y)
+            loss, predicted = trainable.predict(model, x, y)
+            predicted = predicted.cpu().numpy()
             accuracy = float((predicted == test_y).mean())
             trials.loc[trials["trial_id"] == trial_id, ["test_acc", "test_loss"]] = [accuracy, loss]
             tables.append(confusion_rows(trial_id, test_y, predicted))
@@ -148,8 +136,8 @@ def evaluate_trials(run_dir: Path, test_x: np.ndarray, test_y: np.ndarray, top_k
         echo(f"Test set: {len(outcome.evaluated)} trial(s) evaluated in {time.perf_counter() - started:.1f} s")
     else:
         echo("Test set: no trial has a validation result yet; nothing to evaluate")
-    confusion = pd.concat(tables, ignore_index=True) if tables else confusion_rows("", np.zeros(0, int),
-                                                                                   np.zeros(0, int)).iloc[:0]
+    no_rows = confusion_rows("", np.zeros(0, np.int64), np.zeros(0, np.int64)).iloc[:0]  # the columns, typed
+    confusion = pd.concat(tables, ignore_index=True) if tables else no_rows
     # Confusion first: a reader that sees new test columns also finds their matrices.
     store.write_parquet(confusion, run_dir / store.CONFUSION_FILE)
     store.write_parquet(trials, run_dir / store.TRIALS_FILE)
@@ -171,7 +159,7 @@ def check_not_running(run_dir: Path, info: dict) -> None:
                     f"when the search ends, or evaluate it after that")
 
 
-def test_split(info: dict, data_dir: str | None) -> data.Splits:
+def load_test_split(info: dict, data_dir: str | None) -> data.Splits:
     """The run's data again, with the sizes it used; its files must be the ones it used."""
     options, recorded_data = info.get("options", {}), info.get("data", {})
     source = data_dir
@@ -194,7 +182,7 @@ def run(run_dir: Path, top_k: int = DEFAULT_TOP_K, data_dir: str | None = None,
         raise UserError(f"--test-top must be >= 1, got {top_k}")
     tables = store.load_run(run_dir)  # one-line errors for a missing, empty or damaged run
     check_not_running(run_dir, tables.info)
-    splits = test_split(tables.info, data_dir)
+    splits = load_test_split(tables.info, data_dir)
     outcome = evaluate_trials(run_dir, splits.test_x, splits.test_y, top_k, echo)
     if (Path(run_dir) / store.RUN_FILE).exists():
         store.write_json({**tables.info, "evaluation": outcome.record()}, Path(run_dir) / store.RUN_FILE)

@@ -59,8 +59,8 @@ def _grid_shape(n: int, columns: int = 2) -> tuple[int, int]:
     return math.ceil(n / cols), cols
 
 
-def draw_curves(trials: pd.DataFrame, epochs: pd.DataFrame) -> Figure:
-    best = analysis.best(trials)
+def draw_curves(best: pd.DataFrame, trials: pd.DataFrame, epochs: pd.DataFrame) -> Figure:
+    """Loss per epoch of each model's best trial (`best` is `analysis.best(trials)`)."""
     ids = [tid.split(",")[0] for tid in best["trial_ids"]]  # first seed of the best configuration
     rows, cols = _grid_shape(len(ids))
     fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 3.8 * rows), squeeze=False)
@@ -105,9 +105,9 @@ def _axis_label(key: str) -> str:
     return {"lr": "learning rate", "batch_size": "batch size (images)"}.get(key, key)
 
 
-def draw_grid(trials: pd.DataFrame, metric: str = "best_val_acc", rows: str = "lr",
+def draw_grid(cells: pd.DataFrame, metric: str = "best_val_acc", rows: str = "lr",
               cols: str = "batch_size") -> Figure:
-    cells = analysis.grid(trials, metric, rows, cols)
+    """One heatmap per model of `analysis.grid` cells."""
     labels = summary.grid_displays(cells, metric, rows, cols)
     models = list(labels)
     n_rows, n_cols = _grid_shape(len(models))
@@ -129,10 +129,11 @@ def draw_grid(trials: pd.DataFrame, metric: str = "best_val_acc", rows: str = "l
     return fig
 
 
-def draw_pareto(trials: pd.DataFrame, metric: str = "best_val_acc", cost: str = "total_time_s") -> Figure:
+def draw_pareto(trials: pd.DataFrame, front: pd.DataFrame, metric: str = "best_val_acc",
+                cost: str = "total_time_s") -> Figure:
+    """Every trial against its cost, with `front` (`analysis.pareto`) highlighted."""
     costed = analysis.with_cost(trials, cost)
     scored = costed[costed[metric].notna() & costed[cost].notna()]
-    front = analysis.pareto(trials, metric, cost)
     fig, ax = plt.subplots(figsize=(8, 5))
     for model, group in scored.groupby("model", sort=True):
         ax.scatter(group[cost], group[metric], s=18, alpha=0.55, label=model)
@@ -152,11 +153,12 @@ def draw_pareto(trials: pd.DataFrame, metric: str = "best_val_acc", cost: str = 
     return fig
 
 
-def draw_overfit(gaps: pd.DataFrame, rows: str = "lr", cols: str = "batch_size") -> Figure:
-    table = analysis.overfit_grid(gaps, rows, cols).pivot(index=rows, columns=cols, values="mean_gap")
+def draw_overfit(gap_cells: pd.DataFrame, rows: str = "lr", cols: str = "batch_size") -> Figure:
+    """The mean gap of `analysis.overfit_grid` cells as a diverging heatmap."""
+    table = gap_cells.pivot(index=rows, columns=cols, values="mean_gap")
     fig, ax = plt.subplots(figsize=(7, 3.8), layout="constrained")
     limit = np.nanmax(np.abs(table.to_numpy(dtype=float))) or 1.0
-    image = _heatmap(ax, table, -limit, limit, "coolwarm", table.map(lambda v: f"{v:+.3f}"))
+    image = _heatmap(ax, table, -limit, limit, "coolwarm", table.map(summary.fmt_gap))
     fig.colorbar(image, ax=ax, label="val loss - train loss (nats)")
     ax.set_xlabel(_axis_label(cols))
     ax.set_ylabel(_axis_label(rows))
@@ -245,16 +247,13 @@ def write(run: store.RunTables, out_dir: str | os.PathLike | None = None, cost: 
 
 
 def _draw(run: store.RunTables, folder: Path, cost: str) -> tuple[Written, list]:
-    trials, epochs = run.trials, run.epochs
-    written, sections = Written(folder / "index.html"), []
-    options = summary.SummaryOptions(cost=cost)
-    found = summary.tables(run, options)
-    scored = trials[trials["best_val_acc"].notna()]
-    if scored.empty:
+    """Each analysis once, drawn as a figure and shown as a table."""
+    trials, epochs, metric = run.trials, run.epochs, "best_val_acc"
+    if trials[metric].isna().all():
         raise UserError(f"run {run.run_dir} has no trial with a result yet; nothing to plot")
+    written, sections = Written(folder / "index.html"), []
 
-    def figure(name: str, draw, *args) -> list[str]:
-        fig = draw(*args)
+    def figure(name: str, fig: Figure) -> list[str]:
         try:
             fig.savefig(folder / name, dpi=DPI)
         finally:
@@ -262,29 +261,30 @@ def _draw(run: store.RunTables, folder: Path, cost: str) -> tuple[Written, list]
         written.figures.append(folder / name)
         return [name]
 
-    best_table = summary.best_display(found["best"], options.metric)
-    sections.append(("Best configuration per model", [], [_table_html(best_table, False)]))
-    sections.append(("Learning curves", figure("curves.png", draw_curves, trials, epochs), []))
+    best = analysis.best(trials, metric)
+    sections.append(("Best configuration per model", [], [_table_html(summary.best_display(best, metric), False)]))
+    sections.append(("Learning curves", figure("curves.png", draw_curves(best, trials, epochs)), []))
+    cells = analysis.grid(trials, metric)
     grid_tables = [f"<h3>{html.escape(model)}</h3>" + _table_html(table, True)
-                   for model, table in summary.grid_displays(found["grid"], "best_val_acc", "lr", "batch_size").items()]
-    sections.append(("Validation accuracy over lr x batch size", figure("grid.png", draw_grid, trials), grid_tables))
-    front = summary.pareto_display(found["pareto"], options.metric, cost)
-    sections.append((f"Pareto front: accuracy vs {cost}", figure("pareto.png", draw_pareto, trials, options.metric,
-                                                                  cost), [_table_html(front, False)]))
-    gaps = found["overfit"]
+                   for model, table in summary.grid_displays(cells, metric, "lr", "batch_size").items()]
+    sections.append(("Validation accuracy over lr x batch size", figure("grid.png", draw_grid(cells)), grid_tables))
+    front = analysis.pareto(trials, metric, cost)
+    sections.append((f"Pareto front: accuracy vs {cost}", figure("pareto.png", draw_pareto(trials, front, metric, cost)),
+                     [_table_html(summary.pareto_display(front, metric, cost), False)]))
+    gaps = analysis.overfit(trials, epochs)
     overfit_table = ("<details><summary>Every trial</summary>" + _table_html(summary.overfit_display(gaps), False)
                      + "</details>")
-    sections.append(("Overfitting", figure("overfit.png", draw_overfit, gaps), [overfit_table]))
+    sections.append(("Overfitting", figure("overfit.png", draw_overfit(analysis.overfit_grid(gaps))),
+                     [overfit_table]))
     if run.confusion.empty:
         written.notes.append("confusion.png and f1.png: no trial has a test-set evaluation yet "
                              "(run `tunefm evaluate RUN`)")
     else:
         result = analysis.confusion(run.confusion, trials)
-        matrix, scores, confused = summary.confusion_displays(summary.confusion_records(result),
-                                                              result.pairs)
-        sections.append(("Confusion matrix (test set)", figure("confusion.png", draw_confusion, result),
+        _, scores, confused = summary.confusion_displays(summary.confusion_records(result), result.pairs)
+        sections.append(("Confusion matrix (test set)", figure("confusion.png", draw_confusion(result)),
                          ["<h3>Most confused pairs</h3>" + _table_html(confused, False)]))
-        sections.append(("Per-class F1 (test set)", figure("f1.png", draw_f1, result), [_table_html(scores, False)]))
+        sections.append(("Per-class F1 (test set)", figure("f1.png", draw_f1(result)), [_table_html(scores, False)]))
     return written, sections
 
 

@@ -209,10 +209,15 @@ def is_run(folder: Path) -> bool:
     return (folder / RUN_FILE).is_file() or (folder / TRIALS_FILE).is_file()
 
 
+def list_runs(results_dir: Path) -> list[Path]:
+    """The run folders directly under `results_dir` (none if it does not exist)."""
+    return sorted(d for d in results_dir.iterdir() if d.is_dir() and is_run(d)) if results_dir.is_dir() else []
+
+
 def newest_run(results_dir: Path) -> Path:
     """The run folder under `results_dir` that was started last."""
     results_dir = Path(results_dir).expanduser()
-    runs = [d for d in results_dir.iterdir() if d.is_dir() and is_run(d)] if results_dir.is_dir() else []
+    runs = list_runs(results_dir)
     if not runs:
         raise UserError(f"no runs under {results_dir}/; start one with `tunefm search`, "
                         f"or give a run folder")
@@ -235,7 +240,7 @@ def resolve_run(run: str | None, results_dir: Path) -> Path:
     for candidate in (Path(run).expanduser(), results_dir / run):
         if candidate.is_dir() and is_run(candidate):
             return candidate
-    names = sorted(d.name for d in results_dir.iterdir() if d.is_dir() and is_run(d)) if results_dir.is_dir() else []
+    names = [d.name for d in list_runs(results_dir)]
     known = f"runs under {results_dir}/: {', '.join(names)}" if names else f"no runs under {results_dir}/"
     what = "is not a run folder (no run.json or trials.parquet)" if Path(run).expanduser().is_dir() else "does not exist"
     raise UserError(f"run {run!r} {what}; {known}")

@@ -22,7 +22,6 @@ pivots. Nothing here imports Ray or torch.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import re
@@ -84,9 +83,8 @@ def tables(run: store.RunTables, options: SummaryOptions) -> dict[str, pd.DataFr
     if "pareto" in sections:
         out["pareto"] = analysis.pareto(trials, options.metric, options.cost)
     if "overfit" in sections:
-        gaps = analysis.overfit(trials, run.epochs)
-        out["overfit"] = gaps.sort_values(analysis.describe_columns(trials) + ["trial_id"], kind="stable")
-        out["overfit_grid"] = analysis.overfit_grid(gaps, options.rows, options.cols)
+        out["overfit"] = analysis.overfit(trials, run.epochs)
+        out["overfit_grid"] = analysis.overfit_grid(out["overfit"], options.rows, options.cols)
     if "confusion" in sections:
         if run.confusion.empty and not options.confusion_required:
             out["confusion"] = pd.DataFrame(columns=["trial_id", "label", "class"])
@@ -187,11 +185,20 @@ def best_display(best: pd.DataFrame, metric: str) -> pd.DataFrame:
                             for m, s in zip(best[metric], best[f"{metric}_std"])]
     shown["test acc"] = [fmt_acc(m, s) for m, s in zip(best["test_acc"], best["test_acc_std"])]
     shown.update(_config_display(best, config))
-    shown["min train@ep"] = [f"{fmt_loss(l)} @ {fmt_count(e)}" if not _missing(l) else "-"
-                                    for l, e in zip(best["min_train_loss"], best["min_train_loss_epoch"])]
+    shown["min train@ep"] = [f"{fmt_loss(loss)} @ {fmt_count(epoch)}" if not _missing(loss) else "-"
+                             for loss, epoch in zip(best["min_train_loss"], best["min_train_loss_epoch"])]
     shown["val loss"] = best["val_loss_at_best"].map(fmt_loss)
     shown["s/epoch"] = best["time_per_epoch_s"].map(fmt_seconds)
     return pd.DataFrame(shown)
+
+
+def pivot_display(cells: pd.DataFrame, rows: str, cols: str, text: list[str]) -> pd.DataFrame:
+    """Long-form cells as a rows x cols table of `text` (one string per cell), "-" where empty."""
+    table = cells.assign(text=text).pivot(index=rows, columns=cols, values="text").fillna("-")
+    table.index = [fmt_value(v) for v in table.index]
+    table.columns = [fmt_value(v) for v in table.columns]
+    table.index.name, table.columns.name = label(rows), label(cols)
+    return table
 
 
 def grid_displays(cells: pd.DataFrame, metric: str, rows: str, cols: str) -> dict[str, pd.DataFrame]:
@@ -201,13 +208,9 @@ def grid_displays(cells: pd.DataFrame, metric: str, rows: str, cols: str) -> dic
     out = {}
     for model in models:
         part = cells if model is None else cells[cells["model"] == model]
-        shown = part.assign(text=[fmt_metric(metric, v) + ("*" if s and s == n else "")
-                                  for v, n, s in zip(part[metric], part["n"], part["stopped"])])
-        table = shown.pivot(index=rows, columns=cols, values="text").fillna("-")
-        table.index = [fmt_value(v) for v in table.index]
-        table.columns = [fmt_value(v) for v in table.columns]
-        table.index.name, table.columns.name = label(rows), label(cols)
-        out[model or "all"] = table
+        text = [fmt_metric(metric, v) + ("*" if s and s == n else "")
+                for v, n, s in zip(part[metric], part["n"], part["stopped"])]
+        out[model or "all"] = pivot_display(part, rows, cols, text)
     return out
 
 
@@ -285,13 +288,9 @@ def blocks(run: store.RunTables, found: dict[str, pd.DataFrame], options: Summar
     if "overfit" in found:
         gaps = found["overfit"]
         flagged = int(gaps["overfitting"].sum()) if len(gaps) else 0
-        grid_cells = found["overfit_grid"]
-        mean_gap = (grid_cells.pivot(index=rows, columns=cols, values="mean_gap").map(fmt_gap)
-                    if len(grid_cells) else pd.DataFrame())
-        if len(mean_gap):
-            mean_gap.index = [fmt_value(v) for v in mean_gap.index]
-            mean_gap.columns = [fmt_value(v) for v in mean_gap.columns]
-            mean_gap.index.name, mean_gap.columns.name = label(rows), label(cols)
+        gap_cells = found["overfit_grid"]
+        mean_gap = (pivot_display(gap_cells, rows, cols, [fmt_gap(g) for g in gap_cells["mean_gap"]])
+                    if len(gap_cells) else pd.DataFrame())
         out.append(("Overfitting: gap = final val loss - final train loss",
                     f"{flagged} of {len(gaps)} trials overfit (final val loss >= 10% above its minimum "
                     f"while train loss kept falling)",

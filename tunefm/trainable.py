@@ -13,7 +13,7 @@ exactly where it stopped. Tune keeps each trial's best-validation checkpoint (by
 `checkpoint_score`) and its latest; the test-set evaluation loads the best one.
 The same seed and config give the same curve on CPU.
 
-The pieces (`to_tensors`, `train_epoch`, `evaluate`, `fit`) are plain PyTorch and are
+The pieces (`to_tensors`, `train_epoch`, `predict`, `evaluate`, `fit`) are plain PyTorch and are
 used directly by the tests and the benchmarks; only `tune_trainable` needs Ray.
 """
 
@@ -80,18 +80,24 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Ten
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-             batch_size: int = EVAL_BATCH_SIZE) -> tuple[float, float]:
-    """(mean loss, accuracy) over (x, y) in large batches, without gradients."""
+def predict(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+            batch_size: int = EVAL_BATCH_SIZE) -> tuple[float, torch.Tensor]:
+    """(mean loss, predicted labels on x's device) over (x, y) in large batches, without gradients."""
     model.eval()
     loss_sum = torch.zeros((), device=x.device)
-    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    predictions = []
     for start in range(0, len(y), batch_size):
         logits = model(x[start:start + batch_size])
-        yb = y[start:start + batch_size]
-        loss_sum += nn.functional.cross_entropy(logits, yb, reduction="sum")
-        correct += (logits.argmax(1) == yb).sum()
-    return loss_sum.item() / len(y), correct.item() / len(y)
+        loss_sum += nn.functional.cross_entropy(logits, y[start:start + batch_size], reduction="sum")
+        predictions.append(logits.argmax(1))
+    return loss_sum.item() / len(y), torch.cat(predictions)
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             batch_size: int = EVAL_BATCH_SIZE) -> tuple[float, float]:
+    """(mean loss, accuracy) over (x, y)."""
+    loss, predicted = predict(model, x, y, batch_size)
+    return loss, (predicted == y).sum().item() / len(y)
 
 
 @dataclass
