@@ -125,3 +125,26 @@ def test_unsatisfiable_resources_without_ray_running_print_only_the_error(tmp_pa
 def test_debug_shows_the_traceback():
     result = CliRunner().invoke(main, ["--debug", "search", "--space", "nope"])
     assert result.exit_code == 1 and "UserError" in repr(result.exception)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["evaluate"], "Error: Missing argument 'RUN'."),
+    (["search", "--max-epochs", "abc"], "Error: Invalid value for '--max-epochs': 'abc' is not a valid integer."),
+    (["summarize", "--section", "nope"], "Error: Invalid value for '--section': 'nope' is not one of 'best', "
+                                         "'grid', 'pareto', 'overfit', 'confusion'."),
+    (["summarize", "--format", "xml"], "Error: Invalid value for '--format': 'xml' is not one of 'table', "
+                                       "'markdown', 'csv', 'json'."),
+    (["report", "--cost", "watts"], "Error: Invalid value for '--cost': 'watts' is not one of 'total_time_s', "
+                                    "'time_per_epoch_s', 'params', 'gpu_seconds'."),
+    (["bogus"], "Error: No such command 'bogus'."),
+    (["--bogus"], "Error: No such option '--bogus'."),
+])
+def test_usage_mistakes_are_one_error_line_too(args, message):
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert result.output == message + "\n"
+
+
+def test_no_arguments_still_show_the_help():
+    result = CliRunner().invoke(main, [])
+    assert "Commands:" in result.output and "summarize" in result.output

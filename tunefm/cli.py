@@ -8,7 +8,8 @@
 
 Each command parses its options, calls the library and prints the answer. A
 `UserError` becomes one `Error: ...` line and exit code 1 (`--debug` shows the
-traceback instead).
+traceback instead); a usage mistake click catches is one `Error: ...` line and exit
+code 2.
 """
 
 from __future__ import annotations
@@ -40,7 +41,32 @@ def user_errors(command):
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+class OneLineErrors(click.Group):
+    """Usage mistakes (a bad choice, a missing argument, an unknown command) print one
+    `Error: ...` line like every other tunefm error; click would add the usage text and
+    a --help hint above it. The message still names the valid values."""
+
+    @staticmethod
+    def _one_line(error: click.UsageError) -> None:
+        if not isinstance(error, click.exceptions.NoArgsIsHelpError):  # that one *is* the help
+            error.ctx = None  # no context: show() prints the Error line alone
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as e:
+            self._one_line(e)
+            raise
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as e:
+            self._one_line(e)
+            raise
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
 @click.version_option(package_name="tunefm")
 def main(debug: bool) -> None:
