@@ -60,7 +60,7 @@ def test_pareto_single_trial_and_gpu_seconds():
                         {"best_val_acc": 0.8, "total_time_s": 4.0, "gpu_fraction": 1.0}])    # 4.0 GPU s
     assert analysis.pareto(two, cost="gpu_seconds")["trial_id"].tolist() == ["t0"]
     assert analysis.pareto(two, cost="total_time_s")["trial_id"].tolist() == ["t1", "t0"]
-    with pytest.raises(UserError, match="--cost must be one of total_time_s, time_per_epoch_s, params, "
+    with pytest.raises(UserError, match="--cost must be one of total_time_s, time_per_epoch_s, time_to_90_train_acc_s, params, "
                                         "gpu_seconds, got 'watts'"):
         analysis.pareto(two, cost="watts")
     with pytest.raises(UserError, match="--metric 'nope' is not a numeric column"):
@@ -241,3 +241,29 @@ def test_losses_and_times_count_as_better_low():
     best = analysis.best(trials, "val_loss_at_best")
     assert best.set_index("model").loc["m1", "val_loss_at_best"] == 0.5  # the lowest loss
     assert best["model"].tolist() == ["m1", "m2"]
+
+
+# ---- seed reported vs this run -------------------------------------------------------------
+
+def test_reported_vs_run_uses_the_best_validation_config_among_matching_trials():
+    trials = trials_frame([
+        {"model": "a", "lr": 0.1, "best_val_acc": 0.80, "test_acc": 0.79, "seed": 0},
+        {"model": "a", "lr": 0.1, "best_val_acc": 0.84, "test_acc": 0.81, "seed": 1},   # mean 0.82
+        {"model": "a", "lr": 0.01, "best_val_acc": 0.81, "test_acc": 0.95, "seed": 0},  # best test, not picked
+        {"model": "b", "lr": 0.1, "best_val_acc": 0.70},
+    ])
+    reported = [
+        {"where": {"model": "a"}, "figures": {"best_val_acc": 0.9, "test_acc": 0.88}, "chosen": {"lr": 0.01},
+         "note": ""},
+        {"where": {"model": "b", "lr": 0.1}, "figures": {"test_acc": 0.7}, "chosen": {}, "note": "fixed"},
+        {"where": {"model": "c"}, "figures": {"test_acc": 0.5}, "chosen": {}, "note": ""},
+    ]
+    table = analysis.reported_vs_run(trials, reported)
+    assert table["where"].tolist() == ["model=a", "model=a", "model=b lr=0.1", "model=c"]
+    a_acc, a_test, b_test, c_test = table.to_dict("records")
+    assert a_acc["seed"] == 0.9 and a_acc["run"] == pytest.approx(0.82) and a_acc["n"] == 2
+    assert a_test["run"] == pytest.approx(0.80)  # the test set never picks the configuration
+    assert a_acc["seed_chose"] == "lr=0.01" and a_acc["run_chose"] == "lr=0.1"
+    assert np.isnan(b_test["run"]) and b_test["n"] == 0 and b_test["note"] == "fixed"  # not evaluated
+    assert np.isnan(c_test["run"])  # no such trial in this run
+    assert analysis.reported_vs_run(trials, []).empty

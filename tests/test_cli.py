@@ -47,10 +47,19 @@ def test_search_with_set_runs_the_narrowed_grid(ray_session, tmp_path, data_dir)
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--space", "nope"], "unknown study 'nope'; valid studies: fourfam (or a path to a .py file that defines STUDY)"),
+    (["--space", "nope"], "unknown study 'nope'; valid studies: cnn2-tpe, cnn5, fourfam, kernels, ladder, optim, "
+                          "regularize (or a path to a .py file that defines STUDY)"),
     (["--set", "colour=red"], "unknown config key 'colour' in --set; valid keys: model, lr, batch_size, "
-                              "optimizer, momentum, weight_decay, seed"),
-    (["--set", "model=resnet"], "unknown model 'resnet'; valid models: iaro1, iaro2, iaro3, iaro4"),
+                              "optimizer, momentum, weight_decay, init, augment, output, lr_decay, max_epochs, seed; "
+                              "model options: dropout, hidden, batch_norm, conv1_kernel, conv1_filters, conv2_kernel, "
+                              "conv2_filters, dense"),
+    (["--set", "dropout=0.5"], "model iaro1 does not take 'dropout'; it takes no options"),
+    (["--set", "augment=maybe"], "augment must be true or false, got augment='maybe'"),
+    (["--space", "kernels", "--set", "conv1_kernel=4"],
+     "conv1_kernel must be an odd integer >= 1 for model twoconv, got conv1_kernel=4"),
+    (["--space", "cnn2-tpe", "--set", "lr=-1"], "lr must be a number > 0, got lr=-1"),
+    (["--set", "model=resnet"], "unknown model 'resnet'; valid models: iaro1, iaro2, iaro3, iaro4, cnn1, cnn2, cnn3, "
+                                "cnn4, cnn5, logreg, ann1, ann2, ann3, convnet1, convnet2, convnet3, vgg16, kahn, twoconv"),
     (["--set", "optimizer=rmsprop"], "optimizer must be 'sgd' or 'adam', got optimizer='rmsprop'"),
     (["--set", "lr=0"], "lr must be a number > 0, got lr=0"),
     (["--set", "batch_size=0"], "batch_size must be an integer >= 1, got batch_size=0"),
@@ -131,11 +140,11 @@ def test_debug_shows_the_traceback():
     (["evaluate"], "Error: Missing argument 'RUN'."),
     (["search", "--max-epochs", "abc"], "Error: Invalid value for '--max-epochs': 'abc' is not a valid integer."),
     (["summarize", "--section", "nope"], "Error: Invalid value for '--section': 'nope' is not one of 'best', "
-                                         "'grid', 'pareto', 'overfit', 'confusion'."),
+                                         "'reference', 'grid', 'pareto', 'overfit', 'confusion'."),
     (["summarize", "--format", "xml"], "Error: Invalid value for '--format': 'xml' is not one of 'table', "
                                        "'markdown', 'csv', 'json'."),
     (["report", "--cost", "watts"], "Error: Invalid value for '--cost': 'watts' is not one of 'total_time_s', "
-                                    "'time_per_epoch_s', 'params', 'gpu_seconds'."),
+                                    "'time_per_epoch_s', 'time_to_90_train_acc_s', 'params', 'gpu_seconds'."),
     (["bogus"], "Error: No such command 'bogus'."),
     (["--bogus"], "Error: No such option '--bogus'."),
 ])
@@ -148,3 +157,34 @@ def test_usage_mistakes_are_one_error_line_too(args, message):
 def test_no_arguments_still_show_the_help():
     result = CliRunner().invoke(main, [])
     assert "Commands:" in result.output and "summarize" in result.output
+
+
+def test_models_lists_every_model_with_its_count_and_seed():
+    result = CliRunner().invoke(main, ["models"])
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    from tunefm import models
+
+    for name in models.names():
+        spec = models.get(name)
+        row = next(line for line in lines if line.split()[:1] == [name])
+        assert f"{spec.params:,}" in row and spec.source[:3] in row
+    assert "twoconv: conv k1xk1xf1" in result.output and "conv1_kernel=3" in result.output
+
+
+def test_spaces_lists_every_study_and_shows_one_in_full():
+    result = CliRunner().invoke(main, ["spaces"])
+    assert result.exit_code == 0
+    rows = {line.split()[0]: line.split() for line in result.output.splitlines()[1:8]}
+    assert rows["kernels"][1:5] == ["004", "72", "10", "grid"]
+    assert rows["cnn2-tpe"][1:5] == ["001", "30", "10", "hyperopt"]
+    assert rows["fourfam"][1:5] == ["000", "112", "100", "grid"]
+    full = CliRunner().invoke(main, ["spaces", "cnn2-tpe"])
+    assert full.exit_code == 0
+    for text in ("source: 001_b3a5012d14491ce7.txt; searcher: hyperopt; trials: 30",
+                 "lr             loguniform(1e-05, 0.01)", "batch_size     choice([32, 64, 128, 256])",
+                 "first point    lr=0.0003593, weight_decay=0.0003593, batch_size=64",
+                 "model=cnn2: test_acc 0.9291; chose lr=0.0003593"):
+        assert text in full.output
+    missing = CliRunner().invoke(main, ["spaces", "nope"])
+    assert missing.exit_code == 1 and missing.output.startswith("Error: unknown study 'nope'; valid studies: cnn2-tpe")

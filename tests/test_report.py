@@ -33,7 +33,8 @@ def test_report_writes_every_figure_and_index_names_only_existing_files(quick_fo
     page = (out / "index.html").read_text()
     named = re.findall(r'src="([^"]+)"', page)
     assert sorted(named) == sorted(FIGURES) and all((out / n).is_file() for n in named)
-    for table_text in ("Best configuration per model", "iaro4", "Pareto front", "Most confused", "Shirt"):
+    for table_text in ("Best configuration per model", "iaro4", "Pareto front", "Most confused", "Shirt",
+                       "Seed reported (000_3b33fd455f65cb7c.txt) | this run", "lr=0.005 batch_size=8"):
         assert table_text in page
 
 

@@ -41,6 +41,22 @@ def test_trial_summary_from_epochs(tmp_path):
     assert {"model", "lr", "batch_size"} <= set(epochs.columns)
 
 
+def test_time_to_90_train_acc_and_a_trials_own_epoch_limit(tmp_path):
+    writer = store.RunWriter(tmp_path, max_epochs=4, config_keys=["model", "max_epochs"])
+    short = {"model": "kahn", "max_epochs": 2}  # a trial that is meant to stop at 2 of 4 epochs
+    for epoch, train_acc in [(1, 0.85), (2, 0.92)]:
+        writer.add_epoch("short", short, {**_result(epoch, 0.5, 0.6, 0.8, t=3.0), "train_acc": train_acc})
+    writer.add_epoch("never", {"model": "kahn", "max_epochs": 4}, _result(1, 0.5, 0.6, 0.8))
+    writer.set_status("short", short, "TERMINATED")
+    writer.set_status("never", {}, "TERMINATED")
+    writer.flush()
+    trials = store.read_trials(tmp_path).set_index("trial_id")
+    assert not trials.loc["short"].stopped_early  # it reached its own max_epochs
+    assert trials.loc["never"].stopped_early
+    assert trials.loc["short"].time_to_90_train_acc_s == 6.5  # time_total_s at the end of epoch 2
+    assert pd.isna(trials.loc["never"].time_to_90_train_acc_s)
+
+
 def test_repeated_epoch_replaces_instead_of_duplicating(tmp_path):
     writer = store.RunWriter(tmp_path, max_epochs=2)
     writer.add_epoch("a", {"model": "m"}, _result(1, 1.0, 1.0, 0.5))

@@ -15,7 +15,7 @@ from tunefm import store, summary
 from tunefm.cli import main
 from tunefm.data import CLASSES
 
-JSON_KEYS = {"best", "grid", "pareto", "overfit", "overfit_grid", "confusion", "confusion_pairs"}
+JSON_KEYS = {"best", "reference", "grid", "pareto", "overfit", "overfit_grid", "confusion", "confusion_pairs"}
 
 
 def invoke(*args):
@@ -51,6 +51,26 @@ def test_best_matches_the_trials_file(quick_fourfam, summary_json):
         assert row.val_loss_at_best == pytest.approx(top.val_loss_at_best)
         assert row.time_per_epoch_s == pytest.approx(top.time_per_epoch_s)
     assert best.best_val_acc.is_monotonic_decreasing
+
+
+def test_reference_puts_the_seeds_figures_beside_this_runs(quick_fourfam, summary_json):
+    """fourfam carries seed 000's results table; each figure sits beside this run's best config's."""
+    reference = pd.DataFrame(summary_json["reference"])
+    assert len(reference) == 4 * 6
+    best = pd.DataFrame(summary_json["best"]).set_index("model")
+    acc = reference[reference.figure == "best_val_acc"].set_index("where")
+    assert acc.loc["model=iaro1", "seed"] == 0.8941 and acc.loc["model=iaro2", "seed"] == 0.9253
+    assert acc.loc["model=iaro1", "seed_chose"] == "lr=0.01 batch_size=32"
+    for model, row in best.iterrows():
+        assert acc.loc[f"model={model}", "run"] == row.best_val_acc
+        assert acc.loc[f"model={model}", "run_chose"] == f"lr={row.lr:g} batch_size={row.batch_size}"
+    trials = store.read_trials(quick_fourfam).set_index("trial_id")
+    times = reference[reference.figure == "time_per_epoch_s"].set_index("where")
+    for model, row in best.iterrows():
+        assert times.loc[f"model={model}", "run"] == pytest.approx(trials.loc[row.trial_ids, "time_per_epoch_s"])
+    text = invoke("summarize", str(quick_fourfam), "--section", "reference").output
+    assert "Seed reported (000_3b33fd455f65cb7c.txt) | this run" in text
+    assert all(len(line) <= 80 for line in text.splitlines())
 
 
 def test_grid_matches_a_pivot_of_the_trials_file(quick_fourfam, summary_json):

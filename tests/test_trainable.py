@@ -71,3 +71,67 @@ def test_to_tensors_normalizes(arrays):
     x, y = trainable.to_tensors(arrays["train_x"], arrays["train_y"], torch.device("cpu"))
     assert x.shape == (600, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.int64
     assert abs(x.mean().item()) < 0.2 and 0.8 < x.std().item() < 1.2
+
+
+def test_augment_crops_and_flips_each_image_by_itself(arrays):
+    x, _ = trainable.to_tensors(arrays["train_x"][:64], arrays["train_y"][:64], torch.device("cpu"))
+    out = trainable.augment_batch(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    assert torch.equal(out, trainable.augment_batch(x, torch.Generator().manual_seed(0)))  # seeded
+    pad = trainable.CROP_PAD
+    padded = torch.nn.functional.pad(x, (pad,) * 4, value=trainable.BACKGROUND)
+    flips = 0
+    for image, result in zip(padded[:, 0], out[:, 0]):
+        # Every output image is one 28x28 window of its padded input, maybe mirrored.
+        windows = [image[t:t + 28, l:l + 28] for t in range(2 * pad + 1) for l in range(2 * pad + 1)]
+        plain = any(torch.equal(result, w) for w in windows)
+        mirrored = any(torch.equal(result, w.flip(1)) for w in windows)
+        assert plain or mirrored
+        flips += mirrored and not plain
+    assert 10 < flips < 54  # about half of 64 are flipped
+    assert not torch.equal(out, x)
+
+
+def test_augmented_training_differs_and_learns(arrays):
+    plain = curve(CONFIG, arrays, 2)
+    augmented = curve({**CONFIG, "augment": True}, arrays, 2)
+    assert metrics_only(augmented) != metrics_only(plain)
+    assert metrics_only(curve({**CONFIG, "augment": True}, arrays, 2)) == metrics_only(augmented)
+    assert augmented[-1]["val_acc"] > 0.3
+
+
+def test_sigmoid_output_is_binary_cross_entropy_on_one_hot_targets(arrays):
+    logits = torch.randn(5, 10)
+    y = torch.tensor([0, 1, 2, 3, 9])
+    expected = torch.nn.BCELoss()(torch.sigmoid(logits), torch.nn.functional.one_hot(y, 10).float())
+    assert trainable.sigmoid_loss(logits, y).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert trainable.sigmoid_loss(logits, y, reduction="sum").item() == pytest.approx(5 * expected.item(), rel=1e-5)
+    rows = curve({**CONFIG, "output": "sigmoid", "optimizer": "adam", "lr": 1e-3}, arrays, 2)
+    assert rows[0]["train_loss"] < 0.5  # per-class BCE starts near ln 2 = 0.69, not cross-entropy's ln 10
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"] and rows[-1]["val_acc"] > 0.3
+
+
+def test_lr_decays_every_step_and_resumes(arrays, tmp_path):
+    config = {**CONFIG, "lr_decay": 0.99}
+    state = trainable.init_state(config, torch.device("cpu"))
+    fitted = trainable.fit(config, arrays, 3, torch.device("cpu"), state)
+    next(fitted)
+    steps = -(-600 // config["batch_size"])  # batches per epoch
+    assert state.optimizer.param_groups[0]["lr"] == pytest.approx(CONFIG["lr"] * 0.99 ** steps)
+    torch.save(state.state_dict(), tmp_path / "state.pt")
+    restored = trainable.init_state(config, torch.device("cpu"))
+    restored.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=False))
+    assert restored.optimizer.param_groups[0]["lr"] == pytest.approx(CONFIG["lr"] * 0.99 ** steps)
+    assert metrics_only(curve(config, arrays, 3, restored)) == metrics_only(curve(config, arrays, 3))[1:]
+    assert trainable.build_scheduler(CONFIG, state.optimizer) is None  # no decay: constant lr
+
+
+def test_a_trials_own_max_epochs_stops_it_early(arrays):
+    assert [r["epoch"] for r in curve({**CONFIG, "max_epochs": 2}, arrays, 5)] == [1, 2]
+    assert [r["epoch"] for r in curve({**CONFIG, "max_epochs": 9}, arrays, 2)] == [1, 2]
+
+
+def test_model_options_and_init_reach_the_model():
+    model = trainable.build_model({"model": "twoconv", "conv1_filters": 8, "dense": 64, "init": "kaiming_uniform"})
+    assert model[0].out_channels == 8 and model[5].out_features == 64
+    assert all((m.bias == 0).all() for m in model if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))

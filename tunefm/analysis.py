@@ -6,6 +6,7 @@
     overfit(trials, epochs), overfit_grid(...)            train/val loss gaps, overfitting flags
     confusion(confusion_counts, trials)                   matrix, per-class P/R/F1, confused pairs
     top_configs(trials, k)             which trials get a test-set evaluation (val only)
+    reported_vs_run(trials, reported)  the figures the source seed reported beside this run's
 
 Every function takes the DataFrames of `store.load_run` and returns DataFrames; the
 tests build those frames by hand. A configuration is a trial's config without its
@@ -23,7 +24,7 @@ from tunefm.data import CLASSES
 from tunefm.errors import UserError
 from tunefm.store import config_columns
 
-COSTS = ("total_time_s", "time_per_epoch_s", "params", "gpu_seconds")
+COSTS = ("total_time_s", "time_per_epoch_s", "time_to_90_train_acc_s", "params", "gpu_seconds")
 AGGREGATES = ("mean", "max", "min")  # how a grid cell combines its trials
 OVERFIT_TOLERANCE = 0.10  # final val loss this far above its minimum, train loss still falling
 
@@ -142,6 +143,8 @@ def with_cost(trials: pd.DataFrame, cost: str) -> pd.DataFrame:
         raise UserError(f"--cost must be one of {', '.join(COSTS)}, got {cost!r}")
     if cost == "gpu_seconds":  # GPU time actually held: a 0.25 share costs a quarter
         return trials.assign(gpu_seconds=trials["total_time_s"] * trials["gpu_fraction"])
+    if cost not in trials.columns:
+        raise UserError(f"--cost {cost} is not recorded in this run (it predates that column)")
     return trials
 
 
@@ -276,3 +279,54 @@ def confusion(confusion_counts: pd.DataFrame, trials: pd.DataFrame, trial_id: st
         columns=["true_class", "pred_class", "count", "share"])
     frame = pd.DataFrame(matrix, index=pd.Index(CLASSES, name="true"), columns=pd.Index(CLASSES, name="predicted"))
     return Confusion(trial_id, frame, per_class, pairs)
+
+
+def _matches(trials: pd.DataFrame, where: dict) -> pd.Series:
+    """Rows whose config has every `where` value (floats compared with a relative 1e-9)."""
+    mask = pd.Series(True, index=trials.index)
+    for key, value in where.items():
+        if key not in trials.columns:
+            return pd.Series(False, index=trials.index)
+        column = trials[key]
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and pd.api.types.is_numeric_dtype(column):
+            mask &= pd.Series(np.isclose(column.astype(float), float(value), rtol=1e-9, atol=0), index=trials.index)
+        else:
+            mask &= column.map(lambda v: v == value)
+    return mask
+
+
+def _describe(config: dict) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items())
+
+
+def reported_vs_run(trials: pd.DataFrame, reported: list[dict]) -> pd.DataFrame:
+    """One row per figure the source seed reported, with this run's value beside it.
+
+    Each entry of `reported` (a study's `Reported`, as stored in run.json) names the
+    trials it is about (`where`), the seed's figures and, where the seed searched, its
+    chosen configuration. This run's figures come from the configuration with the best
+    mean validation accuracy among the matching trials (the test set never picks), as
+    means over its seeds. Columns: where, figure, seed, run, seed_chose, run_chose,
+    n (seeds behind the run's value), note. `run` is NaN where the run has no such
+    trial or the figure is missing (test_acc of a trial not evaluated).
+    """
+    rows = []
+    for entry in reported:
+        where, chosen = dict(entry.get("where", {})), dict(entry.get("chosen", {}))
+        matched = trials[_matches(trials, where)]
+        group = matched.iloc[0:0]
+        if matched["best_val_acc"].notna().any():
+            top = configurations(matched, "best_val_acc").iloc[0]
+            group = matched[matched["trial_id"].isin(top["trial_ids"].split(","))]
+        run_chose = _describe({k: _plain(group.iloc[0][k]) for k in chosen if k in group.columns}) if len(group) else ""
+        for figure, value in entry.get("figures", {}).items():
+            run_value = group[figure].mean() if len(group) and figure in group.columns else np.nan
+            rows.append({"where": _describe(where), "figure": figure, "seed": value, "run": run_value,
+                         "seed_chose": _describe(chosen), "run_chose": run_chose,
+                         "n": int(group[figure].notna().sum()) if figure in group.columns else 0,
+                         "note": entry.get("note", "")})
+    return pd.DataFrame(rows, columns=["where", "figure", "seed", "run", "seed_chose", "run_chose", "n", "note"])
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else value

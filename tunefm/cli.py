@@ -5,6 +5,7 @@
     tunefm summarize [RUN] --section best --format markdown
     tunefm evaluate RUN --test-top 5
     tunefm report RUN --out report/
+    tunefm spaces [NAME]      tunefm models
 
 Each command parses its options, calls the library and prints the answer. A
 `UserError` becomes one `Error: ...` line and exit code 1 (`--debug` shows the
@@ -84,8 +85,11 @@ def main(debug: bool) -> None:
 @click.option("--val-size", type=int, default=10_000, help="Validation images, split from the training set.")
 @click.option("--test-size", type=int, default=None, help="Test images.  [default: all 10000]")
 @click.option("--max-epochs", type=int, default=None, help="Epochs per trial.  [default: the study's]")
-@click.option("--num-samples", type=int, default=1, help="Seeds per grid point (seed, seed+1, ...).")
-@click.option("--concurrency", type=int, default=None, help="Trials at once.  [default: as resources allow]")
+@click.option("--num-samples", type=int, default=None,
+              help="Grid study: seeds per grid point (seed, seed+1, ...), default 1. "
+                   "Hyperopt study: configs to try.  [default: 1 / the study's]")
+@click.option("--concurrency", type=int, default=None,
+              help="Trials at once.  [default: as resources allow; a hyperopt study's own limit]")
 @click.option("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (also torch threads).")
 @click.option("--gpus-per-trial", type=float, default=None,
               help="GPU share per trial.  [default: each model's own, e.g. 0.25, where the cluster has GPUs]")
@@ -96,8 +100,9 @@ def main(debug: bool) -> None:
 @click.option("--seed", type=int, default=0, help="Base seed for model init and batch order.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=V1[,V2...]",
               help="Override a config key: one value pins it, several make a grid. Repeatable.  [default: none]")
-@click.option("--test-top", type=int, default=3,
-              help="Afterwards, evaluate each model's top K configurations on the test set (0: skip).")
+@click.option("--test-top", type=int, default=None,
+              help="Afterwards, evaluate each model's top K configurations on the test set (0: skip).  "
+                   "[default: the study's, usually 3]")
 @user_errors
 def search(**options) -> None:
     """Run a study's grid on Ray Tune and write results/<run>/ (Parquet + run.json)."""
@@ -109,7 +114,7 @@ def search(**options) -> None:
     outcome = run(settings, echo=click.echo)
     trials = outcome.trials
     click.echo("")
-    click.echo(summary.render(store.load_run(outcome.run_dir), summary.SummaryOptions(sections=("best",))))
+    click.echo(summary.render(store.load_run(outcome.run_dir), summary.SummaryOptions(sections=("best", "reference"))))
     stopped = int(trials["stopped_early"].sum())
     failed = int((trials["status"] == "ERROR").sum())
     click.echo(f"\n{len(trials)} trials, {stopped} stopped early by ASHA, "
@@ -121,11 +126,12 @@ def search(**options) -> None:
 @main.command()
 @click.argument("run")
 @click.option("--results", "results_dir", default="results", metavar="DIR", help="Folder holding run folders.")
-@click.option("--test-top", type=int, default=3, help="Evaluate each model's top K configurations (by val acc).")
+@click.option("--test-top", type=int, default=None,
+              help="Evaluate each model's top K configurations (by val acc).  [default: the run's study's, usually 3]")
 @click.option("--data-dir", default=None, metavar="DIR",
               help="Fashion-MNIST IDX files.  [default: the run's, else $TUNEFM_DATA_DIR, else the cache]")
 @user_errors
-def evaluate(run: str, results_dir: str, test_top: int, data_dir: str | None) -> None:
+def evaluate(run: str, results_dir: str, test_top: int | None, data_dir: str | None) -> None:
     """Evaluate a finished or interrupted run's best trials on the test set.
 
     Loads each chosen trial's best-validation checkpoint, fills test_acc and test_loss in
@@ -138,7 +144,7 @@ def evaluate(run: str, results_dir: str, test_top: int, data_dir: str | None) ->
     run_dir = store.resolve_run(run, results_dir)
     outcome = evaluation.run(run_dir, test_top, data_dir, echo=click.echo)
     click.echo("")
-    click.echo(summary.render(store.load_run(run_dir), summary.SummaryOptions(sections=("best",))))
+    click.echo(summary.render(store.load_run(run_dir), summary.SummaryOptions(sections=("best", "reference"))))
     click.echo(f"\n{len(outcome.evaluated)} trial(s) evaluated; results in {run_dir}")
 
 
@@ -190,6 +196,30 @@ def report(run: str | None, results_dir: str, out_dir: str | None, cost: str) ->
     run_dir = store.resolve_run(run, results_dir)
     written = reporting.write(store.load_run(run_dir), out_dir, cost=cost)
     click.echo(f"Wrote {len(written.figures)} figures and {written.index}")
+
+
+@main.command()
+@click.argument("name", required=False)
+@user_errors
+def spaces(name: str | None) -> None:
+    """List the bundled studies, or show study NAME (a name or a .py file) in full."""
+    from tunefm import catalog, study
+    from tunefm.summary import text_table
+
+    if name:
+        click.echo(catalog.describe_study(study.load(name)))
+    else:
+        click.echo(text_table(catalog.studies_table(), index=False, width=120))
+        click.echo("\nRun one: tunefm search --space NAME   Details: tunefm spaces NAME")
+
+
+@main.command()
+@user_errors
+def models() -> None:
+    """List the registered models: family, parameters, options and source seed."""
+    from tunefm import catalog
+
+    click.echo(catalog.models_text())
 
 
 if __name__ == "__main__":

@@ -76,7 +76,9 @@ def trial_config(row: pd.Series, keys: list[str]) -> dict:
         value = row[key]
         if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
             continue
-        config[key] = value.item() if isinstance(value, np.generic) else value
+        value = value.item() if isinstance(value, np.generic) else value
+        # A column with gaps (a key only some trials set) comes back as float: 3.0 was 3.
+        config[key] = int(value) if isinstance(value, float) and value.is_integer() else value
     return config
 
 
@@ -124,8 +126,9 @@ def evaluate_trials(run_dir: Path, test_x: np.ndarray, test_y: np.ndarray, top_k
                 kept = ", ".join(map(str, sorted(checkpoints))) or "none"
                 outcome.skipped[trial_id] = f"no checkpoint of best epoch {best_epoch} (kept: {kept})"
                 continue
-            model = load_model(trial_config(row, keys), checkpoints[best_epoch], device)
-            loss, predicted = trainable.predict(model, x, y)
+            config = trial_config(row, keys)
+            model = load_model(config, checkpoints[best_epoch], device)
+            loss, predicted = trainable.predict(model, x, y, loss_fn=trainable.loss_function(config))
             predicted = predicted.cpu().numpy()
             accuracy = float((predicted == test_y).mean())
             trials.loc[trials["trial_id"] == trial_id, ["test_acc", "test_loss"]] = [accuracy, loss]
@@ -175,12 +178,16 @@ def load_test_split(info: dict, data_dir: str | None) -> data.Splits:
     return splits
 
 
-def run(run_dir: Path, top_k: int = DEFAULT_TOP_K, data_dir: str | None = None,
+def run(run_dir: Path, top_k: int | None = None, data_dir: str | None = None,
         echo: Callable[[str], None] = print) -> Evaluation:
-    """`tunefm evaluate`: evaluate an existing (finished or interrupted) run."""
-    if top_k < 1:
+    """`tunefm evaluate`: evaluate an existing (finished or interrupted) run.
+
+    `top_k` defaults to the run's study's `test_top` (else 3)."""
+    if top_k is not None and top_k < 1:
         raise UserError(f"--test-top must be >= 1, got {top_k}")
     tables = store.load_run(run_dir)  # one-line errors for a missing, empty or damaged run
+    if top_k is None:
+        top_k = max(1, int(tables.info.get("study", {}).get("test_top") or DEFAULT_TOP_K))
     check_not_running(run_dir, tables.info)
     splits = load_test_split(tables.info, data_dir)
     outcome = evaluate_trials(run_dir, splits.test_x, splits.test_y, top_k, echo)

@@ -39,7 +39,8 @@ from tunefm.errors import UserError  # noqa: E402
 
 DPI = 110
 COST_LABELS = {"total_time_s": "training time per trial (s)", "time_per_epoch_s": "time per epoch (s)",
-               "params": "parameters (count)", "gpu_seconds": "GPU time per trial (GPU-seconds)"}
+               "params": "parameters (count)", "gpu_seconds": "GPU time per trial (GPU-seconds)",
+               "time_to_90_train_acc_s": "time to 90% train accuracy (s)"}
 ACC_LABEL = "best validation accuracy (fraction correct)"
 
 
@@ -263,6 +264,11 @@ def _draw(run: store.RunTables, folder: Path, cost: str) -> tuple[Written, list]
 
     best = analysis.best(trials, metric)
     sections.append(("Best configuration per model", [], [_table_html(summary.best_display(best, metric), False)]))
+    reference = analysis.reported_vs_run(trials, run.info.get("study", {}).get("reported", []))
+    if len(reference):
+        source = run.info["study"].get("source") or "the source seed"
+        sections.append((f"Seed reported ({source}) | this run", [],
+                         [_table_html(summary.reference_display(reference), False)]))
     sections.append(("Learning curves", figure("curves.png", draw_curves(best, trials, epochs)), []))
     cells = analysis.grid(trials, metric)
     grid_tables = [f"<h3>{html.escape(model)}</h3>" + _table_html(table, True)

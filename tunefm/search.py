@@ -6,9 +6,9 @@
 
 Everything the user gave is validated (study, --set, sizes, data files, run folder)
 before Ray starts or anything is written. Then: a local Ray (or `--address`), the data
-into the object store once, one trial per grid point with resources from its model
-(a GPU fraction where the cluster has GPUs), ASHA on val_acc unless early stopping
-is off, and a callback streaming every epoch into Parquet.
+into the object store once, one trial per grid point (or per hyperopt TPE draw) with
+resources from its model (a GPU fraction where the cluster has GPUs), ASHA on val_acc
+unless early stopping is off, and a callback streaming every epoch into Parquet.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class SearchSettings:
     val_size: int | None = None
     test_size: int | None = None
     max_epochs: int | None = None  # default: the study's
-    num_samples: int = 1  # seeds per grid point
+    num_samples: int | None = None  # grid: seeds per grid point (1); hyperopt: configs to try (the study's)
     concurrency: int | None = None  # default: as many as resources allow
     cpus_per_trial: float = 1.0
     gpus_per_trial: float | None = None  # default: each model's own fraction, where GPUs exist
@@ -52,13 +52,13 @@ class SearchSettings:
     reduction_factor: int = 3
     seed: int = 0
     sets: tuple[str, ...] = field(default_factory=tuple)
-    test_top: int = 3  # configurations per model evaluated on the test set afterwards; 0: none
+    test_top: int | None = None  # configs per model evaluated on the test set afterwards (the study's); 0: none
     flush_interval_s: float = 5.0
 
     def validate(self) -> None:
         checks = [
             (self.max_epochs is None or self.max_epochs >= 1, f"--max-epochs must be >= 1, got {self.max_epochs}"),
-            (self.num_samples >= 1, f"--num-samples must be >= 1, got {self.num_samples}"),
+            (self.num_samples is None or self.num_samples >= 1, f"--num-samples must be >= 1, got {self.num_samples}"),
             (self.concurrency is None or self.concurrency >= 1, f"--concurrency must be >= 1, got {self.concurrency}"),
             (self.cpus_per_trial > 0, f"--cpus-per-trial must be > 0, got {self.cpus_per_trial}"),
             (self.gpus_per_trial is None or self.gpus_per_trial >= 0,
@@ -66,7 +66,7 @@ class SearchSettings:
             (self.grace_period >= 1, f"--grace-period must be >= 1, got {self.grace_period}"),
             (self.reduction_factor >= 2, f"--reduction-factor must be >= 2, got {self.reduction_factor}"),
             (self.seed >= 0, f"--seed must be >= 0, got {self.seed}"),
-            (self.test_top >= 0, f"--test-top must be >= 0, got {self.test_top}"),
+            (self.test_top is None or self.test_top >= 0, f"--test-top must be >= 0, got {self.test_top}"),
             (self.name is None or (self.name and "/" not in self.name and self.name not in (".", "..")),
              f"--name must be a plain folder name, got {self.name!r}"),
         ]
@@ -82,17 +82,29 @@ class SearchOutcome:
 
 
 def build_study(settings: SearchSettings) -> studies.Study:
-    """The study with --set, --seed/--num-samples and --max-epochs applied."""
+    """The study with --set, --seed, --num-samples, --max-epochs and --test-top applied.
+
+    --num-samples is seeds per grid point for a grid study, and the number of configs
+    hyperopt draws for a hyperopt study (whose trials all use --seed).
+    """
     study = studies.load(settings.space)
     overrides = studies.parse_sets(settings.sets)
-    if "seed" in overrides and settings.num_samples > 1:
-        raise UserError("give either --set seed=... or --num-samples, not both")
-    if "seed" not in overrides and "seed" not in study.grid:
-        seeds = [settings.seed + i for i in range(settings.num_samples)]
-        overrides["seed"] = seeds
-    study = study.with_overrides(overrides)
+    if study.searcher == "hyperopt":
+        overrides.setdefault("seed", [settings.seed])
+        study = study.with_overrides(overrides)
+        if settings.num_samples is not None:
+            study = replace(study, num_samples=settings.num_samples)
+    else:
+        num_samples = settings.num_samples or 1
+        if "seed" in overrides and num_samples > 1:
+            raise UserError("give either --set seed=... or --num-samples, not both")
+        if "seed" not in overrides and "seed" not in study.grid:
+            overrides["seed"] = [settings.seed + i for i in range(num_samples)]
+        study = study.with_overrides(overrides)
     if settings.max_epochs is not None:
-        study = replace(study, max_epochs=settings.max_epochs)  # replace() re-validates
+        study = study.with_max_epochs(settings.max_epochs)
+    if settings.test_top is not None:
+        study = replace(study, test_top=settings.test_top)
     return study
 
 
@@ -167,6 +179,9 @@ def check_resources_fit(cpus: float, gpus: float | None, nodes: list[dict[str, f
             raise UserError(f"{flag} {amount:g} can never be met: the largest node has {most:g} {resource}")
 
 
+HYPEROPT_CONCURRENCY = 4  # default trials at once for a hyperopt study
+
+
 def trial_order(configs: list[dict], seed: int) -> list[dict]:
     """The grid in a seeded random order.
 
@@ -211,12 +226,35 @@ def start_ray(address: str | None) -> tuple[bool, str | None]:
     return True, (f"http://{url}" if url and not url.startswith("http") else url)
 
 
+def searcher(study: studies.Study, settings: SearchSettings) -> tuple[dict, object, int]:
+    """(param_space, search algorithm, num_samples) for the study's searcher."""
+    from ray import tune
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+
+    base = study.base_config()
+    if study.searcher == "hyperopt":
+        from ray.tune.search.hyperopt import HyperOptSearch
+
+        algorithm = HyperOptSearch(metric="val_acc", mode="max", n_initial_points=study.initial_points,
+                                   points_to_evaluate=[dict(p) for p in study.points_to_evaluate] or None,
+                                   random_state_seed=settings.seed)
+        # TPE learns from finished trials: running all at once would make it random search.
+        limit = settings.concurrency or study.concurrency or HYPEROPT_CONCURRENCY
+        return {**base, **study.space}, ConcurrencyLimiter(algorithm, max_concurrent=limit), study.num_samples
+    configs = trial_order(study.configs(), settings.seed)
+    # Each config pins every key, so each is exactly one trial, started in this order;
+    # the space only declares each varied key's values.
+    varied = {k: list(dict.fromkeys(c[k] for c in configs if k in c))
+              for k in {k for c in configs for k in c} - set(base)}
+    param_space = {**base, **{k: tune.grid_search(v) for k, v in varied.items()}}
+    return param_space, BasicVariantGenerator(points_to_evaluate=configs), len(configs)
+
+
 def make_tuner(study: studies.Study, settings: SearchSettings, splits: data.Splits, run_dir: Path,
                cluster_has_gpus: bool, echo: Callable[[str], None]):
     """The Tuner: trainable with data and resources, scheduler, trial order, callbacks, storage."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import BasicVariantGenerator
 
     from tunefm.progress import ProgressLine
     from tunefm.recorder import ParquetRecorder
@@ -234,9 +272,7 @@ def make_tuner(study: studies.Study, settings: SearchSettings, splits: data.Spli
                                   reduction_factor=settings.reduction_factor)
     else:
         scheduler = FIFOScheduler()
-    param_space = {**study.base_config(), **{k: tune.grid_search(list(v)) for k, v in study.grid.items()}}
-    # Each point pins every grid key, so each is exactly one trial, started in this order.
-    points = trial_order(study.configs(), settings.seed)
+    param_space, search_alg, num_samples = searcher(study, settings)
     writer = store.RunWriter(run_dir, study.max_epochs, study.config_keys(), settings.flush_interval_s)
     # Keeping only the best and latest checkpoint forces a state snapshot per checkpoint;
     # Tune warns about that each time, which is expected here.
@@ -246,9 +282,9 @@ def make_tuner(study: studies.Study, settings: SearchSettings, splits: data.Spli
         param_space=param_space,
         tune_config=tune.TuneConfig(
             scheduler=scheduler,
-            search_alg=BasicVariantGenerator(points_to_evaluate=points),
-            num_samples=len(points),  # repeats are a seed grid axis, so every trial's seed is known
-            max_concurrent_trials=settings.concurrency,
+            search_alg=search_alg,
+            num_samples=num_samples,
+            max_concurrent_trials=None if study.searcher == "hyperopt" else settings.concurrency,
             reuse_actors=True,  # a new actor per trial re-imports torch: seconds each
             trial_dirname_creator=lambda trial: trial.trial_id,
         ),
@@ -287,9 +323,7 @@ def run(settings: SearchSettings, echo: Callable[[str], None] = print) -> Search
     if dashboard:
         echo(f"Ray dashboard: {dashboard}")
     run_info = {
-        "study": {"name": study.name, "source": study.source, "description": study.description,
-                  "grid": dict(study.grid), "fixed": dict(study.fixed), "max_epochs": study.max_epochs,
-                  "num_trials": study.num_trials},
+        "study": study.record(),
         "options": asdict(settings),
         "data": {"source": splits.source, "sizes": splits.sizes(), "sha256": splits.checksums},
         "versions": versions(),
@@ -307,10 +341,10 @@ def run(settings: SearchSettings, echo: Callable[[str], None] = print) -> Search
         results = tuner.fit()
         run_info["status"] = "completed" if not results.errors else "completed with errors"
         run_info["failed_trials"] = len(results.errors)
-        if settings.test_top:
+        if study.test_top:
             from tunefm import evaluate
 
-            evaluation = evaluate.evaluate_trials(run_dir, splits.test_x, splits.test_y, settings.test_top, echo)
+            evaluation = evaluate.evaluate_trials(run_dir, splits.test_x, splits.test_y, study.test_top, echo)
             run_info["evaluation"] = evaluation.record()
         return SearchOutcome(run_dir, store.read_trials(run_dir))
     except BaseException as e:

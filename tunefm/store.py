@@ -38,11 +38,15 @@ CONFUSION_FILE = "confusion.parquet"
 TUNE_DIR = "tune"
 EPOCH_METRICS = ["train_loss", "train_acc", "val_loss", "val_acc", "epoch_time_s", "train_time_s", "time_total_s"]
 TRIAL_FACTS = ["params", "device", "node_id", "gpu_fraction", "threads"]  # constant per trial
+TRAIN_ACC_TARGET = 0.9  # seed 004 compares trials by the time to reach 90% train accuracy
 SUMMARY_COLUMNS = [
     "params", "best_val_acc", "best_epoch", "val_loss_at_best", "min_train_loss",
     "min_train_loss_epoch", "final_train_loss", "final_val_loss", "overfit_gap",
-    "time_per_epoch_s", "total_time_s", "gpu_fraction", "node_id", "device", "threads", "test_acc", "test_loss",
+    "time_per_epoch_s", "total_time_s", "time_to_90_train_acc_s", "gpu_fraction", "node_id", "device", "threads",
+    "test_acc", "test_loss",
 ]
+# Numeric per-trial figures a study may compare with what its seed reported.
+REPORTABLE = [c for c in SUMMARY_COLUMNS if c not in ("gpu_fraction", "node_id", "device", "threads")]
 TRIAL_STATE = ["trial_id", "status", "stopped_early", "epochs"]
 
 
@@ -82,7 +86,10 @@ def summarize_trials(epochs: pd.DataFrame, trials: pd.DataFrame, max_epochs: int
 
     `trials` has one row per trial: trial_id, status, the config columns and the
     trial facts (params, node_id, ...). A trial with no epoch yet keeps null metrics.
-    `stopped_early` means the scheduler ended the trial before `max_epochs`.
+    `stopped_early` means the scheduler ended the trial before `max_epochs` (or before
+    the trial's own `max_epochs` config key, where it has one).
+    `time_to_90_train_acc_s` is the trial's time (Tune's time_total_s) at the end of the
+    first epoch whose train accuracy reached 90%, null if none did.
     """
     config_columns = [c for c in trials.columns if c not in ("trial_id", "status", *TRIAL_FACTS)]
     rows = []
@@ -92,7 +99,9 @@ def summarize_trials(epochs: pd.DataFrame, trials: pd.DataFrame, max_epochs: int
         history = by_trial.get(trial["trial_id"])
         row = {"trial_id": trial["trial_id"], "status": trial["status"]}
         n_epochs = 0 if history is None else len(history)
-        row["stopped_early"] = trial["status"] == "TERMINATED" and n_epochs < max_epochs
+        own_limit = trial.get("max_epochs")
+        limit = min(max_epochs, int(own_limit)) if own_limit is not None and pd.notna(own_limit) else max_epochs
+        row["stopped_early"] = trial["status"] == "TERMINATED" and n_epochs < limit
         row["epochs"] = n_epochs
         row.update({c: trial[c] for c in config_columns})
         metrics = dict.fromkeys(SUMMARY_COLUMNS, np.nan)
@@ -107,6 +116,9 @@ def summarize_trials(epochs: pd.DataFrame, trials: pd.DataFrame, max_epochs: int
                 overfit_gap=last["val_loss"] - last["train_loss"],
                 time_per_epoch_s=history["epoch_time_s"].mean(), total_time_s=history["time_total_s"].max(),
             )
+            reached = history[history["train_acc"] >= TRAIN_ACC_TARGET]
+            if len(reached):
+                metrics["time_to_90_train_acc_s"] = reached["time_total_s"].iloc[0]
             if history["train_loss"].notna().any():  # a diverged trial has only NaN losses
                 lowest_train = history.loc[history["train_loss"].idxmin()]
                 metrics.update(min_train_loss=lowest_train["train_loss"],
@@ -117,7 +129,7 @@ def summarize_trials(epochs: pd.DataFrame, trials: pd.DataFrame, max_epochs: int
     if len(table):
         for column in ("best_epoch", "min_train_loss_epoch", "params", "threads"):
             table[column] = table[column].astype("Int64")
-        for column in ("test_acc", "test_loss", "gpu_fraction"):
+        for column in ("test_acc", "test_loss", "gpu_fraction", "time_to_90_train_acc_s"):
             table[column] = table[column].astype("float64")
     return table
 

@@ -1,4 +1,4 @@
-"""Studies: what to search. A study is a grid over config keys plus fixed values.
+"""Studies: what to search. A study is a grid (or a hyperopt space) over config keys.
 
 A study lives in a Python module that defines `STUDY`, either one of the bundled
 `search_spaces/` modules (by name) or a user's own file (by path):
@@ -8,15 +8,33 @@ A study lives in a Python module that defines `STUDY`, either one of the bundled
     study = study.with_overrides({"model": ["iaro1"], "lr": [0.01]})
     study.num_trials                          # 7
 
-Config vocabulary (a trial's config is a flat dict; see DESIGN.md):
+Two searchers:
+- "grid" (default): every combination of `grid` values, crossed with each of
+  `variants` (explicit partial configs, for comparisons that are not a product,
+  such as a baseline against a tuned model), each with `fixed` added.
+- "hyperopt": Tree-structured Parzen Estimators (Ray Tune's `HyperOptSearch`) draw
+  `num_samples` configs from `space`, a dict of Ray Tune distributions
+  (`tune.loguniform(1e-5, 1e-2)`, `tune.choice([32, 64])`); `points_to_evaluate`
+  are tried first.
 
-    model         a registered model name (`tunefm.models.names()`)
+Config vocabulary (a trial's config is a flat dict; see DESIGN.md). Shared keys:
+
+    model         a registered model name (`tunefm models`)
     lr            learning rate, > 0
     batch_size    integer >= 1
     optimizer     sgd | adam
     momentum      0 <= momentum < 1 (SGD only)
-    weight_decay  >= 0
-    seed          integer >= 0: model init and batch order
+    weight_decay  L2 strength, >= 0
+    init          default | xavier_uniform | xavier_normal | kaiming_uniform (biases zero)
+    augment       true: random crop (up to 2 px shift) and horizontal flip of every training image
+    output        softmax (cross-entropy) | sigmoid (binary cross-entropy on one-hot targets)
+    lr_decay      factor per optimizer step, 0 < d <= 1: lr_k = lr * d**k (1: constant)
+    max_epochs    this trial's epochs when fewer than the study's
+    seed          integer >= 0: model init, batch order and augmentation
+
+Model-specific keys (dropout, batch_norm, kernel sizes, ...) go to the model's factory,
+which accepts only its own (`tunefm models` lists them). A study may also carry the
+figures its source seed `reported`, which `tunefm summarize` shows beside the run's.
 """
 
 from __future__ import annotations
@@ -33,6 +51,8 @@ from tunefm import models
 from tunefm.errors import UserError
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+SEARCHERS = ("grid", "hyperopt")
+DEFAULT_TEST_TOP = 3
 
 
 def _is_number(value) -> bool:
@@ -54,7 +74,7 @@ def _check(condition: Callable[[Any], bool], valid: str) -> Callable[[Any], None
     return check
 
 
-# key -> (validator, description of valid values, default if the study leaves it out)
+# key -> (validator, default when the study leaves it out; None: no default)
 VOCABULARY: dict[str, tuple[Callable[[Any], None], Any]] = {
     "model": (_check_model, None),
     "lr": (_check(lambda v: _is_number(v) and v > 0, "a number > 0"), None),
@@ -62,92 +82,251 @@ VOCABULARY: dict[str, tuple[Callable[[Any], None], Any]] = {
     "optimizer": (_check(lambda v: v in ("sgd", "adam"), "'sgd' or 'adam'"), "sgd"),
     "momentum": (_check(lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"), 0.0),
     "weight_decay": (_check(lambda v: _is_number(v) and v >= 0, "a number >= 0"), 0.0),
+    "init": (_check(lambda v: v in models.INITS, " or ".join(repr(i) for i in models.INITS)), "default"),
+    "augment": (_check(lambda v: isinstance(v, bool), "true or false"), False),
+    "output": (_check(lambda v: v in ("softmax", "sigmoid"), "'softmax' or 'sigmoid'"), "softmax"),
+    "lr_decay": (_check(lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"), 1.0),
+    "max_epochs": (_check(lambda v: _is_int(v) and v >= 1, "an integer >= 1"), None),
     "seed": (_check(lambda v: _is_int(v) and v >= 0, "an integer >= 0"), 0),
 }
 REQUIRED_KEYS = ("model", "lr", "batch_size")
 
 
+def valid_keys() -> str:
+    return f"{', '.join(VOCABULARY)}; model options: {', '.join(models.option_keys())}"
+
+
 def validate_value(key: str, value: Any) -> None:
-    if key not in VOCABULARY:
-        raise UserError(f"unknown config key {key!r}; valid keys: {', '.join(VOCABULARY)}")
-    check, _ = VOCABULARY[key]
-    try:
-        check(value)
-    except ValueError as e:
-        raise UserError(f"{key} must be {e}, got {key}={value!r}") from None
+    """Check a shared key's value, or that a model-specific key exists (its value is the model's to check)."""
+    if key in VOCABULARY:
+        check, _ = VOCABULARY[key]
+        try:
+            check(value)
+        except ValueError as e:
+            raise UserError(f"{key} must be {e}, got {key}={value!r}") from None
+    elif key not in models.option_keys():
+        raise UserError(f"unknown config key {key!r}; valid keys: {valid_keys()}")
+
+
+def validate_config(config: Mapping[str, Any]) -> None:
+    """A whole trial config: every shared key, and every other key against its model's options."""
+    spec = models.get(config["model"])
+    for key, value in config.items():
+        validate_value(key, value)
+        if key not in VOCABULARY:
+            spec.check_option(key, value)
+
+
+@dataclass(frozen=True)
+class Reported:
+    """Figures the source seed reported, for the trials matching `where`.
+
+    `figures` maps a trials.parquet column (best_val_acc, test_acc, total_time_s, ...)
+    to the seed's value. `chosen` is the configuration the seed picked among the
+    matching trials; `tunefm summarize` shows this run's pick (best mean validation
+    accuracy) beside it.
+    """
+
+    where: Mapping[str, Any]
+    figures: Mapping[str, float]
+    chosen: Mapping[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+    def record(self) -> dict[str, Any]:
+        return {"where": dict(self.where), "figures": dict(self.figures), "chosen": dict(self.chosen),
+                "note": self.note}
 
 
 @dataclass(frozen=True)
 class Study:
-    """A grid search: every combination of `grid` values, each with `fixed` added."""
+    """A search over configs: a grid (times variants), or a hyperopt space."""
 
     name: str
     description: str
-    grid: Mapping[str, Sequence[Any]]
+    grid: Mapping[str, Sequence[Any]] = field(default_factory=dict)
     fixed: Mapping[str, Any] = field(default_factory=dict)
     max_epochs: int = 100
     source: str = ""  # the seed study it reproduces
+    variants: Sequence[Mapping[str, Any]] = ()  # grid searcher: each crossed with the grid
+    searcher: str = "grid"
+    space: Mapping[str, Any] = field(default_factory=dict)  # hyperopt: Ray Tune distributions
+    num_samples: int | None = None  # hyperopt: configs to try
+    points_to_evaluate: Sequence[Mapping[str, Any]] = ()  # hyperopt: tried first
+    initial_points: int = 10  # hyperopt: random configs before TPE takes over
+    concurrency: int | None = None  # default limit on trials at once (hyperopt learns from finished ones)
+    test_top: int = DEFAULT_TEST_TOP  # configs per model evaluated on the test set afterwards
+    reported: Sequence[Reported] = ()
+    notes: str = ""  # the study module's docstring
 
     def __post_init__(self):
         self.validate()
 
     def validate(self) -> None:
-        if not self.grid and not self.fixed:
-            raise UserError(f"study {self.name!r} has an empty grid: give at least one key")
+        where = f"study {self.name!r}"
+        if self.searcher not in SEARCHERS:
+            raise UserError(f"{where}: searcher must be one of {', '.join(SEARCHERS)}, got {self.searcher!r}")
+        if not self.grid and not self.fixed and not self.variants and not self.space:
+            raise UserError(f"{where} has an empty grid: give at least one key")
         for key, values in self.grid.items():
             if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) == 0:
-                raise UserError(f"study {self.name!r}: grid[{key!r}] must be a non-empty list of values, "
-                                f"got {values!r}")
+                raise UserError(f"{where}: grid[{key!r}] must be a non-empty list of values, got {values!r}")
             for value in values:
                 validate_value(key, value)
-        overlap = set(self.grid) & set(self.fixed)
-        if overlap:
-            raise UserError(f"study {self.name!r}: {', '.join(sorted(overlap))} is both in grid and fixed")
         for key, value in self.fixed.items():
             validate_value(key, value)
-        missing = [k for k in REQUIRED_KEYS if k not in self.grid and k not in self.fixed]
-        if missing:
-            raise UserError(f"study {self.name!r} does not set {', '.join(missing)}")
+        for variant in self.variants:
+            if not isinstance(variant, Mapping) or not variant:
+                raise UserError(f"{where}: each variant must be a non-empty dict of config values, got {variant!r}")
+            for key, value in variant.items():
+                validate_value(key, value)
+            if set(variant) != set(self.variants[0]):
+                raise UserError(f"{where}: every variant must set the same keys ({', '.join(self.variants[0])}), "
+                                f"got {', '.join(variant)}")
+        groups = {"grid": set(self.grid), "fixed": set(self.fixed), "space": set(self.space)}
+        for (a, keys_a), (b, keys_b) in itertools.combinations(groups.items(), 2):
+            if keys_a & keys_b:
+                raise UserError(f"{where}: {', '.join(sorted(keys_a & keys_b))} is both in {a} and {b}")
         if not _is_int(self.max_epochs) or self.max_epochs < 1:
             raise UserError(f"max epochs must be an integer >= 1, got {self.max_epochs!r}")
+        if not _is_int(self.test_top) or self.test_top < 0:
+            raise UserError(f"{where}: test_top must be an integer >= 0, got {self.test_top!r}")
+        if self.searcher == "hyperopt":
+            self._validate_hyperopt(where)
+        elif self.space or self.points_to_evaluate or self.num_samples is not None:
+            raise UserError(f"{where}: space, points_to_evaluate and num_samples need searcher='hyperopt'")
+        present = set(self.grid) | set(self.fixed) | set(self.space)
+        for variant in self.variants or [{}]:
+            missing = [k for k in REQUIRED_KEYS if k not in present | set(variant)]
+            if missing:
+                raise UserError(f"{where} does not set {', '.join(missing)}")
+        for config in self._configs_to_check():
+            validate_config(config)
+            if config.get("max_epochs", 1) > self.max_epochs:
+                raise UserError(f"{where}: max_epochs={config['max_epochs']} in a config exceeds the study's "
+                                f"max_epochs={self.max_epochs}")
+        self._validate_reported(where)
+
+    def _validate_hyperopt(self, where: str) -> None:
+        from tunefm import distributions as spaces  # imports Ray Tune's distributions only when a study uses them
+
+        if self.grid or self.variants:
+            raise UserError(f"{where}: a hyperopt study searches `space`; put fixed values in `fixed`, not grid "
+                            f"or variants")
+        if not self.space:
+            raise UserError(f"{where}: searcher='hyperopt' needs a non-empty space")
+        for key, domain in self.space.items():
+            for value in spaces.domain_values(key, domain):
+                validate_value(key, value)
+        if not _is_int(self.num_samples) or self.num_samples < 1:
+            raise UserError(f"{where}: a hyperopt study needs num_samples >= 1, got {self.num_samples!r}")
+        if not _is_int(self.initial_points) or self.initial_points < 1:
+            raise UserError(f"{where}: initial_points must be an integer >= 1, got {self.initial_points!r}")
+        for point in self.points_to_evaluate:
+            if set(point) != set(self.space):
+                raise UserError(f"{where}: each point to evaluate must set exactly the space's keys "
+                                f"({', '.join(self.space)}), got {', '.join(point) or 'none'}")
+            for key, value in point.items():
+                spaces.check_inside(key, self.space[key], value)
+
+    def _configs_to_check(self) -> list[dict[str, Any]]:
+        """Configs that cover every combination of model and model option in the study."""
+        if self.searcher == "grid":
+            return self.configs()
+        from tunefm import distributions as spaces
+
+        base = self.base_config()
+        options = {k: spaces.domain_values(k, d) for k, d in self.space.items()}
+        keys = list(options)
+        return [{**base, **dict(zip(keys, combo))} for combo in itertools.product(*options.values())]
+
+    def _validate_reported(self, where: str) -> None:
+        from tunefm.store import REPORTABLE
+
+        for row in self.reported:
+            if not isinstance(row, Reported):
+                raise UserError(f"{where}: reported must hold tunefm.study.Reported(...) entries, got {row!r}")
+            for key, value in [*row.where.items(), *row.chosen.items()]:
+                validate_value(key, value)
+            unknown = [k for k in row.figures if k not in REPORTABLE]
+            if unknown or not row.figures:
+                raise UserError(f"{where}: reported figures must be trials.parquet columns ({', '.join(REPORTABLE)}), "
+                                f"got {', '.join(unknown) or 'none'}")
 
     @property
     def num_trials(self) -> int:
-        count = 1
+        if self.searcher == "hyperopt":
+            return self.num_samples
+        count = max(1, len(self.variants))
         for values in self.grid.values():
             count *= len(values)
         return count
 
     def base_config(self) -> dict[str, Any]:
-        """Defaults for keys the study leaves out, then its fixed values."""
-        defaults = {k: d for k, (_, d) in VOCABULARY.items() if d is not None and k not in self.grid}
+        """Defaults for shared keys the study leaves out, then its fixed values."""
+        varied = set(self.grid) | set(self.space) | {k for v in self.variants for k in v}
+        defaults = {k: d for k, (_, d) in VOCABULARY.items() if d is not None and k not in varied}
         return {**defaults, **self.fixed}
 
     def config_keys(self) -> list[str]:
-        """Every key a trial's config has, in vocabulary order."""
-        present = set(self.grid) | set(self.base_config())
-        return [k for k in VOCABULARY if k in present]
+        """Every key a trial's config has: shared keys in vocabulary order, then model options."""
+        present = set(self.grid) | set(self.base_config()) | set(self.space) | {k for v in self.variants for k in v}
+        return [k for k in VOCABULARY if k in present] + sorted(present - set(VOCABULARY))
 
     def configs(self) -> list[dict[str, Any]]:
-        """Every trial's config, in grid order (first key varies slowest)."""
+        """Every trial's config, in order: variants slowest, then grid keys (first key slowest)."""
+        if self.searcher != "grid":
+            raise ValueError("a hyperopt study's configs are drawn during the search")
         keys = list(self.grid)
         base = self.base_config()
-        return [{**base, **dict(zip(keys, combo))}
+        return [{**base, **variant, **dict(zip(keys, combo))}
+                for variant in (self.variants or [{}])
                 for combo in itertools.product(*(self.grid[k] for k in keys))]
 
     def with_overrides(self, overrides: Mapping[str, Sequence[Any]]) -> "Study":
-        """One value pins a key; several make it a grid axis over exactly those values."""
-        grid, fixed = dict(self.grid), dict(self.fixed)
+        """One value pins a key; several make it a grid axis (a choice, for hyperopt) over exactly those values."""
+        grid, fixed, space = dict(self.grid), dict(self.fixed), dict(self.space)
+        variants = [dict(v) for v in self.variants]
+        points = [dict(p) for p in self.points_to_evaluate]
         for key, values in overrides.items():
-            if key not in VOCABULARY:
-                raise UserError(f"unknown config key {key!r} in --set; valid keys: {', '.join(VOCABULARY)}")
-            grid.pop(key, None)
-            fixed.pop(key, None)
+            if key not in VOCABULARY and key not in models.option_keys():
+                raise UserError(f"unknown config key {key!r} in --set; valid keys: {valid_keys()}")
+            for container in (grid, fixed, space, *variants, *points):
+                container.pop(key, None)
             if len(values) == 1:
                 fixed[key] = values[0]
+            elif self.searcher == "hyperopt":
+                from ray import tune
+
+                space[key] = tune.choice(list(values))
+                points = []  # the seed's starting points no longer fit the space
             else:
                 grid[key] = list(values)
-        return replace(self, grid=grid, fixed=fixed)
+        variants = [v for v in variants if v]
+        return replace(self, grid=grid, fixed=fixed, space=space, variants=variants, points_to_evaluate=points)
+
+    def with_max_epochs(self, max_epochs: int) -> "Study":
+        """Every trial capped at `max_epochs`, per-trial max_epochs included."""
+        def cap(config: Mapping[str, Any]) -> dict[str, Any]:
+            return {**config, **({"max_epochs": min(config["max_epochs"], max_epochs)} if "max_epochs" in config else {})}
+
+        grid = dict(self.grid)
+        if "max_epochs" in grid:
+            grid["max_epochs"] = sorted({min(v, max_epochs) for v in grid["max_epochs"]})
+        return replace(self, max_epochs=max_epochs, fixed=cap(self.fixed), grid=grid,
+                       variants=[cap(v) for v in self.variants])
+
+    def record(self) -> dict[str, Any]:
+        """The study as plain data, for run.json (no Ray objects, no code)."""
+        from tunefm import distributions as spaces
+
+        return {
+            "name": self.name, "source": self.source, "description": self.description,
+            "searcher": self.searcher, "grid": dict(self.grid), "variants": [dict(v) for v in self.variants],
+            "fixed": dict(self.fixed), "space": {k: spaces.describe(d) for k, d in self.space.items()},
+            "points_to_evaluate": [dict(p) for p in self.points_to_evaluate],
+            "max_epochs": self.max_epochs, "num_trials": self.num_trials, "test_top": self.test_top,
+            "reported": [r.record() for r in self.reported],
+        }
 
 
 def parse_set(text: str) -> tuple[str, list[Any]]:
@@ -161,7 +340,7 @@ def parse_set(text: str) -> tuple[str, list[Any]]:
         values = list(parsed)
     except (ValueError, SyntaxError):
         values = [_literal_or_string(part) for part in raw.split(",")]
-    return key, values
+    return key, [_bool_word(v) for v in values]
 
 
 def _literal_or_string(text: str) -> Any:
@@ -170,6 +349,11 @@ def _literal_or_string(text: str) -> Any:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return text
+
+
+def _bool_word(value: Any) -> Any:
+    """--set augment=true works as well as augment=True."""
+    return {"true": True, "false": False}.get(value, value) if isinstance(value, str) else value
 
 
 def parse_sets(texts: Sequence[str]) -> dict[str, list[Any]]:
@@ -183,7 +367,7 @@ def parse_sets(texts: Sequence[str]) -> dict[str, list[Any]]:
 
 
 def available() -> list[str]:
-    return sorted(p.stem for p in SPACES_DIR.glob("*.py") if not p.stem.startswith("_"))
+    return sorted(p.stem.replace("_", "-") for p in SPACES_DIR.glob("*.py") if not p.stem.startswith("_"))
 
 
 def load(name_or_path: str) -> Study:
@@ -193,7 +377,7 @@ def load(name_or_path: str) -> Study:
         if not path.is_file():
             raise UserError(f"study file {path} does not exist")
     else:
-        path = SPACES_DIR / f"{name_or_path}.py"
+        path = SPACES_DIR / f"{name_or_path.replace('-', '_')}.py"
         if not path.is_file():
             raise UserError(f"unknown study {name_or_path!r}; valid studies: {', '.join(available())} "
                             f"(or a path to a .py file that defines STUDY)")
@@ -215,4 +399,4 @@ def _load_file(path: Path) -> Study:
     if not isinstance(study, Study):
         raise UserError(f"study file {path} must define STUDY = tunefm.study.Study(...)"
                         + ("" if study is None else f", got {type(study).__name__}"))
-    return study
+    return study if study.notes else replace(study, notes=(module.__doc__ or "").strip())

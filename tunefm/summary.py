@@ -6,6 +6,8 @@
 `tables()` computes the machine-readable tables (one per JSON key):
 
     best             one row per model (analysis.best)
+    reference        what the study's source seed reported beside this run's value: where,
+                     figure, seed, run, seed_chose, run_chose, n, note (analysis.reported_vs_run)
     grid             model, <rows>, <cols>, <metric>, n          (long form of the pivots)
     pareto           the non-dominated trials, cheapest first
     overfit          one row per trial: final losses, gap, min val loss epoch, flag
@@ -34,9 +36,9 @@ from tunefm import analysis, store
 from tunefm.data import CLASSES
 from tunefm.errors import UserError
 
-SECTIONS = ("best", "grid", "pareto", "overfit", "confusion")
+SECTIONS = ("best", "reference", "grid", "pareto", "overfit", "confusion")
 FORMATS = ("table", "markdown", "csv", "json")
-TABLES = {"best": ["best"], "grid": ["grid"], "pareto": ["pareto"], "overfit": ["overfit", "overfit_grid"],
+TABLES = {"best": ["best"], "reference": ["reference"], "grid": ["grid"], "pareto": ["pareto"], "overfit": ["overfit", "overfit_grid"],
           "confusion": ["confusion", "confusion_pairs"]}
 WIDTH = 80
 NUMBER = re.compile(r"^[-+]?\.?\d")
@@ -78,6 +80,8 @@ def tables(run: store.RunTables, options: SummaryOptions) -> dict[str, pd.DataFr
     sections = options.chosen_sections()
     if "best" in sections:
         out["best"] = analysis.best(trials, options.metric)
+    if "reference" in sections:
+        out["reference"] = analysis.reported_vs_run(trials, run.info.get("study", {}).get("reported", []))
     if "grid" in sections:
         out["grid"] = analysis.grid(trials, options.metric, options.rows, options.cols, options.agg)
     if "pareto" in sections:
@@ -140,13 +144,16 @@ def fmt_value(x) -> str:
     if _missing(x):
         return "-"
     if isinstance(x, float):
-        return f"{x:g}"
+        return f"{x:.4g}"  # hyperopt draws lr=0.00100327...; four digits tell them apart
     return str(x)
 
 
 METRIC_LABELS = {"best_val_acc": "val acc", "test_acc": "test acc", "val_loss_at_best": "val loss",
                  "total_time_s": "total s", "time_per_epoch_s": "s/epoch", "params": "params",
-                 "gpu_seconds": "GPU s", "batch_size": "batch"}
+                 "gpu_seconds": "GPU s", "batch_size": "batch", "time_to_90_train_acc_s": "s to 90% train"}
+FIGURE_LABELS = {**METRIC_LABELS, "final_val_loss": "final val loss", "final_train_loss": "final train loss",
+                 "test_loss": "test loss", "min_train_loss": "min train loss",
+                 "min_train_loss_epoch": "min train loss epoch", "best_epoch": "best epoch"}
 
 
 def label(column: str) -> str:
@@ -189,6 +196,17 @@ def best_display(best: pd.DataFrame, metric: str) -> pd.DataFrame:
                              for loss, epoch in zip(best["min_train_loss"], best["min_train_loss_epoch"])]
     shown["val loss"] = best["val_loss_at_best"].map(fmt_loss)
     shown["s/epoch"] = best["time_per_epoch_s"].map(fmt_seconds)
+    return pd.DataFrame(shown)
+
+
+def reference_display(reference: pd.DataFrame) -> pd.DataFrame:
+    shown = {"where": reference["where"], "figure": reference["figure"].map(lambda f: FIGURE_LABELS.get(f, f)),
+             "seed reported": [fmt_metric(f, v) for f, v in zip(reference["figure"], reference["seed"])],
+             "this run": [fmt_metric(f, v) for f, v in zip(reference["figure"], reference["run"])]}
+    if (reference["seed_chose"] != "").any():
+        shown["seed chose"], shown["this run chose"] = reference["seed_chose"], reference["run_chose"]
+    if (reference["note"] != "").any():
+        shown["note"] = reference["note"]
     return pd.DataFrame(shown)
 
 
@@ -274,6 +292,13 @@ def blocks(run: store.RunTables, found: dict[str, pd.DataFrame], options: Summar
         out.append((f"Best configuration per model (by {label(metric)})",
                     "mean±std over seeds; n = seeds" if (found["best"].get("n", pd.Series(dtype=int)) > 1).any() else "",
                     [("", best_display(found["best"], metric), False)]))
+    if "reference" in found and (len(found["reference"]) or "reference" in options.sections):
+        source = run.info.get("study", {}).get("source") or "its source"
+        note = ("this run: the configuration with the best mean val acc among the trials that row is about; "
+                "- = no such trial, or not evaluated on the test set" if len(found["reference"])
+                else "this run's study records no reported figures")
+        out.append((f"Seed reported ({source}) | this run", note,
+                    [("", reference_display(found["reference"]), False)] if len(found["reference"]) else []))
     if "grid" in found:
         pivots = grid_displays(found["grid"], metric, rows, cols)
         stopped = "; * = stopped early by ASHA" if (found["grid"]["stopped"] > 0).any() else ""

@@ -3,7 +3,9 @@
 Data arrives once through the object store (`tune.with_parameters`) as uint8 arrays;
 the trial moves each split to its device once as normalized float tensors, and each
 epoch slices batches from a seeded random permutation: no DataLoader, no PIL, no
-per-sample Python. After every epoch it reports
+per-sample Python. The config picks the model and its options, the weight init, the
+loss (`output`: softmax cross-entropy or sigmoid BCE), batch augmentation (random crop
+and flip as one gather) and a per-step learning-rate decay. After every epoch it reports
 
     epoch, train_loss, train_acc, val_loss, val_acc, epoch_time_s
 
@@ -57,8 +59,54 @@ def build_optimizer(config: dict, parameters) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {name!r}")  # the study validates this first
 
 
+def build_scheduler(config: dict, optimizer: torch.optim.Optimizer):
+    """Exponential decay per optimizer step (lr_k = lr * lr_decay**k), or None for a constant lr."""
+    decay = float(config.get("lr_decay", 1.0))
+    return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=decay) if decay < 1.0 else None
+
+
+def softmax_loss(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy on the logits (= NLL of a log-softmax output)."""
+    return nn.functional.cross_entropy(logits, y, reduction=reduction)
+
+
+def sigmoid_loss(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Binary cross-entropy of 10 independent sigmoids against one-hot targets, averaged over classes."""
+    targets = nn.functional.one_hot(y, logits.shape[1]).to(logits.dtype)  # (B, 10)
+    per_sample = nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(1)
+    return per_sample.mean() if reduction == "mean" else per_sample.sum()
+
+
+LOSSES = {"softmax": softmax_loss, "sigmoid": sigmoid_loss}
+
+
+def loss_function(config: dict):
+    return LOSSES[config.get("output", "softmax")]
+
+
+CROP_PAD = 2  # random crop: shift each image by up to 2 px (Fashion-MNIST items fill most of the frame)
+BACKGROUND = (0.0 - PIXEL_MEAN) / PIXEL_STD  # a black pixel after normalization
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random crop (pad by CROP_PAD with background, cut 28x28 back out) and random horizontal
+    flip of every image in (B, 1, 28, 28), as a single gather: no per-image Python."""
+    n, _, height, width = x.shape
+    padded = nn.functional.pad(x, (CROP_PAD,) * 4, value=BACKGROUND)[:, 0]  # (B, 28+2p, 28+2p)
+    # Draws come from the trial's CPU generator, so a seed fixes the augmentation too.
+    top = torch.randint(0, 2 * CROP_PAD + 1, (n, 1), generator=generator).to(x.device)
+    left = torch.randint(0, 2 * CROP_PAD + 1, (n, 1), generator=generator).to(x.device)
+    flip = (torch.rand(n, 1, generator=generator) < 0.5).to(x.device)
+    rows = top + torch.arange(height, device=x.device)  # (B, 28)
+    cols = left + torch.arange(width, device=x.device)  # (B, 28)
+    cols = torch.where(flip, cols.flip(1), cols)  # a flipped image reads its columns right to left
+    batch = torch.arange(n, device=x.device)[:, None, None]
+    return padded[batch, rows[:, :, None], cols[:, None, :]].unsqueeze(1)  # (B, 1, 28, 28)
+
+
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-                batch_size: int, generator: torch.Generator) -> tuple[float, float]:
+                batch_size: int, generator: torch.Generator, loss_fn=softmax_loss, augment: bool = False,
+                scheduler=None) -> tuple[float, float]:
     """One pass over (x, y) in a random order; returns (mean loss, accuracy)."""
     model.train()
     n = len(y)
@@ -69,34 +117,38 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Ten
     for start in range(0, n, batch_size):
         idx = order[start:start + batch_size]
         xb, yb = x[idx], y[idx]  # (B, 1, 28, 28), (B,)
+        if augment:
+            xb = augment_batch(xb, generator)
         logits = model(xb)
-        loss = nn.functional.cross_entropy(logits, yb)
+        loss = loss_fn(logits, yb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         loss_sum += loss.detach() * len(idx)
         correct += (logits.detach().argmax(1) == yb).sum()
     return loss_sum.item() / n, correct.item() / n
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-            batch_size: int = EVAL_BATCH_SIZE) -> tuple[float, torch.Tensor]:
+def predict(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE,
+            loss_fn=softmax_loss) -> tuple[float, torch.Tensor]:
     """(mean loss, predicted labels on x's device) over (x, y) in large batches, without gradients."""
     model.eval()
     loss_sum = torch.zeros((), device=x.device)
     predictions = []
     for start in range(0, len(y), batch_size):
         logits = model(x[start:start + batch_size])
-        loss_sum += nn.functional.cross_entropy(logits, y[start:start + batch_size], reduction="sum")
+        loss_sum += loss_fn(logits, y[start:start + batch_size], reduction="sum")
         predictions.append(logits.argmax(1))
     return loss_sum.item() / len(y), torch.cat(predictions)
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-             batch_size: int = EVAL_BATCH_SIZE) -> tuple[float, float]:
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE,
+             loss_fn=softmax_loss) -> tuple[float, float]:
     """(mean loss, accuracy) over (x, y)."""
-    loss, predicted = predict(model, x, y, batch_size)
+    loss, predicted = predict(model, x, y, batch_size, loss_fn)
     return loss, (predicted == y).sum().item() / len(y)
 
 
@@ -106,7 +158,8 @@ class TrainingState:
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    generator: torch.Generator  # drives the batch order
+    generator: torch.Generator  # drives the batch order and augmentation
+    scheduler: object = None  # lr decay per step, if any
     epoch: int = 0  # epochs completed
 
     def state_dict(self) -> dict:
@@ -117,6 +170,8 @@ class TrainingState:
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
         }
+        if self.scheduler is not None:
+            state["scheduler"] = self.scheduler.state_dict()
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         return state
@@ -126,14 +181,19 @@ class TrainingState:
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = state["epoch"]
         self.generator.set_state(state["generator"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
 
 
 def build_model(config: dict) -> nn.Module:
-    """The trial's network from its config (the one place a config becomes a model)."""
-    return models.build(config["model"])
+    """The trial's network from its config (the one place a config becomes a model):
+    the model's own options from the config, then the `init` scheme."""
+    spec = models.get(config["model"])
+    model = spec.build({k: v for k, v in config.items() if k in spec.options})
+    return models.init_weights(model, config.get("init", "default"))
 
 
 def checkpoint_score(val_acc: float, epoch: int) -> float:
@@ -152,22 +212,26 @@ def init_state(config: dict, device: torch.device) -> TrainingState:
     torch.manual_seed(seed)
     model = build_model(config).to(device)
     generator = torch.Generator().manual_seed(seed)
-    return TrainingState(model, build_optimizer(config, model.parameters()), generator)
+    optimizer = build_optimizer(config, model.parameters())
+    return TrainingState(model, optimizer, generator, build_scheduler(config, optimizer))
 
 
 def fit(config: dict, arrays: dict[str, np.ndarray], max_epochs: int, device: torch.device,
         state: TrainingState | None = None) -> Iterator[tuple[dict, TrainingState]]:
-    """Train from `state` (or from scratch) to `max_epochs`; yield (metrics, state) per epoch."""
+    """Train from `state` (or from scratch) to `max_epochs` (or the config's own `max_epochs`,
+    if fewer); yield (metrics, state) per epoch."""
     state = state or init_state(config, device)
     train_x, train_y = to_tensors(arrays["train_x"], arrays["train_y"], device)
     val_x, val_y = to_tensors(arrays["val_x"], arrays["val_y"], device)
     batch_size = int(config["batch_size"])
+    loss_fn, augment = loss_function(config), bool(config.get("augment", False))
+    max_epochs = min(max_epochs, int(config.get("max_epochs", max_epochs)))
     while state.epoch < max_epochs:
         started = time.perf_counter()
-        train_loss, train_acc = train_epoch(state.model, state.optimizer, train_x, train_y,
-                                            batch_size, state.generator)
+        train_loss, train_acc = train_epoch(state.model, state.optimizer, train_x, train_y, batch_size,
+                                            state.generator, loss_fn, augment, state.scheduler)
         trained = time.perf_counter()
-        val_loss, val_acc = evaluate(state.model, val_x, val_y)
+        val_loss, val_acc = evaluate(state.model, val_x, val_y, loss_fn=loss_fn)
         state.epoch += 1
         yield {
             "epoch": state.epoch,

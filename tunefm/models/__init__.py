@@ -4,23 +4,56 @@ Every model takes (N, 1, 28, 28) float images and returns (N, 10) logits.
 
     from tunefm import models
     net = models.build("iaro2")
+    net = models.build("twoconv", {"conv1_kernel": 5, "dense": 64})
     models.names()            # ['iaro1', 'iaro2', ...]
-    models.get("iaro1").params
+    models.get("cnn1").params # 4,048,010 (with default options)
 
-A spec also carries the model's family, its source seed, and the GPU fraction a
-trial of it asks for by default (small nets share one GPU).
+A spec carries the model's family, its source seed, the GPU fraction a trial of it
+asks for by default (small nets share one GPU), and its options: the model-specific
+config keys (dropout, batch_norm, kernel sizes, ...) its factory accepts, each with a
+default and a check. A key the model does not take is a `UserError` naming the keys
+it does take.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import numbers
+from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from torch import nn
 
 from tunefm.errors import UserError
-from tunefm.models import iaro
+
+
+@dataclass(frozen=True)
+class Option:
+    """One model-specific config key: its default, what is valid, and a check."""
+
+    default: Any
+    valid: str  # e.g. "a number in [0, 1)"
+    check: Callable[[Any], bool]
+    help: str = ""
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def dropout_option(default: float, where: str) -> Option:
+    return Option(default, "a number in [0, 1)",
+                  lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool) and 0 <= v < 1,
+                  f"dropout probability {where}")
+
+
+def batch_norm_option(default: bool, where: str = "after every convolution") -> Option:
+    return Option(default, "true or false", lambda v: isinstance(v, bool), f"batch norm {where}")
+
+
+def int_option(default: int, low: int, help: str, odd: bool = False) -> Option:
+    valid = f"an odd integer >= {low}" if odd else f"an integer >= {low}"
+    return Option(default, valid, lambda v: _is_int(v) and v >= low and (not odd or v % 2 == 1), help)
 
 
 @dataclass(frozen=True)
@@ -29,15 +62,56 @@ class ModelSpec:
     family: str
     source: str  # the seed file it comes from
     gpu_fraction: float  # default share of one GPU for a trial of this model
-    factory: Callable[[], nn.Module]
+    factory: Callable[..., nn.Module]  # called with every option as a keyword
+    options: Mapping[str, Option] = field(default_factory=dict)
+    description: str = ""
 
     @cached_property
     def params(self) -> int:
-        return count_params(self.factory())
+        """Parameter count with default options."""
+        return count_params(self.build())
+
+    def check_option(self, key: str, value: Any) -> None:
+        if key not in self.options:
+            takes = f"its options: {', '.join(self.options)}" if self.options else "it takes no options"
+            raise UserError(f"model {self.name} does not take {key!r}; {takes}")
+        option = self.options[key]
+        if not option.check(value):
+            raise UserError(f"{key} must be {option.valid} for model {self.name}, got {key}={value!r}")
+
+    def build(self, options: Mapping[str, Any] | None = None) -> nn.Module:
+        options = dict(options or {})
+        for key, value in options.items():
+            self.check_option(key, value)
+        return self.factory(**{**{k: o.default for k, o in self.options.items()}, **options})
 
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+INITS = ("default", "xavier_uniform", "xavier_normal", "kaiming_uniform")
+
+
+def init_weights(model: nn.Module, scheme: str) -> nn.Module:
+    """Re-initialise every conv and linear weight by `scheme`, biases to zero.
+
+    'default' keeps PyTorch's own initialisation. Kaiming uses the ReLU gain, as every
+    hidden layer here is followed by a ReLU.
+    """
+    if scheme == "default":
+        return model
+    initialise = {
+        "xavier_uniform": nn.init.xavier_uniform_,
+        "xavier_normal": nn.init.xavier_normal_,
+        "kaiming_uniform": lambda w: nn.init.kaiming_uniform_(w, nonlinearity="relu"),
+    }[scheme]
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            initialise(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    return model
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -60,17 +134,25 @@ def get(name: str) -> ModelSpec:
         raise UserError(f"unknown model {name!r}; valid models: {', '.join(_REGISTRY)}") from None
 
 
-def build(name: str) -> nn.Module:
-    return get(name).factory()
+def build(name: str, options: Mapping[str, Any] | None = None) -> nn.Module:
+    return get(name).build(options)
 
 
-for _name, _gpu in [("iaro1", 0.25), ("iaro2", 0.25), ("iaro3", 0.5), ("iaro4", 0.5)]:
-    register(
-        ModelSpec(
-            name=_name,
-            family="IaroHasNoFashionNet",
-            source="000_3b33fd455f65cb7c.txt",
-            gpu_fraction=_gpu,
-            factory=iaro.make_factory(_name),
-        )
-    )
+def option_keys() -> dict[str, list[str]]:
+    """Every model-specific config key -> the models that take it."""
+    keys: dict[str, list[str]] = {}
+    for spec in _REGISTRY.values():
+        for key in spec.options:
+            keys.setdefault(key, []).append(spec.name)
+    return keys
+
+
+def _register_all() -> None:
+    from tunefm.models import advertima, fashionable, iaro, kahn, twoconv
+
+    for family in (iaro, advertima, fashionable, kahn, twoconv):
+        for spec in family.specs():
+            register(spec)
+
+
+_register_all()

@@ -64,11 +64,17 @@ ARCHITECTURES = {
 }
 
 
-def make_factory(name: str):
-    channels, pool_after, hidden = ARCHITECTURES[name]
+GPU_FRACTIONS = {"iaro1": 0.25, "iaro2": 0.25, "iaro3": 0.5, "iaro4": 0.5}
 
-    def factory() -> nn.Module:
-        return IaroNet(channels, pool_after, hidden)
 
-    factory.__doc__ = f"{name}: conv channels {channels}, pool {pool_after}, FC {hidden}"
-    return factory
+def specs():
+    from tunefm.models import ModelSpec
+
+    for name, (channels, pool_after, hidden) in ARCHITECTURES.items():
+        yield ModelSpec(
+            name=name, family="IaroHasNoFashionNet", source="000_3b33fd455f65cb7c.txt",
+            gpu_fraction=GPU_FRACTIONS[name],
+            factory=lambda c=channels, p=pool_after, h=hidden: IaroNet(c, p, h),
+            description=f"IaroHasNoFashionNet{name[-1]}: {len(channels)} conv, "
+                        f"{sum(pool_after)} pool, {len(hidden) + 1} FC",
+        )

@@ -1,0 +1,81 @@
+"""What tunefm offers: the registered models and the bundled studies, as tables and text.
+
+    catalog.models_table()           name, family, params, options, source seed
+    catalog.studies_table()          name, seed, trials, max epochs, searcher, description
+    catalog.describe_study(study)    one study in full: its docstring, keys and figures
+
+The library behind `tunefm models` and `tunefm spaces`.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from tunefm import models, study as studies
+from tunefm.summary import fmt_params, text_table
+
+
+def _seed(source: str) -> str:
+    return source.split("_")[0] if source else "-"
+
+
+def models_table() -> pd.DataFrame:
+    rows = []
+    for name in models.names():
+        spec = models.get(name)
+        rows.append({"model": name, "family": spec.family, "params": f"{spec.params:,}",
+                     "seed": _seed(spec.source), "options": ", ".join(spec.options) or "-"})
+    return pd.DataFrame(rows)
+
+
+def models_text() -> str:
+    lines = [text_table(models_table().drop(columns="options"), index=False), ""]
+    for name in models.names():
+        spec = models.get(name)
+        options = ", ".join(f"{k}={o.default}" for k, o in spec.options.items())
+        lines.append(f"{name}: {spec.description}. {fmt_params(spec.params)} params, GPU share "
+                     f"{spec.gpu_fraction:g}" + (f". Options: {options}" if options else ""))
+    return "\n".join(lines)
+
+
+def studies_table() -> pd.DataFrame:
+    rows = []
+    for name in studies.available():
+        study = studies.load(name)
+        rows.append({"study": name, "seed": _seed(study.source), "trials": study.num_trials,
+                     "max epochs": study.max_epochs, "searcher": study.searcher, "description": study.description})
+    return pd.DataFrame(rows)
+
+
+def _values(values) -> str:
+    return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
+def describe_study(study: studies.Study) -> str:
+    """Everything about one study: what it reproduces, its search, its fixed values and figures."""
+    from tunefm import distributions
+
+    lines = [f"{study.name}: {study.description}",
+             f"source: {study.source or '-'}; searcher: {study.searcher}; trials: {study.num_trials}; "
+             f"max epochs: {study.max_epochs}; test set: top {study.test_top} per model"]
+    if study.notes:
+        lines += ["", study.notes]
+    lines += ["", "Search:"]
+    for key, values in study.grid.items():
+        lines.append(f"  {key:<14} grid: {_values(values)}")
+    for i, variant in enumerate(study.variants, 1):
+        lines.append(f"  variant {i:<6} {', '.join(f'{k}={v}' for k, v in variant.items())}")
+    for key, domain in study.space.items():
+        lines.append(f"  {key:<14} {distributions.describe(domain)}")
+    for point in study.points_to_evaluate:
+        lines.append(f"  first point    {', '.join(f'{k}={v}' for k, v in point.items())}")
+    lines += ["", "Fixed (with defaults):"]
+    lines += [f"  {key:<14} {value}" for key, value in study.base_config().items()]
+    if study.reported:
+        lines += ["", "Seed reported:"]
+        for row in study.reported:
+            figures = ", ".join(f"{k} {v:g}" for k, v in row.figures.items())
+            chosen = f"; chose {', '.join(f'{k}={v}' for k, v in row.chosen.items())}" if row.chosen else ""
+            note = f" ({row.note})" if row.note else ""
+            lines.append(f"  {', '.join(f'{k}={v}' for k, v in row.where.items())}: {figures}{chosen}{note}")
+    return "\n".join(lines)
