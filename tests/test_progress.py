@@ -21,3 +21,15 @@ def test_line_counts_done_stopped_failed_running_and_best():
     progress.on_step_end(0, [a, b, c, d, e])
     assert lines[0].endswith("] 3/5 done (1 stopped early, 1 failed), 1 running | "
                              "best val_acc 0.8000 (iaro1 lr=0.01 batch_size=8)")
+
+
+def test_a_trial_that_ends_at_its_own_max_epochs_was_not_stopped_early():
+    lines = []
+    progress = ProgressLine(total=2, max_epochs=4, echo=lines.append, interval_s=0)
+    short = trial("s", "TERMINATED", model="kahn", lr=0.1, batch_size=8, max_epochs=2)
+    cut = trial("c", "TERMINATED", model="kahn", lr=0.2, batch_size=8, max_epochs=4)
+    for t, epochs in [(short, 2), (cut, 3)]:
+        for epoch in range(1, epochs + 1):
+            progress.on_trial_result(0, [], t, {"training_iteration": epoch, "val_acc": 0.5})
+    progress.on_experiment_end([short, cut])
+    assert "2/2 done (1 stopped early)" in lines[-1]

@@ -30,9 +30,13 @@ class ProgressLine(Callback):
         if value is not None and (self.best is None or value > self.best[0]):
             self.best = (value, trial.config)
 
+    def limit(self, trial) -> int:
+        """The trial's epochs if nothing stops it: the study's, or fewer by its own max_epochs."""
+        return min(self.max_epochs, int(trial.config.get("max_epochs", self.max_epochs)))
+
     def line(self, trials) -> str:
         done = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
-        stopped = sum(1 for t in done if t.status == "TERMINATED" and self.epochs.get(t.trial_id, 0) < self.max_epochs)
+        stopped = sum(1 for t in done if t.status == "TERMINATED" and self.epochs.get(t.trial_id, 0) < self.limit(t))
         errors = sum(1 for t in done if t.status == "ERROR")
         running = sum(1 for t in trials if t.status == "RUNNING")
         elapsed = time.strftime("%H:%M:%S", time.gmtime(time.monotonic() - self.started))

@@ -226,7 +226,7 @@ def start_ray(address: str | None) -> tuple[bool, str | None]:
     return True, (f"http://{url}" if url and not url.startswith("http") else url)
 
 
-def searcher(study: studies.Study, settings: SearchSettings) -> tuple[dict, object, int]:
+def search_algorithm(study: studies.Study, settings: SearchSettings) -> tuple[dict, object, int]:
     """(param_space, search algorithm, num_samples) for the study's searcher."""
     from ray import tune
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
@@ -272,7 +272,7 @@ def make_tuner(study: studies.Study, settings: SearchSettings, splits: data.Spli
                                   reduction_factor=settings.reduction_factor)
     else:
         scheduler = FIFOScheduler()
-    param_space, search_alg, num_samples = searcher(study, settings)
+    param_space, search_alg, num_samples = search_algorithm(study, settings)
     writer = store.RunWriter(run_dir, study.max_epochs, study.config_keys(), settings.flush_interval_s)
     # Keeping only the best and latest checkpoint forces a state snapshot per checkpoint;
     # Tune warns about that each time, which is expected here.
