@@ -70,7 +70,23 @@ def test_reference_puts_the_seeds_figures_beside_this_runs(quick_fourfam, summar
         assert times.loc[f"model={model}", "run"] == pytest.approx(trials.loc[row.trial_ids, "time_per_epoch_s"])
     text = invoke("summarize", str(quick_fourfam), "--section", "reference").output
     assert "Seed reported (000_3b33fd455f65cb7c.txt) | this run" in text
+    # Too wide for one 80-column table: one small table per model, the choices above it.
+    assert "model=iaro1: seed chose lr=0.01 batch_size=32; this run chose" in text
     assert all(len(line) <= 80 for line in text.splitlines())
+
+
+def test_a_narrow_reference_is_one_table(tmp_path):
+    run_dir = tiny_run(tmp_path / "run")
+    info = store.read_json(run_dir / store.RUN_FILE)
+    info["study"] = {"name": "tiny", "source": "999_x.txt", "reported": [
+        {"where": {"lr": 0.01}, "figures": {"best_val_acc": 0.9}, "chosen": {}, "note": "mine"},
+        {"where": {"lr": 0.5}, "figures": {"best_val_acc": 0.8}, "chosen": {}, "note": ""}]}
+    store.write_json(info, run_dir / store.RUN_FILE)
+    text = summary.render(store.load_run(run_dir), summary.SummaryOptions(sections=("reference",)))
+    assert text.splitlines()[-3:] == [
+        "where    figure   seed reported  this run  note",
+        "lr=0.01  val acc         0.9000    0.7000  mine",
+        "lr=0.5   val acc         0.8000         -"]
 
 
 def test_grid_matches_a_pivot_of_the_trials_file(quick_fourfam, summary_json):

@@ -210,6 +210,22 @@ def reference_display(reference: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(shown)
 
 
+def reference_parts(reference: pd.DataFrame) -> list[tuple[str, pd.DataFrame, bool]]:
+    """The reference table whole when it fits the terminal, else one small table per `where`
+    with the choices and the note in its subheading (long `where`s like seed 004's)."""
+    display = reference_display(reference)
+    if max(len(line) for line in text_table(display, False, width=10 ** 6).splitlines()) <= WIDTH:
+        return [("", display, False)]
+    parts = []
+    for where, rows in reference.groupby("where", sort=False):
+        first = rows.iloc[0]
+        heading = where + (f" ({first['note']})" if first["note"] else "")
+        if first["seed_chose"]:
+            heading += f": seed chose {first['seed_chose']}; this run chose {first['run_chose'] or '-'}"
+        parts.append((heading, reference_display(rows)[["figure", "seed reported", "this run"]], False))
+    return parts
+
+
 def pivot_display(cells: pd.DataFrame, rows: str, cols: str, text: list[str]) -> pd.DataFrame:
     """Long-form cells as a rows x cols table of `text` (one string per cell), "-" where empty."""
     table = cells.assign(text=text).pivot(index=rows, columns=cols, values="text").fillna("-")
@@ -298,7 +314,7 @@ def blocks(run: store.RunTables, found: dict[str, pd.DataFrame], options: Summar
                 "- = no such trial, or not evaluated on the test set" if len(found["reference"])
                 else "this run's study records no reported figures")
         out.append((f"Seed reported ({source}) | this run", note,
-                    [("", reference_display(found["reference"]), False)] if len(found["reference"]) else []))
+                    reference_parts(found["reference"]) if len(found["reference"]) else []))
     if "grid" in found:
         pivots = grid_displays(found["grid"], metric, rows, cols)
         stopped = "; * = stopped early by ASHA" if (found["grid"]["stopped"] > 0).any() else ""
@@ -398,6 +414,6 @@ def render(run: store.RunTables, options: SummaryOptions, fmt: str = "table") ->
             lines += [note] if fmt == "markdown" else textwrap.wrap(note, WIDTH)
         for subheading, frame, index in parts:
             if subheading:
-                lines += ["", f"### {subheading}" if fmt == "markdown" else f"{subheading}:"]
+                lines += ["", f"### {subheading}"] if fmt == "markdown" else ["", *textwrap.wrap(f"{subheading}:", WIDTH)]
             lines += ["", markdown_table(frame, index) if fmt == "markdown" else text_table(frame, index)]
     return "\n".join(lines)
