@@ -167,3 +167,23 @@ def test_a_study_file_in_the_documented_format_runs(tmp_path, data_dir, ray_sess
     assert trials.test_acc.notna().all()
     shown = CliRunner().invoke(main, ["spaces", str(space_file)])
     assert shown.exit_code == 0 and "variant 2      init=kaiming_uniform, max_epochs=2" in shown.output
+
+
+def test_hyperopt_searcher_is_limited_and_suggests_the_seeds_choice_first():
+    """The searcher Tune gets: TPE behind a ConcurrencyLimiter, the seed's config first."""
+    from ray.tune.search import ConcurrencyLimiter
+
+    from tunefm.search import search_algorithm
+
+    tpe = study.load("cnn2-tpe")
+    param_space, algorithm, num_samples = search_algorithm(tpe, SearchSettings(space="cnn2-tpe"))
+    assert isinstance(algorithm, ConcurrencyLimiter) and algorithm.max_concurrent == 4 and num_samples == 30
+    assert search_algorithm(tpe, SearchSettings(space="cnn2-tpe", concurrency=2))[1].max_concurrent == 2
+    assert algorithm.set_search_properties(None, None, param_space)
+    suggested = [algorithm.suggest(f"t{i}") for i in range(5)]
+    first = suggested[0]
+    assert (first["lr"], first["weight_decay"], first["batch_size"]) == (0.0003593, 0.0003593, 64)
+    assert first["model"] == "cnn2" and first["augment"] is True and first["seed"] == 0
+    assert all(s is not None for s in suggested[:4]) and suggested[4] is None  # 4 running: the fifth waits
+    algorithm.on_trial_complete("t0", {"val_acc": 0.5, "training_iteration": 1})
+    assert algorithm.suggest("t5") is not None  # a finished trial frees a slot

@@ -75,9 +75,13 @@ def test_to_tensors_normalizes(arrays):
 
 def test_augment_crops_and_flips_each_image_by_itself(arrays):
     x, _ = trainable.to_tensors(arrays["train_x"][:64], arrays["train_y"][:64], torch.device("cpu"))
-    out = trainable.augment_batch(x, torch.Generator().manual_seed(0))
+    def augmented(seed):
+        return trainable.augment_batch(x, *trainable.crop_indices(len(x), torch.Generator().manual_seed(seed),
+                                                                  torch.device("cpu")))
+
+    out = augmented(0)
     assert out.shape == x.shape
-    assert torch.equal(out, trainable.augment_batch(x, torch.Generator().manual_seed(0)))  # seeded
+    assert torch.equal(out, augmented(0))  # seeded
     pad = trainable.CROP_PAD
     padded = torch.nn.functional.pad(x, (pad,) * 4, value=trainable.BACKGROUND)
     flips = 0

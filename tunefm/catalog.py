@@ -1,6 +1,6 @@
 """What tunefm offers: the registered models and the bundled studies, as tables and text.
 
-    catalog.models_table()           name, family, params, options, source seed
+    catalog.models_table()           name, family, params, source seed
     catalog.studies_table()          name, seed, trials, max epochs, searcher, description
     catalog.describe_study(study)    one study in full: its docstring, keys and figures
 
@@ -24,12 +24,12 @@ def models_table() -> pd.DataFrame:
     for name in models.names():
         spec = models.get(name)
         rows.append({"model": name, "family": spec.family, "params": f"{spec.params:,}",
-                     "seed": _seed(spec.source), "options": ", ".join(spec.options) or "-"})
+                     "seed": _seed(spec.source)})
     return pd.DataFrame(rows)
 
 
 def models_text() -> str:
-    lines = [text_table(models_table().drop(columns="options"), index=False), ""]
+    lines = [text_table(models_table(), index=False), ""]
     for name in models.names():
         spec = models.get(name)
         options = ", ".join(f"{k}={o.default}" for k, o in spec.options.items())

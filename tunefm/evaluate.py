@@ -187,7 +187,7 @@ def run(run_dir: Path, top_k: int | None = None, data_dir: str | None = None,
         raise UserError(f"--test-top must be >= 1, got {top_k}")
     tables = store.load_run(run_dir)  # one-line errors for a missing, empty or damaged run
     if top_k is None:
-        top_k = max(1, int(tables.info.get("study", {}).get("test_top") or DEFAULT_TOP_K))
+        top_k = int(tables.info.get("study", {}).get("test_top") or DEFAULT_TOP_K)  # a study's 0 means 3 here
     check_not_running(run_dir, tables.info)
     splits = load_test_split(tables.info, data_dir)
     outcome = evaluate_trials(run_dir, splits.test_x, splits.test_y, top_k, echo)

@@ -13,6 +13,8 @@ from typing import Callable
 
 from ray.tune import Callback
 
+from tunefm.store import epoch_limit
+
 
 class ProgressLine(Callback):
     def __init__(self, total: int, max_epochs: int, echo: Callable[[str], None] = print,
@@ -30,13 +32,9 @@ class ProgressLine(Callback):
         if value is not None and (self.best is None or value > self.best[0]):
             self.best = (value, trial.config)
 
-    def limit(self, trial) -> int:
-        """The trial's epochs if nothing stops it: the study's, or fewer by its own max_epochs."""
-        return min(self.max_epochs, int(trial.config.get("max_epochs", self.max_epochs)))
-
     def line(self, trials) -> str:
         done = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
-        stopped = sum(1 for t in done if t.status == "TERMINATED" and self.epochs.get(t.trial_id, 0) < self.limit(t))
+        stopped = sum(1 for t in done if t.status == "TERMINATED" and self.epochs.get(t.trial_id, 0) < epoch_limit(t.config, self.max_epochs))
         errors = sum(1 for t in done if t.status == "ERROR")
         running = sum(1 for t in trials if t.status == "RUNNING")
         elapsed = time.strftime("%H:%M:%S", time.gmtime(time.monotonic() - self.started))

@@ -81,6 +81,13 @@ def read_json(path: Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
+def epoch_limit(config: Mapping[str, Any], max_epochs: int) -> int:
+    """The epochs a trial runs if nothing stops it: the study's, or fewer by its own
+    `max_epochs` config key (null in a Parquet row of a trial without one)."""
+    own = config.get("max_epochs")
+    return max_epochs if own is None or pd.isna(own) else min(max_epochs, int(own))
+
+
 def summarize_trials(epochs: pd.DataFrame, trials: pd.DataFrame, max_epochs: int) -> pd.DataFrame:
     """One row per trial from its epoch rows.
 
@@ -99,9 +106,7 @@ def summarize_trials(epochs: pd.DataFrame, trials: pd.DataFrame, max_epochs: int
         history = by_trial.get(trial["trial_id"])
         row = {"trial_id": trial["trial_id"], "status": trial["status"]}
         n_epochs = 0 if history is None else len(history)
-        own_limit = trial.get("max_epochs")
-        limit = min(max_epochs, int(own_limit)) if own_limit is not None and pd.notna(own_limit) else max_epochs
-        row["stopped_early"] = trial["status"] == "TERMINATED" and n_epochs < limit
+        row["stopped_early"] = trial["status"] == "TERMINATED" and n_epochs < epoch_limit(trial, max_epochs)
         row["epochs"] = n_epochs
         row.update({c: trial[c] for c in config_columns})
         metrics = dict.fromkeys(SUMMARY_COLUMNS, np.nan)

@@ -108,13 +108,19 @@ def validate_value(key: str, value: Any) -> None:
         raise UserError(f"unknown config key {key!r}; valid keys: {valid_keys()}")
 
 
-def validate_config(config: Mapping[str, Any]) -> None:
-    """A whole trial config: every shared key, and every other key against its model's options."""
+def check_model_options(config: Mapping[str, Any]) -> None:
+    """Every model-specific key of a trial config against the options its model takes."""
     spec = models.get(config["model"])
     for key, value in config.items():
-        validate_value(key, value)
         if key not in VOCABULARY:
             spec.check_option(key, value)
+
+
+def validate_config(config: Mapping[str, Any]) -> None:
+    """A whole trial config: every shared key's value, and the model's own options."""
+    for key, value in config.items():
+        validate_value(key, value)
+    check_model_options(config)
 
 
 @dataclass(frozen=True)
@@ -199,15 +205,15 @@ class Study:
             missing = [k for k in REQUIRED_KEYS if k not in present | set(variant)]
             if missing:
                 raise UserError(f"{where} does not set {', '.join(missing)}")
-        for config in self._configs_to_check():
-            validate_config(config)
+        for config in self._configs_to_check():  # each value is checked above; here, model x option
+            check_model_options(config)
             if config.get("max_epochs", 1) > self.max_epochs:
                 raise UserError(f"{where}: max_epochs={config['max_epochs']} in a config exceeds the study's "
                                 f"max_epochs={self.max_epochs}")
         self._validate_reported(where)
 
     def _validate_hyperopt(self, where: str) -> None:
-        from tunefm import distributions as spaces  # imports Ray Tune's distributions only when a study uses them
+        from tunefm import distributions  # imports Ray Tune only when a study uses a space
 
         if self.grid or self.variants:
             raise UserError(f"{where}: a hyperopt study searches `space`; put fixed values in `fixed`, not grid "
@@ -215,7 +221,7 @@ class Study:
         if not self.space:
             raise UserError(f"{where}: searcher='hyperopt' needs a non-empty space")
         for key, domain in self.space.items():
-            for value in spaces.domain_values(key, domain):
+            for value in distributions.domain_values(key, domain):
                 validate_value(key, value)
         if not _is_int(self.num_samples) or self.num_samples < 1:
             raise UserError(f"{where}: a hyperopt study needs num_samples >= 1, got {self.num_samples!r}")
@@ -226,16 +232,16 @@ class Study:
                 raise UserError(f"{where}: each point to evaluate must set exactly the space's keys "
                                 f"({', '.join(self.space)}), got {', '.join(point) or 'none'}")
             for key, value in point.items():
-                spaces.check_inside(key, self.space[key], value)
+                distributions.check_inside(key, self.space[key], value)
 
     def _configs_to_check(self) -> list[dict[str, Any]]:
         """Configs that cover every combination of model and model option in the study."""
         if self.searcher == "grid":
             return self.configs()
-        from tunefm import distributions as spaces
+        from tunefm import distributions
 
         base = self.base_config()
-        options = {k: spaces.domain_values(k, d) for k, d in self.space.items()}
+        options = {k: distributions.domain_values(k, d) for k, d in self.space.items()}
         keys = list(options)
         return [{**base, **dict(zip(keys, combo))} for combo in itertools.product(*options.values())]
 
@@ -317,12 +323,12 @@ class Study:
 
     def record(self) -> dict[str, Any]:
         """The study as plain data, for run.json (no Ray objects, no code)."""
-        from tunefm import distributions as spaces
+        from tunefm import distributions
 
         return {
             "name": self.name, "source": self.source, "description": self.description,
             "searcher": self.searcher, "grid": dict(self.grid), "variants": [dict(v) for v in self.variants],
-            "fixed": dict(self.fixed), "space": {k: spaces.describe(d) for k, d in self.space.items()},
+            "fixed": dict(self.fixed), "space": {k: distributions.describe(d) for k, d in self.space.items()},
             "points_to_evaluate": [dict(p) for p in self.points_to_evaluate],
             "max_epochs": self.max_epochs, "num_trials": self.num_trials, "test_top": self.test_top,
             "reported": [r.record() for r in self.reported],

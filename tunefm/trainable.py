@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tunefm import models
+from tunefm import models, store
 
 # Fashion-MNIST pixel statistics (training set, pixels / 255).
 PIXEL_MEAN, PIXEL_STD = 0.2860, 0.3530
@@ -88,19 +88,25 @@ CROP_PAD = 2  # random crop: shift each image by up to 2 px (Fashion-MNIST items
 BACKGROUND = (0.0 - PIXEL_MEAN) / PIXEL_STD  # a black pixel after normalization
 
 
-def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random crop (pad by CROP_PAD with background, cut 28x28 back out) and random horizontal
-    flip of every image in (B, 1, 28, 28), as a single gather: no per-image Python."""
-    n, _, height, width = x.shape
-    padded = nn.functional.pad(x, (CROP_PAD,) * 4, value=BACKGROUND)[:, 0]  # (B, 28+2p, 28+2p)
-    # Draws come from the trial's CPU generator, so a seed fixes the augmentation too.
-    top = torch.randint(0, 2 * CROP_PAD + 1, (n, 1), generator=generator).to(x.device)
-    left = torch.randint(0, 2 * CROP_PAD + 1, (n, 1), generator=generator).to(x.device)
-    flip = (torch.rand(n, 1, generator=generator) < 0.5).to(x.device)
-    rows = top + torch.arange(height, device=x.device)  # (B, 28)
-    cols = left + torch.arange(width, device=x.device)  # (B, 28)
+def crop_indices(n: int, generator: torch.Generator, device: torch.device,
+                 side: int = 28) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random crop offset and horizontal flip for each of n images, as the (n, 28) row and
+    column indices into the padded images. Drawn once per epoch from the trial's CPU
+    generator (a seed fixes the augmentation) and moved to the device in one copy."""
+    top = torch.randint(0, 2 * CROP_PAD + 1, (n, 1), generator=generator)
+    left = torch.randint(0, 2 * CROP_PAD + 1, (n, 1), generator=generator)
+    flip = torch.rand(n, 1, generator=generator) < 0.5
+    rows = top + torch.arange(side)  # (n, 28)
+    cols = left + torch.arange(side)  # (n, 28)
     cols = torch.where(flip, cols.flip(1), cols)  # a flipped image reads its columns right to left
-    batch = torch.arange(n, device=x.device)[:, None, None]
+    return rows.to(device), cols.to(device)
+
+
+def augment_batch(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Random crop (pad by CROP_PAD with background, cut 28x28 back out) and horizontal flip
+    of every image in (B, 1, 28, 28) by its `crop_indices`, as one gather: no per-image Python."""
+    padded = nn.functional.pad(x, (CROP_PAD,) * 4, value=BACKGROUND)[:, 0]  # (B, 28+2p, 28+2p)
+    batch = torch.arange(len(x), device=x.device)[:, None, None]
     return padded[batch, rows[:, :, None], cols[:, None, :]].unsqueeze(1)  # (B, 1, 28, 28)
 
 
@@ -111,6 +117,8 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Ten
     model.train()
     n = len(y)
     order = torch.randperm(n, generator=generator).to(x.device)
+    if augment:
+        rows, cols = crop_indices(n, generator, x.device)
     # Sums stay on the device: one host sync per epoch instead of one per batch.
     loss_sum = torch.zeros((), device=x.device)
     correct = torch.zeros((), dtype=torch.int64, device=x.device)
@@ -118,7 +126,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Ten
         idx = order[start:start + batch_size]
         xb, yb = x[idx], y[idx]  # (B, 1, 28, 28), (B,)
         if augment:
-            xb = augment_batch(xb, generator)
+            xb = augment_batch(xb, rows[start:start + batch_size], cols[start:start + batch_size])
         logits = model(xb)
         loss = loss_fn(logits, yb)
         optimizer.zero_grad(set_to_none=True)
@@ -225,7 +233,7 @@ def fit(config: dict, arrays: dict[str, np.ndarray], max_epochs: int, device: to
     val_x, val_y = to_tensors(arrays["val_x"], arrays["val_y"], device)
     batch_size = int(config["batch_size"])
     loss_fn, augment = loss_function(config), bool(config.get("augment", False))
-    max_epochs = min(max_epochs, int(config.get("max_epochs", max_epochs)))
+    max_epochs = store.epoch_limit(config, max_epochs)
     while state.epoch < max_epochs:
         started = time.perf_counter()
         train_loss, train_acc = train_epoch(state.model, state.optimizer, train_x, train_y, batch_size,

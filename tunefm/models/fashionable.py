@@ -91,7 +91,7 @@ def specs():
     for depth in (1, 2, 3):
         yield ModelSpec(
             f"ann{depth}", family, SOURCE, 0.25,
-            lambda depth=depth, hidden=256, dropout=0.0: ann(depth, hidden, dropout),
+            lambda depth=depth, **options: ann(depth, **options),
             options={"hidden": int_option(256, 1, "units per hidden layer"),
                      "dropout": dropout_option(0.0, "after every hidden layer")},
             description=f"ANN: {depth} hidden FC layer{'s' if depth > 1 else ''}, ReLU",
@@ -99,7 +99,7 @@ def specs():
     for depth in (1, 2, 3):
         yield ModelSpec(
             f"convnet{depth}", family, SOURCE, 0.5,
-            lambda depth=depth, batch_norm=False, dropout=0.0: convnet(depth, batch_norm, dropout),
+            lambda depth=depth, **options: convnet(depth, **options),
             options={"batch_norm": batch_norm_option(False), "dropout": dropout_option(0.0, "on the FC 1024 layer")},
             description=f"CNN: {depth} conv 5x5 'same' + pool layer{'s' if depth > 1 else ''}, FC 1024-10",
         )
