@@ -58,6 +58,10 @@ def test_search_with_set_runs_the_narrowed_grid(ray_session, tmp_path, data_dir)
     (["--space", "kernels", "--set", "conv1_kernel=4"],
      "conv1_kernel must be an odd integer >= 1 for model twoconv, got conv1_kernel=4"),
     (["--space", "cnn2-tpe", "--set", "lr=-1"], "lr must be a number > 0, got lr=-1"),
+    (["--space", "kernels", "--set", "conv1_kernel=15", "--set", "conv2_kernel=15"],
+     "model twoconv: conv1_kernel + conv2_kernel must be <= 29 (two unpadded convolutions of a 28x28 image), got 15 + 15 = 30"),
+    (["--set", "init=orthogonal"], "init must be one of 'default', 'xavier_uniform', 'xavier_normal', "
+                                   "'kaiming_uniform', got init='orthogonal'"),
     (["--set", "model=resnet"], "unknown model 'resnet'; valid models: iaro1, iaro2, iaro3, iaro4, cnn1, cnn2, cnn3, "
                                 "cnn4, cnn5, logreg, ann1, ann2, ann3, convnet1, convnet2, convnet3, vgg16, kahn, twoconv"),
     (["--set", "optimizer=rmsprop"], "optimizer must be 'sgd' or 'adam', got optimizer='rmsprop'"),

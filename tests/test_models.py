@@ -104,6 +104,8 @@ def test_model_options_change_the_network():
     ("twoconv", {"conv1_kernel": 4}, "conv1_kernel must be an odd integer >= 1 for model twoconv, got conv1_kernel=4"),
     ("cnn3", {"dropout": 1.0}, "dropout must be a number in [0, 1) for model cnn3, got dropout=1.0"),
     ("convnet1", {"batch_norm": "yes"}, "batch_norm must be true or false for model convnet1, got batch_norm='yes'"),
+    ("twoconv", {"conv1_kernel": 15, "conv2_kernel": 15},
+     "model twoconv: conv1_kernel + conv2_kernel must be <= 29 (two unpadded convolutions of a 28x28 image), got 15 + 15 = 30"),
 ])
 def test_bad_options_are_user_errors(name, options, message):
     with pytest.raises(UserError) as caught:

@@ -181,7 +181,7 @@ def tpe(space: str, fixed: str = "{'model': 'iaro1', 'batch_size': 8}", extra: s
     (GRID.format(grid="{'lr': [0.1, 0]}"), "lr must be a number > 0, got lr=0"),
     (GRID.format(grid="{'batch_size': [0]}"), "batch_size must be an integer >= 1, got batch_size=0"),
     (GRID.format(grid="{'dropout': [0.5]}"), "model iaro1 does not take 'dropout'; it takes no options"),
-    (GRID.format(grid="{'init': ['orthogonal']}"), "init must be 'default' or 'xavier_uniform'"),
+    (GRID.format(grid="{'init': ['orthogonal']}"), "init must be one of 'default', 'xavier_uniform'"),
     (GRID.format(grid="{'lr_decay': [1.5]}"), "lr_decay must be a number in (0, 1], got lr_decay=1.5"),
     (tpe("{'lr': tune.uniform(0.0, 0.1)}"), "lr must be a number > 0, got lr=0.0"),
     (tpe("{'lr': [0.1, 0.2]}"), "space['lr'] must be a Ray Tune distribution"),

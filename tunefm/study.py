@@ -82,7 +82,7 @@ VOCABULARY: dict[str, tuple[Callable[[Any], None], Any]] = {
     "optimizer": (_check(lambda v: v in ("sgd", "adam"), "'sgd' or 'adam'"), "sgd"),
     "momentum": (_check(lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"), 0.0),
     "weight_decay": (_check(lambda v: _is_number(v) and v >= 0, "a number >= 0"), 0.0),
-    "init": (_check(lambda v: v in models.INITS, " or ".join(repr(i) for i in models.INITS)), "default"),
+    "init": (_check(lambda v: v in models.INITS, "one of " + ", ".join(repr(i) for i in models.INITS)), "default"),
     "augment": (_check(lambda v: isinstance(v, bool), "true or false"), False),
     "output": (_check(lambda v: v in ("softmax", "sigmoid"), "'softmax' or 'sigmoid'"), "softmax"),
     "lr_decay": (_check(lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"), 1.0),
@@ -110,10 +110,7 @@ def validate_value(key: str, value: Any) -> None:
 
 def check_model_options(config: Mapping[str, Any]) -> None:
     """Every model-specific key of a trial config against the options its model takes."""
-    spec = models.get(config["model"])
-    for key, value in config.items():
-        if key not in VOCABULARY:
-            spec.check_option(key, value)
+    models.get(config["model"]).check_options({k: v for k, v in config.items() if k not in VOCABULARY})
 
 
 def validate_config(config: Mapping[str, Any]) -> None:

@@ -65,6 +65,8 @@ class ModelSpec:
     factory: Callable[..., nn.Module]  # called with every option as a keyword
     options: Mapping[str, Option] = field(default_factory=dict)
     description: str = ""
+    # A rule across options (all of them, defaults filled): None if they fit, else what is wrong.
+    combination: Callable[[Mapping[str, Any]], str | None] | None = None
 
     @cached_property
     def params(self) -> int:
@@ -79,11 +81,18 @@ class ModelSpec:
         if not option.check(value):
             raise UserError(f"{key} must be {option.valid} for model {self.name}, got {key}={value!r}")
 
-    def build(self, options: Mapping[str, Any] | None = None) -> nn.Module:
-        options = dict(options or {})
+    def check_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Every option's key and value, then the rule across them; returns all options, defaults filled."""
         for key, value in options.items():
             self.check_option(key, value)
-        return self.factory(**{**{k: o.default for k, o in self.options.items()}, **options})
+        complete = {**{k: o.default for k, o in self.options.items()}, **options}
+        problem = self.combination(complete) if self.combination else None
+        if problem:
+            raise UserError(f"model {self.name}: {problem}")
+        return complete
+
+    def build(self, options: Mapping[str, Any] | None = None) -> nn.Module:
+        return self.factory(**self.check_options(options or {}))
 
 
 def count_params(model: nn.Module) -> int:

@@ -20,8 +20,6 @@ SOURCE = "004_0a8adefb90470ef6.txt"
 def two_conv(conv1_kernel: int = 3, conv1_filters: int = 16, conv2_kernel: int = 3, conv2_filters: int = 16,
              dense: int = 100) -> nn.Module:
     side = 28 - (conv1_kernel - 1) - (conv2_kernel - 1)  # valid convolutions
-    if side < 1:
-        raise ValueError(f"kernels {conv1_kernel} and {conv2_kernel} leave no image")
     return nn.Sequential(
         nn.Conv2d(1, conv1_filters, conv1_kernel), nn.ReLU(),
         nn.Conv2d(conv1_filters, conv2_filters, conv2_kernel), nn.ReLU(),  # (N, f2, side, side)
@@ -29,6 +27,14 @@ def two_conv(conv1_kernel: int = 3, conv1_filters: int = 16, conv2_kernel: int =
         nn.Linear(conv2_filters * side * side, dense), nn.ReLU(),
         nn.Linear(dense, 10),
     )
+
+
+def leaves_an_image(options) -> str | None:
+    """Two valid convolutions shrink 28 px by k1 - 1 + k2 - 1: at least 1 px must remain."""
+    k1, k2 = options["conv1_kernel"], options["conv2_kernel"]
+    if k1 + k2 > 29:
+        return f"conv1_kernel + conv2_kernel must be <= 29 (two unpadded convolutions of a 28x28 image), got {k1} + {k2} = {k1 + k2}"
+    return None
 
 
 def specs():
@@ -44,4 +50,5 @@ def specs():
             "dense": int_option(100, 1, "dense layer units"),
         },
         description="conv k1xk1xf1 > conv k2xk2xf2 > FC dense > FC 10, no pooling",
+        combination=leaves_an_image,
     )
