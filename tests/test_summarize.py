@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 import subprocess
 import sys
 
@@ -72,6 +73,7 @@ def test_reference_puts_the_seeds_figures_beside_this_runs(quick_fourfam, summar
     assert "Seed reported (000_3b33fd455f65cb7c.txt) | this run" in text
     # Too wide for one 80-column table: one small table per model, the choices above it.
     assert "model=iaro1: seed chose lr=0.01 batch_size=32; this run chose" in text
+    assert re.search(r"min train loss epoch +100 +3$", text, re.MULTILINE)  # epochs print as counts
     assert all(len(line) <= 80 for line in text.splitlines())
 
 

@@ -165,6 +165,8 @@ def fmt_metric(column: str, x) -> str:
         return fmt_acc(x)
     if column == "params":
         return fmt_params(x)
+    if column.endswith("epoch") or column == "epochs":  # min_train_loss_epoch is a count, not a loss
+        return fmt_count(x)
     if column.endswith("_s") or column == "gpu_seconds":
         return fmt_seconds(x)
     if "loss" in column or column == "overfit_gap":
