@@ -2,9 +2,11 @@
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.fs as pafs
 import pytest
 import torch
 
@@ -106,10 +108,11 @@ def test_search_evaluated_each_models_top_configurations(quick_fourfam, data_dir
 
     # One trial again by hand, from the checkpoint of its best validation epoch.
     trial = evaluated.iloc[0]
-    folder = evaluate.checkpoint_epochs(quick_fourfam / store.TUNE_DIR / trial.trial_id)[trial.best_epoch]
-    assert json.loads((folder / trainable.CHECKPOINT_META).read_text())["val_acc"] == trial.best_val_acc
+    fs = pafs.LocalFileSystem()
+    folder = evaluate.checkpoint_epochs(fs, str(quick_fourfam / store.TUNE_DIR / trial.trial_id))[trial.best_epoch]
+    assert json.loads((Path(folder) / trainable.CHECKPOINT_META).read_text())["val_acc"] == trial.best_val_acc
     config = evaluate.trial_config(trial, store.config_columns(trials))
-    model = evaluate.load_model(config, folder, torch.device("cpu"))
+    model = evaluate.load_model(config, fs, folder, torch.device("cpu"))
     test = data.load(data_dir, 3000, 1000)
     loss, accuracy = trainable.evaluate(model, *trainable.to_tensors(test.test_x, test.test_y, torch.device("cpu")))
     assert accuracy == trial.test_acc and loss == pytest.approx(trial.test_loss, rel=1e-5)

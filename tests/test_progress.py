@@ -33,3 +33,23 @@ def test_a_trial_that_ends_at_its_own_max_epochs_was_not_stopped_early():
             progress.on_trial_result(0, [], t, {"training_iteration": epoch, "val_acc": 0.5})
     progress.on_experiment_end([short, cut])
     assert "2/2 done (1 stopped early)" in lines[-1]
+
+
+def test_cpu_fallback_is_warned_once_per_node():
+    lines = []
+    progress = ProgressLine(total=4, max_epochs=2, echo=lines.append, interval_s=3600)
+    fallback = {"gpu_ids": "0", "device": "cpu", "val_acc": 0.5}
+    for trial_id, node, epoch in [("a", "10.0.0.1", 1), ("a", "10.0.0.1", 2), ("b", "10.0.0.1", 1),
+                                  ("c", "10.0.0.2", 1)]:
+        progress.on_trial_result(0, [], trial(trial_id, "RUNNING"),
+                                 {**fallback, "node_ip": node, "training_iteration": epoch})
+    progress.on_trial_result(0, [], trial("d", "RUNNING"),  # on CUDA, or given no GPU: nothing to say
+                             {"gpu_ids": "0", "device": "cuda", "node_ip": "10.0.0.3", "training_iteration": 1})
+    progress.on_trial_result(0, [], trial("e", "RUNNING"),
+                             {"gpu_ids": "", "device": "cpu", "node_ip": "10.0.0.4", "training_iteration": 1})
+    assert lines == [
+        "Warning: Ray gave trial a GPU 0 on node 10.0.0.1, but CUDA is not available there; "
+        "its trials on that node train on CPU",
+        "Warning: Ray gave trial c GPU 0 on node 10.0.0.2, but CUDA is not available there; "
+        "its trials on that node train on CPU",
+    ]

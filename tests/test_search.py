@@ -2,14 +2,16 @@
 
 import itertools
 import json
+import struct
 import threading
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
-from tunefm import data, store, summary, trainable
+from tunefm import data, evaluate, search, store, summary, trainable
 from tunefm.errors import UserError
 from tunefm.search import SearchSettings, run
 
@@ -117,6 +119,36 @@ def test_trial_under_ray_equals_plain_loop_and_checkpoint_restores(asha_run, dat
     assert state["epoch"] == trial.epochs
 
 
+def tensorboard_scalars(trial_dir: Path) -> dict[str, dict[int, float]]:
+    """tag -> {step: value} from a trial's event files (TFRecords of tensorboardX Events)."""
+    from tensorboardX.proto import event_pb2
+
+    scalars: dict[str, dict[int, float]] = {}
+    for path in trial_dir.glob("events.out.tfevents.*"):
+        raw, at = path.read_bytes(), 0
+        while at < len(raw):  # record: u64 length, u32 crc, event, u32 crc
+            (length,) = struct.unpack("<Q", raw[at:at + 8])
+            event = event_pb2.Event.FromString(raw[at + 12:at + 12 + length])
+            at += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, {})[event.step] = value.simple_value
+    return scalars
+
+
+def test_every_trial_writes_tensorboard_scalars_per_epoch(asha_run):
+    _, run_dir, _ = asha_run
+    epochs, trials = store.read_epochs(run_dir), store.read_trials(run_dir).set_index("trial_id")
+    assert sorted(p.name for p in (run_dir / store.TENSORBOARD_DIR).iterdir()) == sorted(trials.index)
+    for trial_id, history in epochs.groupby("trial_id"):
+        scalars = tensorboard_scalars(run_dir / store.TENSORBOARD_DIR / trial_id)
+        for tag, metric in [("loss/train", "train_loss"), ("accuracy/train", "train_acc"),
+                            ("loss/val", "val_loss"), ("accuracy/val", "val_acc")]:
+            logged = scalars[tag]
+            assert sorted(logged) == history.epoch.tolist(), (trial_id, tag)
+            assert [logged[e] for e in history.epoch] == pytest.approx(history[metric].tolist(), rel=1e-6)
+        assert scalars["hparam/best_val_acc"][0] == pytest.approx(trials.best_val_acc[trial_id], rel=1e-6)
+
+
 def test_no_early_stop_trains_every_epoch(tmp_path, data_dir):
     outcome = run(settings(tmp_path, data_dir, sets=("model=iaro1", "lr=0.01", "batch_size=64,128"),
                            max_epochs=2, early_stop=False), echo=lambda s: None)
@@ -135,6 +167,59 @@ def test_num_samples_adds_seeds(tmp_path, data_dir):
                            max_epochs=1, num_samples=2, seed=5), echo=lambda s: None)
     assert sorted(outcome.trials.seed) == [5, 6]
     assert outcome.trials.best_val_acc.nunique() == 2
+
+
+@pytest.mark.parametrize("storage", ["folder", "file-uri"])
+def test_storage_keeps_checkpoints_outside_the_run_folder(tmp_path, data_dir, storage):
+    shared = tmp_path / "shared"
+    uri = str(shared) if storage == "folder" else f"file://{shared}"
+    outcome = run(settings(tmp_path, data_dir, sets=("model=iaro1", "lr=0.01", "batch_size=64,128"),
+                           max_epochs=2, storage=uri, test_top=1), echo=lambda s: None)
+    run_dir = outcome.run_dir
+    tune_dir = shared / "run" / store.TUNE_DIR
+    assert not (run_dir / store.TUNE_DIR).exists()  # the run folder keeps only the tables
+    assert store.read_json(run_dir / store.RUN_FILE)["storage"] == str(tune_dir)
+    for trial_id in outcome.trials.trial_id:
+        assert list((tune_dir / trial_id).glob("checkpoint_*/state.pt"))
+        assert list((run_dir / store.TENSORBOARD_DIR / trial_id).glob("events.out.tfevents.*"))  # live, on the driver
+    # the winner was evaluated from the checkpoint in storage, during the search and again by hand
+    assert outcome.trials.test_acc.notna().sum() == 1
+    again = evaluate.run(run_dir, top_k=2, echo=lambda s: None)
+    assert len(again.evaluated) == 2 and not again.skipped
+
+    with pytest.raises(UserError, match="--storage already holds a run named run"):
+        run(settings(tmp_path, data_dir, name="run", results_dir=str(tmp_path / "other"), storage=uri,
+                     max_epochs=1), echo=lambda s: None)
+
+
+def test_storage_with_an_unknown_scheme_is_refused(tmp_path, data_dir):
+    with pytest.raises(UserError, match=r"--storage ftp://host/x: unknown scheme 'ftp://'; give a folder every "
+                                        r"node can reach \(NFS\) or a URI such as s3://bucket/path"):
+        run(settings(tmp_path, data_dir, storage="ftp://host/x", max_epochs=1), echo=lambda s: None)
+    assert not (tmp_path / "results").exists()
+
+
+def test_gpu_share_is_the_models_own_unless_given():
+    from ray.tune.execution.placement_groups import PlacementGroupFactory
+
+    def bundle(gpus_per_trial, has_gpus, model):
+        factory = search.trial_resources(1.0, gpus_per_trial, has_gpus)({"model": model})
+        assert isinstance(factory, PlacementGroupFactory)
+        return factory.bundles[0]
+
+    assert bundle(None, True, "iaro1") == {"CPU": 1.0, "GPU": 0.25}  # the model's default fraction
+    assert bundle(None, True, "iaro4") == {"CPU": 1.0, "GPU": 0.5}
+    assert bundle(1.0, True, "iaro1") == {"CPU": 1.0, "GPU": 1.0}  # --gpus-per-trial wins
+    assert bundle(None, False, "iaro1") == {"CPU": 1.0}  # a cluster without GPUs: CPU only
+    assert bundle(0, True, "iaro1") == {"CPU": 1.0}  # --gpus-per-trial 0: CPU only
+
+
+def test_resources_count_the_nodes_an_autoscaler_may_start():
+    live = [{"CPU": 2.0}]
+    search.check_resources_fit(1, 0.5, live + [{"CPU": 8, "GPU": 1}])  # a GPU worker type, not yet running
+    with pytest.raises(UserError, match="--gpus-per-trial 2 can never be met: the largest node has 1 GPU"):
+        search.check_resources_fit(1, 2, live + [{"CPU": 8, "GPU": 1}])
+    assert search.launchable_nodes() == []  # the test session's Ray has no autoscaler
 
 
 @pytest.mark.parametrize("overrides,message", [

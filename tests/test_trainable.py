@@ -59,12 +59,9 @@ def test_adam_optimizer_trains(arrays):
 
 
 def test_device_choice():
-    assert trainable.pick_device([])[0].type == "cpu"
-    device, why = trainable.pick_device(["0"])
-    if torch.cuda.is_available():
-        assert device.type == "cuda"
-    else:
-        assert device.type == "cpu" and "CUDA is not available" in why
+    assert trainable.pick_device([]).type == "cpu"  # no GPU from Ray: CPU even where CUDA exists
+    # A GPU from Ray: CUDA where it exists, else the CPU fallback
+    assert trainable.pick_device(["0"]).type == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def test_to_tensors_normalizes(arrays):

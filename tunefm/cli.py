@@ -94,6 +94,9 @@ def main(debug: bool) -> None:
 @click.option("--gpus-per-trial", type=float, default=None,
               help="GPU share per trial.  [default: each model's own, e.g. 0.25, where the cluster has GPUs]")
 @click.option("--address", default=None, help="Ray cluster to join ('auto' on a head node).  [default: start a local Ray]")
+@click.option("--storage", default=None, metavar="URI",
+              help="Where Tune keeps checkpoints and TensorBoard events, shared by every node: s3://bucket/path, "
+                   "gs://..., or a shared folder.  [default: the run folder's tune/]")
 @click.option("--no-early-stop", is_flag=True, help="Run the full grid without ASHA.  [default: ASHA on val_acc]")
 @click.option("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped.")
 @click.option("--reduction-factor", type=int, default=3, help="ASHA: keep 1/N of trials at each rung.")

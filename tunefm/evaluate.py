@@ -6,8 +6,9 @@
 Which trials: every seed of each model's top K configurations by mean validation
 accuracy (`analysis.top_configs`), chosen before the test images are even loaded, so
 model selection never sees the test set. Each is rebuilt from its config, loaded from
-the checkpoint of its best validation epoch (`tune/<trial_id>/checkpoint_*/`), and
-run once over the test split. Results replace any earlier evaluation:
+the checkpoint of its best validation epoch (`tune/<trial_id>/checkpoint_*/`, or the
+same under the run's `--storage`, read through pyarrow's file systems), and run once
+over the test split. Results replace any earlier evaluation:
 
     trials.parquet      test_acc, test_loss filled for the evaluated trials (null elsewhere)
     confusion.parquet   trial_id, true_label, pred_label, count (100 rows per trial)
@@ -19,6 +20,7 @@ Needs torch but not Ray: it reads checkpoint files directly.
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import os
 import socket
@@ -29,6 +31,7 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+import pyarrow.fs as pafs
 import torch
 from torch import nn
 
@@ -54,17 +57,30 @@ class Evaluation:
                 "at": dt.datetime.now().astimezone().isoformat(timespec="seconds")}
 
 
-def checkpoint_epochs(trial_dir: Path) -> dict[int, Path]:
+def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
+    with fs.open_input_stream(path) as stream:
+        return stream.read()
+
+
+def load_state(fs: pafs.FileSystem, checkpoint: str, device: torch.device | str = "cpu") -> dict:
+    state = read_bytes(fs, f"{checkpoint}/{trainable.CHECKPOINT_FILE}")
+    return torch.load(io.BytesIO(state), map_location=device, weights_only=False)
+
+
+def checkpoint_epochs(fs: pafs.FileSystem, trial_dir: str) -> dict[int, str]:
     """epoch -> checkpoint folder, for the checkpoints Tune kept for one trial."""
+    listing = fs.get_file_info(pafs.FileSelector(trial_dir, allow_not_found=True))
     found = {}
-    for folder in sorted(trial_dir.glob("checkpoint_*")):
-        meta, state = folder / trainable.CHECKPOINT_META, folder / trainable.CHECKPOINT_FILE
-        if not state.is_file():
+    for folder in sorted(i.path for i in listing if i.type == pafs.FileType.Directory
+                         and i.base_name.startswith("checkpoint_")):
+        meta, state = (fs.get_file_info(f"{folder}/{name}")
+                       for name in (trainable.CHECKPOINT_META, trainable.CHECKPOINT_FILE))
+        if state.type != pafs.FileType.File:
             continue
-        if meta.is_file():
-            epoch = json.loads(meta.read_text())["epoch"]
+        if meta.type == pafs.FileType.File:
+            epoch = json.loads(read_bytes(fs, meta.path))["epoch"]
         else:  # written before meta.json existed: read the epoch from the state itself
-            epoch = torch.load(state, map_location="cpu", weights_only=False)["epoch"]
+            epoch = load_state(fs, folder)["epoch"]
         found[int(epoch)] = folder
     return found
 
@@ -82,10 +98,9 @@ def trial_config(row: pd.Series, keys: list[str]) -> dict:
     return config
 
 
-def load_model(config: dict, checkpoint: Path, device: torch.device) -> nn.Module:
+def load_model(config: dict, fs: pafs.FileSystem, checkpoint: str, device: torch.device) -> nn.Module:
     model = trainable.build_model(config)
-    state = torch.load(checkpoint / trainable.CHECKPOINT_FILE, map_location=device, weights_only=False)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(load_state(fs, checkpoint, device)["model"])
     return model.to(device).eval()
 
 
@@ -98,12 +113,15 @@ def confusion_rows(trial_id: str, true: np.ndarray, predicted: np.ndarray) -> pd
 
 
 def evaluate_trials(run_dir: Path, test_x: np.ndarray, test_y: np.ndarray, top_k: int = DEFAULT_TOP_K,
-                    echo: Callable[[str], None] = print, device: torch.device | None = None) -> Evaluation:
+                    echo: Callable[[str], None] = print, device: torch.device | None = None,
+                    tune_dir: str | None = None) -> Evaluation:
     """Evaluate the run's top configurations on (test_x, test_y); write trials and confusion.
 
+    `tune_dir` is where Tune kept the checkpoints: a path or URI (default: <run>/tune).
     The caller records `Evaluation.record()` in run.json.
     """
     run_dir = Path(run_dir)
+    fs, tune_path = pafs.FileSystem.from_uri(tune_dir or str((run_dir / store.TUNE_DIR).resolve()))
     trials = store.read_trials(run_dir)
     chosen = analysis.top_configs(trials, top_k)  # from validation numbers only
     outcome = Evaluation(top_k, len(test_y))
@@ -121,13 +139,13 @@ def evaluate_trials(run_dir: Path, test_x: np.ndarray, test_y: np.ndarray, top_k
         for trial_id in chosen:
             row = by_id.loc[trial_id]
             best_epoch = int(row["best_epoch"])
-            checkpoints = checkpoint_epochs(run_dir / store.TUNE_DIR / trial_id)
+            checkpoints = checkpoint_epochs(fs, f"{tune_path}/{trial_id}")
             if best_epoch not in checkpoints:
                 kept = ", ".join(map(str, sorted(checkpoints))) or "none"
                 outcome.skipped[trial_id] = f"no checkpoint of best epoch {best_epoch} (kept: {kept})"
                 continue
             config = trial_config(row, keys)
-            model = load_model(config, checkpoints[best_epoch], device)
+            model = load_model(config, fs, checkpoints[best_epoch], device)
             loss, predicted = trainable.predict(model, x, y, loss_fn=trainable.loss_function(config))
             predicted = predicted.cpu().numpy()
             accuracy = float((predicted == test_y).mean())
@@ -190,7 +208,8 @@ def run(run_dir: Path, top_k: int | None = None, data_dir: str | None = None,
         top_k = int(tables.info.get("study", {}).get("test_top") or DEFAULT_TOP_K)  # a study's 0 means 3 here
     check_not_running(run_dir, tables.info)
     splits = load_test_split(tables.info, data_dir)
-    outcome = evaluate_trials(run_dir, splits.test_x, splits.test_y, top_k, echo)
+    outcome = evaluate_trials(run_dir, splits.test_x, splits.test_y, top_k, echo,
+                              tune_dir=tables.info.get("storage"))  # None: the run folder's own tune/
     if (Path(run_dir) / store.RUN_FILE).exists():
         store.write_json({**tables.info, "evaluation": outcome.record()}, Path(run_dir) / store.RUN_FILE)
     return outcome

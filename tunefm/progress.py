@@ -4,6 +4,9 @@ Tune's own console tables list every trial (112 rows for fourfam) on each update
 this prints a single line instead:
 
     [00:01:40] 35/112 done (20 stopped early), 2 running | best val_acc 0.7180 (iaro2 lr=0.01 batch_size=8)
+
+It also warns, once per node, when Ray gave trials a GPU that has no CUDA device behind
+it (the trials then train on CPU).
 """
 
 from __future__ import annotations
@@ -25,12 +28,21 @@ class ProgressLine(Callback):
         self.last_print = 0.0
         self.best: tuple[float, dict] | None = None
         self.epochs: dict[str, int] = {}
+        self.warned_nodes: set[str] = set()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.epochs[trial.trial_id] = int(result.get("training_iteration", 0))
+        self.warn_cpu_fallback(trial.trial_id, result)
         value = result.get(self.metric)
         if value is not None and (self.best is None or value > self.best[0]):
             self.best = (value, trial.config)
+
+    def warn_cpu_fallback(self, trial_id: str, result: dict) -> None:
+        node = result.get("node_ip") or result.get("node_id")
+        if result.get("gpu_ids") and result.get("device") == "cpu" and node not in self.warned_nodes:
+            self.warned_nodes.add(node)
+            self.echo(f"Warning: Ray gave trial {trial_id} GPU {result['gpu_ids']} on node {node}, but CUDA "
+                      f"is not available there; its trials on that node train on CPU")
 
     def line(self, trials) -> str:
         done = [t for t in trials if t.status in ("TERMINATED", "ERROR")]

@@ -4,16 +4,20 @@
     outcome = search.run(settings)
     outcome.run_dir, outcome.trials        # results/fourfam-<time>/, a DataFrame
 
-Everything the user gave is validated (study, --set, sizes, data files, run folder)
-before Ray starts or anything is written. Then: a local Ray (or `--address`), the data
-into the object store once, one trial per grid point (or per hyperopt TPE draw) with
-resources from its model (a GPU fraction where the cluster has GPUs), ASHA on val_acc
-unless early stopping is off, and a callback streaming every epoch into Parquet.
+Everything the user gave is validated (study, --set, sizes, data files, run folder,
+--storage) before Ray starts or anything is written. Then: a local Ray (dashboard on
+127.0.0.1, token authentication on) or the cluster at `--address`; a resource check
+against every node, counting those an autoscaler may still start; the data into the
+object store once; one trial per grid point (or per hyperopt TPE draw) with resources
+from its model (a GPU fraction where the cluster has GPUs); ASHA on val_acc unless early
+stopping is off; callbacks streaming every epoch into Parquet and TensorBoard; and
+checkpoints in the run folder's tune/, or under `--storage` for a multi-node cluster.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import platform
 import random
@@ -22,6 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Callable
+from urllib.parse import urlparse
 
 import pandas as pd
 
@@ -47,6 +52,7 @@ class SearchSettings:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float | None = None  # default: each model's own fraction, where GPUs exist
     address: str | None = None  # default: start a local Ray
+    storage: str | None = None  # default: checkpoints in the run folder; a cluster needs a shared URI
     early_stop: bool = True
     grace_period: int = 1
     reduction_factor: int = 3
@@ -114,13 +120,40 @@ def choose_run_dir(settings: SearchSettings, study: studies.Study) -> Path:
     run_dir = Path(settings.results_dir).expanduser() / name
     if run_dir.exists():
         raise UserError(f"run {run_dir} already exists; choose another --name")
-    ancestor = run_dir.parent  # the folder that mkdir will write into, checked before Ray starts
+    check_creatable(run_dir, "run folder")
+    return run_dir
+
+
+def check_creatable(folder: Path, what: str) -> None:
+    """`folder` can be made: its nearest existing ancestor is a writable folder."""
+    ancestor = folder.parent
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
         problem = "is not a folder" if not ancestor.is_dir() else "is not writable"
-        raise UserError(f"cannot create run folder {run_dir}: {ancestor} {problem}")
-    return run_dir
+        raise UserError(f"cannot create {what} {folder}: {ancestor} {problem}")
+
+
+# pyarrow file systems that Ray Tune can keep checkpoints on
+STORAGE_SCHEMES = ("file", "s3", "gs", "gcs", "abfs", "abfss", "hdfs", "viewfs")
+
+
+def tune_storage(run_dir: Path, storage: str | None) -> str:
+    """Where Tune keeps this run's experiment folder (checkpoints, TensorBoard events):
+    `<run folder>/tune`, or `<storage>/<run name>/tune`, checked before Ray starts."""
+    if storage is None:
+        return str(run_dir.resolve() / store.TUNE_DIR)
+    scheme = urlparse(storage).scheme if "://" in storage else ""
+    if scheme and scheme not in STORAGE_SCHEMES:
+        raise UserError(f"--storage {storage}: unknown scheme {scheme + '://'!r}; give a folder every node "
+                        f"can reach (NFS) or a URI such as s3://bucket/path or gs://bucket/path")
+    if scheme in ("", "file"):
+        folder = Path(urlparse(storage).path if scheme else storage).expanduser().resolve() / run_dir.name
+        if folder.exists():
+            raise UserError(f"--storage already holds a run named {run_dir.name} ({folder}); choose another --name")
+        check_creatable(folder, "storage folder")
+        return str(folder / store.TUNE_DIR)
+    return f"{storage.rstrip('/')}/{run_dir.name}/{store.TUNE_DIR}"
 
 
 def create_run_dir(run_dir: Path) -> None:
@@ -160,6 +193,22 @@ def cluster_nodes() -> list[dict[str, float]]:
     import ray
 
     return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+
+def launchable_nodes() -> list[dict[str, float]]:
+    """Resources of each node type the cluster's autoscaler may still launch (none without one).
+
+    A `ray up` cluster starts its GPU workers on demand: a search must count them as
+    nodes to come, not refuse to run. Ray publishes them only through a private API,
+    so anything unexpected there means "no autoscaler".
+    """
+    try:
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+        return [dict(group.resources) for group in config.node_group_configs if group.max_count != 0]
+    except Exception:
+        return []
 
 
 def local_node() -> list[dict[str, float]]:
@@ -207,7 +256,12 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
 
 
 def start_ray(address: str | None) -> tuple[bool, str | None]:
-    """Join `address`, or start a local Ray; returns (we started it, dashboard URL)."""
+    """Join `address`, or start a local Ray; returns (we started it, dashboard URL).
+
+    A local Ray gets its dashboard on 127.0.0.1 only, with token authentication on
+    (Ray's local default since 2.59 when RAY_AUTH_MODE is unset; `run` warns when it is
+    off); the token is in ~/.ray/auth_token and `ray get-auth-token` prints it.
+    """
     import ray
 
     if address:
@@ -215,10 +269,12 @@ def start_ray(address: str | None) -> tuple[bool, str | None]:
     if ray.is_initialized():
         return False, None
     try:
+        # Ray's own "Connected"/"Started" INFO lines repeat what tunefm prints itself.
+        quiet = dict(log_to_driver=True, logging_level=logging.WARNING)
         if address:
-            context = ray.init(address=address, log_to_driver=True)
+            context = ray.init(address=address, **quiet)
         else:
-            context = ray.init(dashboard_host="127.0.0.1", log_to_driver=True)
+            context = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
     except (ConnectionError, ValueError, RuntimeError) as e:
         where = f"the Ray cluster at {address}" if address else "a local Ray"
         raise UserError(f"could not start or join {where}: {str(e).splitlines()[0]}") from None
@@ -251,13 +307,14 @@ def search_algorithm(study: studies.Study, settings: SearchSettings) -> tuple[di
 
 
 def make_tuner(study: studies.Study, settings: SearchSettings, splits: data.Splits, run_dir: Path,
-               cluster_has_gpus: bool, echo: Callable[[str], None]):
+               tune_dir: str, cluster_has_gpus: bool, echo: Callable[[str], None]):
     """The Tuner: trainable with data and resources, scheduler, trial order, callbacks, storage."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from tunefm.progress import ProgressLine
     from tunefm.recorder import ParquetRecorder
+    from tunefm.tensorboard import TensorBoardWriter
     from tunefm.trainable import tune_trainable
 
     arrays = {"train_x": splits.train_x, "train_y": splits.train_y,
@@ -277,6 +334,9 @@ def make_tuner(study: studies.Study, settings: SearchSettings, splits: data.Spli
     # Keeping only the best and latest checkpoint forces a state snapshot per checkpoint;
     # Tune warns about that each time, which is expected here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune's newer console output prints a settings box, and a TensorBoard path into its
+    # staging folder, even at verbose=0; the older one is silent at 0.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     return tune.Tuner(
         trainable,
         param_space=param_space,
@@ -290,8 +350,9 @@ def make_tuner(study: studies.Study, settings: SearchSettings, splits: data.Spli
         ),
         run_config=tune.RunConfig(
             name=store.TUNE_DIR,
-            storage_path=str(run_dir.resolve()),
-            callbacks=[ParquetRecorder(writer), ProgressLine(study.num_trials, study.max_epochs, echo)],
+            storage_path=tune_dir.rsplit("/", 1)[0],
+            callbacks=[ParquetRecorder(writer), ProgressLine(study.num_trials, study.max_epochs, echo),
+                       TensorBoardWriter(run_dir / store.TENSORBOARD_DIR)],
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute="checkpoint_score", checkpoint_score_order="max"),
             verbose=0,  # ProgressLine prints one line instead of Tune's per-trial tables
@@ -305,6 +366,7 @@ def run(settings: SearchSettings, echo: Callable[[str], None] = print) -> Search
     study = build_study(settings)
     splits = data.load(settings.data_dir, settings.train_size, settings.val_size, settings.test_size)
     run_dir = choose_run_dir(settings, study)
+    tune_dir = tune_storage(run_dir, settings.storage)
 
     import ray
 
@@ -313,15 +375,21 @@ def run(settings: SearchSettings, echo: Callable[[str], None] = print) -> Search
         check_resources_fit(settings.cpus_per_trial, settings.gpus_per_trial, local_node())
     started_ray, dashboard = start_ray(settings.address)
     try:
-        cluster_gpus = ray.cluster_resources().get("GPU", 0)
-        check_resources_fit(settings.cpus_per_trial, settings.gpus_per_trial, cluster_nodes())
+        nodes, to_come = cluster_nodes(), launchable_nodes()
+        check_resources_fit(settings.cpus_per_trial, settings.gpus_per_trial, nodes + to_come)
         create_run_dir(run_dir)
     except BaseException:
         if started_ray:
             ray.shutdown()
         raise
     if dashboard:
-        echo(f"Ray dashboard: {dashboard}")
+        echo(f"Ray dashboard: {dashboard}" + ("   (token: `ray get-auth-token`)" if auth_mode() == "token" else ""))
+    if auth_mode() != "token" and not settings.address:
+        echo("Warning: RAY_AUTH_MODE=disabled: the dashboard and Ray's ports accept anyone who can reach them")
+    if settings.storage is None and (len(nodes) > 1 or to_come):
+        echo(f"Warning: a cluster of {len(nodes)} node(s) and no --storage: trials on other nodes keep their "
+             f"checkpoints on their own disks, where resuming and the test evaluation cannot find them; "
+             f"give --storage s3://bucket/path or a folder every node shares (docs/cluster.md)")
     run_info = {
         "study": study.record(),
         "options": asdict(settings),
@@ -330,21 +398,30 @@ def run(settings: SearchSettings, echo: Callable[[str], None] = print) -> Search
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "dashboard_url": dashboard,
+        "storage": tune_dir if settings.storage else None,  # None: <run folder>/tune
+        "nodes": len(nodes),
         "started_at": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "status": "running",
     }
     try:
         store.write_json(run_info, run_dir / store.RUN_FILE)
-        tuner = make_tuner(study, settings, splits, run_dir, cluster_gpus > 0, echo)
+        try:
+            tuner = make_tuner(study, settings, splits, run_dir, tune_dir,
+                               any(n.get("GPU", 0) > 0 for n in nodes + to_come), echo)
+        except Exception as e:  # Tune opens the storage here: a bad bucket or missing credentials
+            if settings.storage is None:
+                raise
+            raise UserError(f"cannot use --storage {settings.storage}: {str(e).splitlines()[0]}") from None
         echo(f"Running {study.num_trials} trials of study {study.name!r} into {run_dir}")
-        echo(f"TensorBoard: tensorboard --logdir {run_dir / store.TUNE_DIR}")
+        echo(f"TensorBoard: tensorboard --logdir {run_dir / store.TENSORBOARD_DIR}")
         results = tuner.fit()
         run_info["status"] = "completed" if not results.errors else "completed with errors"
         run_info["failed_trials"] = len(results.errors)
         if study.test_top:
             from tunefm import evaluate
 
-            evaluation = evaluate.evaluate_trials(run_dir, splits.test_x, splits.test_y, study.test_top, echo)
+            evaluation = evaluate.evaluate_trials(run_dir, splits.test_x, splits.test_y, study.test_top, echo,
+                                                  tune_dir=tune_dir)
             run_info["evaluation"] = evaluation.record()
         return SearchOutcome(run_dir, store.read_trials(run_dir))
     except BaseException as e:
@@ -356,3 +433,13 @@ def run(settings: SearchSettings, echo: Callable[[str], None] = print) -> Search
         store.write_json(run_info, run_dir / store.RUN_FILE)
         if started_ray:
             ray.shutdown()
+
+
+def auth_mode() -> str:
+    """Ray's token authentication for this process: 'token' or 'disabled'."""
+    try:
+        from ray._raylet import AuthenticationMode, get_authentication_mode
+
+        return "token" if get_authentication_mode() == AuthenticationMode.TOKEN else "disabled"
+    except ImportError:  # a Ray without token authentication
+        return "disabled"

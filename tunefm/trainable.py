@@ -9,7 +9,8 @@ and flip as one gather) and a per-step learning-rate decay. After every epoch it
 
     epoch, train_loss, train_acc, val_loss, val_acc, epoch_time_s
 
-(plus constant trial facts: params, device, node_id, gpu_fraction, threads) together with a
+(plus constant trial facts: params, device, node_id, node_ip, gpu_fraction, gpu_ids, threads,
+started_at) together with a
 checkpoint of model, optimizer, epoch and RNG states, so a restored trial continues
 exactly where it stopped. Tune keeps each trial's best-validation checkpoint (by
 `checkpoint_score`) and its latest; the test-set evaluation loads the best one.
@@ -252,23 +253,13 @@ def fit(config: dict, arrays: dict[str, np.ndarray], max_epochs: int, device: to
         }, state
 
 
-def pick_device(gpu_ids: list) -> tuple[torch.device, str]:
-    """CUDA when Ray gave the trial a GPU and CUDA exists, else CPU; with the reason."""
-    if gpu_ids and torch.cuda.is_available():
-        return torch.device("cuda"), f"on CUDA (Ray GPU ids {gpu_ids})"
-    if gpu_ids:
-        return torch.device("cpu"), f"on CPU: Ray assigned GPU {gpu_ids} but CUDA is not available"
-    return torch.device("cpu"), "on CPU: no GPU assigned to this trial"
+def pick_device(gpu_ids: list) -> torch.device:
+    """CUDA when Ray gave the trial a GPU and CUDA exists, else CPU.
 
-
-_announced: set[str] = set()
-
-
-def announce(message: str) -> None:
-    """Print a device message once per worker process: reused actors run many trials."""
-    if message not in _announced:
-        _announced.add(message)
-        print(message, flush=True)
+    A GPU id with no CUDA device behind it (logical GPUs, a driver problem) falls back
+    to CPU; the trial reports `gpu_ids` and `device`, and the search warns once per node.
+    """
+    return torch.device("cuda") if gpu_ids and torch.cuda.is_available() else torch.device("cpu")
 
 
 def tune_trainable(config: dict, arrays: dict[str, np.ndarray], max_epochs: int) -> None:
@@ -279,10 +270,9 @@ def tune_trainable(config: dict, arrays: dict[str, np.ndarray], max_epochs: int)
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "checkpoint created" line per epoch is noise
     context = tune.get_context()
     resources = context.get_trial_resources().required_resources
-    threads = max(1, int(resources.get("CPU", 1)))
-    torch.set_num_threads(threads)
-    device, why = pick_device(ray.get_gpu_ids())
-    announce(f"[tunefm] training {why}, {threads} thread(s) per trial")
+    torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
+    gpu_ids = [str(i) for i in ray.get_gpu_ids()]
+    device = pick_device(gpu_ids)
 
     state = init_state(config, device)
     checkpoint = tune.get_checkpoint()
@@ -294,8 +284,11 @@ def tune_trainable(config: dict, arrays: dict[str, np.ndarray], max_epochs: int)
         "params": models.count_params(state.model),
         "device": device.type,
         "node_id": ray.get_runtime_context().get_node_id(),
+        "node_ip": ray.util.get_node_ip_address(),
         "gpu_fraction": float(resources.get("GPU", 0.0)),
+        "gpu_ids": ",".join(gpu_ids),  # "" without a GPU; trials sharing a GPU share its id
         "threads": torch.get_num_threads(),
+        "started_at": time.time(),
     }
     for metrics, state in fit(config, arrays, max_epochs, device, state):
         with tempfile.TemporaryDirectory() as folder:

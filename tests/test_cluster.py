@@ -1,0 +1,158 @@
+"""Clusters: the `ray up` config, a real two-node Ray on this machine, logical-GPU packing,
+and the dashboard's token authentication.
+
+The Ray clusters here are separate `ray start` processes (tests/local_cluster.py) and
+tunefm runs against them as a subprocess, the way a user runs it with `--address`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from local_cluster import LocalCluster
+from tunefm import store
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "cluster" / "config.yaml"
+CONSTRAINTS = REPO / "cluster" / "constraints.txt"
+
+
+def load_config() -> dict:
+    return yaml.safe_load(CONFIG.read_text())
+
+
+def test_cluster_config_passes_rays_own_validation():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = prepare_config(load_config())  # fills Ray's AWS defaults, as `ray up` does
+    validate_config(config)  # Ray's JSON schema; raises on any unknown or malformed key
+    assert config["provider"]["type"] == "aws"
+
+    nodes = config["available_node_types"]
+    head = nodes[config["head_node_type"]]
+    assert head["resources"] == {"CPU": 0}  # the head schedules no trials
+    gpu_workers = [n for name, n in nodes.items() if name != config["head_node_type"]]
+    assert gpu_workers and all(n["node_config"]["InstanceType"].startswith(("g", "p")) for n in gpu_workers)
+    assert all(n["max_workers"] >= 1 for n in gpu_workers)
+
+
+def test_cluster_config_installs_tunefm_and_turns_token_auth_on():
+    config = load_config()
+    setup = "\n".join(config["setup_commands"])
+    assert "pip install" in setup and "-c ~/tunefm/cluster/constraints.txt" in setup and "-e ~/tunefm" in setup
+    assert config["file_mounts"]["~/tunefm"] == "."
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"  # the token, on every node
+    for commands in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [c for c in config[commands] if "ray start" in c]
+        assert starts and all("RAY_AUTH_MODE=token" in c for c in starts), commands
+    assert "export RAY_AUTH_MODE=token" in setup  # for drivers started on the nodes (ray exec, ray job)
+
+
+def test_constraints_pin_every_dependency():
+    pins = dict(line.split("==") for line in CONSTRAINTS.read_text().splitlines()
+                if line.strip() and not line.startswith("#"))
+    assert {"ray", "torch", "torchvision", "hyperopt", "pandas", "pyarrow", "tensorboardX", "click",
+            "matplotlib"} <= set(pins)
+    assert all(re.fullmatch(r"\d+(\.\d+)+", v) for v in pins.values()), pins
+
+
+def test_every_key_of_the_cluster_config_is_commented():
+    lines = CONFIG.read_text().splitlines()
+    uncommented = []
+    for i, line in enumerate(lines):
+        if re.match(r"\s*(- )?[A-Za-z_~.][\w.~/-]*:", line) and "#" not in line:
+            previous = next((p for p in reversed(lines[:i]) if p.strip()), "")
+            if not previous.strip().startswith("#"):
+                uncommented.append(line.strip())
+    assert not uncommented
+
+
+QUICK = ["--space", "fourfam", "--set", "model=iaro1", "--set", "lr=0.01", "--train-size", "2000",
+         "--val-size", "500", "--test-size", "500"]
+
+
+def test_a_study_runs_on_two_nodes_and_leaves_no_ray_process(tmp_path, data_dir):
+    cluster = LocalCluster(tmp_path)
+    try:
+        address = cluster.start_head(cpus=1)
+        cluster.add_node(cpus=1)
+        cluster.wait_for_nodes(2)
+        done = cluster.tunefm("search", *QUICK, "--set", "batch_size=64,128,256,512", "--max-epochs", "2",
+                              "--address", address, "--results", str(tmp_path / "results"), "--name", "two",
+                              "--data-dir", str(data_dir), "--test-top", "1")
+    finally:
+        left = cluster.stop()
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert not left, f"Ray processes left behind: {sorted(left)}"
+    assert "Warning: a cluster of 2 node(s) and no --storage" in done.stdout
+
+    run_dir = tmp_path / "results" / "two"
+    trials = store.read_trials(run_dir)
+    assert len(trials) == 4 and set(trials.status) == {"TERMINATED"} and (trials.epochs >= 1).all()
+    assert trials.node_id.nunique() == 2  # one trial slot per node: both nodes trained
+    assert store.read_json(run_dir / store.RUN_FILE)["nodes"] == 2
+    assert trials.test_acc.notna().sum() == 1  # the head and the worker share this disk, so the checkpoint is found
+
+
+def test_logical_gpu_packs_four_trials_and_falls_back_to_cpu(tmp_path, data_dir):
+    cluster = LocalCluster(tmp_path)
+    try:
+        address = cluster.start_head(cpus=4, gpus=1)  # one logical GPU: Ray schedules it, CUDA has none
+        common = [*QUICK, "--address", address, "--results", str(tmp_path / "results"), "--data-dir",
+                  str(data_dir), "--test-top", "0", "--no-early-stop"]
+        # iaro1's own GPU fraction is 0.25: four trials fit on the one GPU at once
+        packed = cluster.tunefm("search", *common, "--set", "batch_size=16,32,64,128", "--max-epochs", "3",
+                                "--train-size", "6000", "--name", "packed")
+        too_big = cluster.tunefm("search", *common, "--gpus-per-trial", "2", "--name", "too-big")
+    finally:
+        left = cluster.stop()
+    assert not left, f"Ray processes left behind: {sorted(left)}"
+    assert packed.returncode == 0, packed.stdout[-3000:] + packed.stderr[-3000:]
+
+    trials = store.read_trials(tmp_path / "results" / "packed")
+    assert len(trials) == 4 and (trials.gpu_fraction == 0.25).all()
+    assert set(trials.gpu_ids) == {"0"}  # the same GPU id for all four
+    ends = trials.started_at + trials.total_time_s
+    assert trials.started_at.max() < ends.min()  # all four were training at one moment
+    assert (trials.device == "cpu").all()  # no CUDA behind the logical GPU: the CPU fallback ...
+    warnings = [line for line in packed.stdout.splitlines() if "CUDA is not available" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("Warning: Ray gave trial")  # ... warned once
+
+    assert too_big.returncode == 1
+    assert too_big.stderr == "Error: --gpus-per-trial 2 can never be met: the largest node has 1 GPU\n"
+    assert not (tmp_path / "results" / "too-big").exists()
+
+
+DASHBOARD_PROBE = """
+import json, os, urllib.error, urllib.request
+from tunefm import search
+started, url = search.start_ray(None)  # what `tunefm search` does without --address
+token = open(os.path.expanduser("~/.ray/auth_token")).read().strip()
+def status(headers):
+    try:
+        return urllib.request.urlopen(urllib.request.Request(url + "/api/version", headers=headers), timeout=30).status
+    except urllib.error.HTTPError as e:
+        return e.code
+print(json.dumps({"url": url, "no_token": status({}), "wrong_token": status({"Authorization": "Bearer x"}),
+                  "token": status({"Authorization": f"Bearer {token}"})}))
+import ray; ray.shutdown()
+"""
+
+
+def test_local_dashboard_is_on_loopback_and_needs_the_token(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["HOME"] = str(tmp_path)  # a fresh ~/.ray: the token is made for this run
+    done = subprocess.run([sys.executable, "-c", DASHBOARD_PROBE], env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    probe = json.loads(done.stdout.strip().splitlines()[-1])
+    assert probe["url"].startswith("http://127.0.0.1:")
+    assert (probe["no_token"], probe["wrong_token"], probe["token"]) == (401, 403, 200)
+    assert (tmp_path / ".ray" / "auth_token").stat().st_size > 0
