@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from local_cluster import LocalCluster
@@ -156,3 +157,25 @@ def test_local_dashboard_is_on_loopback_and_needs_the_token(tmp_path):
     assert probe["url"].startswith("http://127.0.0.1:")
     assert (probe["no_token"], probe["wrong_token"], probe["token"]) == (401, 403, 200)
     assert (tmp_path / ".ray" / "auth_token").stat().st_size > 0
+
+
+@pytest.mark.parametrize("auth_mode", [None, "disabled"])
+def test_a_local_search_prints_the_dashboard_and_warns_when_auth_is_off(tmp_path, data_dir, auth_mode):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["HOME"] = str(tmp_path)
+    if auth_mode:
+        env["RAY_AUTH_MODE"] = auth_mode
+    done = subprocess.run(
+        [sys.executable, "-c", "from tunefm.cli import main; main()", "search", *QUICK, "--set", "batch_size=256",
+         "--max-epochs", "1", "--test-top", "0", "--results", str(tmp_path / "results"), "--data-dir",
+         str(data_dir)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    dashboard = [line for line in lines if line.startswith("Ray dashboard: http://127.0.0.1:")]
+    warning = "Warning: RAY_AUTH_MODE=disabled: the dashboard and Ray's ports accept anyone who can reach them"
+    if auth_mode is None:  # Ray's local default: token authentication on
+        assert len(dashboard) == 1 and dashboard[0].endswith("(token: `ray get-auth-token`)")
+        assert warning not in lines
+    else:
+        assert len(dashboard) == 1 and "token" not in dashboard[0]
+        assert warning in lines
