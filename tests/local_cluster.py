@@ -35,6 +35,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_tunefm(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The tunefm command in a fresh process with `env`, as a user runs it."""
+    return subprocess.run([sys.executable, "-c", "from tunefm.cli import main; main()", *args],
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
 def parent_pids() -> dict[int, list[int]]:
     """parent pid -> child pids, from /proc."""
     children: dict[int, list[int]] = {}
@@ -121,8 +127,7 @@ class LocalCluster:
     def tunefm(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         """The tunefm command, run as a new user would, against this cluster."""
         self.observe()
-        done = subprocess.run([sys.executable, "-c", "from tunefm.cli import main; main()", *args],
-                              env=self.env, capture_output=True, text=True, timeout=timeout)
+        done = run_tunefm(self.env, *args, timeout=timeout)
         self.observe()
         return done
 

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from local_cluster import free_port
 from tunefm import store
 from tunefm.cli import main
 
@@ -107,11 +108,7 @@ def test_results_path_that_is_a_file(tmp_path, data_dir):
 
 
 def test_address_with_nothing_listening_fails_fast(tmp_path, data_dir):
-    import socket
-
-    with socket.socket() as probe:  # a port that was free a moment ago
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # free a moment ago: nothing listens there
     result = invoke("search", "--address", f"127.0.0.1:{port}", "--results", str(tmp_path),
                     "--data-dir", str(data_dir), "--train-size", "100", "--val-size", "100")
     assert result.exit_code == 1

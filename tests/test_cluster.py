@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from local_cluster import LocalCluster
+from local_cluster import LocalCluster, run_tunefm
 from tunefm import store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -147,9 +147,13 @@ import ray; ray.shutdown()
 """
 
 
+def fresh_ray_env(home: Path) -> dict[str, str]:
+    """This environment without RAY_* settings and with a fresh ~/.ray: Ray's local defaults."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, "HOME": str(home)}
+
+
 def test_local_dashboard_is_on_loopback_and_needs_the_token(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env["HOME"] = str(tmp_path)  # a fresh ~/.ray: the token is made for this run
+    env = fresh_ray_env(tmp_path)  # the token is made for this run
     done = subprocess.run([sys.executable, "-c", DASHBOARD_PROBE], env=env, capture_output=True, text=True,
                           timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -161,14 +165,11 @@ def test_local_dashboard_is_on_loopback_and_needs_the_token(tmp_path):
 
 @pytest.mark.parametrize("auth_mode", [None, "disabled"])
 def test_a_local_search_prints_the_dashboard_and_warns_when_auth_is_off(tmp_path, data_dir, auth_mode):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env["HOME"] = str(tmp_path)
+    env = fresh_ray_env(tmp_path)
     if auth_mode:
         env["RAY_AUTH_MODE"] = auth_mode
-    done = subprocess.run(
-        [sys.executable, "-c", "from tunefm.cli import main; main()", "search", *QUICK, "--set", "batch_size=256",
-         "--max-epochs", "1", "--test-top", "0", "--results", str(tmp_path / "results"), "--data-dir",
-         str(data_dir)], env=env, capture_output=True, text=True, timeout=300)
+    done = run_tunefm(env, "search", *QUICK, "--set", "batch_size=256", "--max-epochs", "1", "--test-top", "0",
+                      "--results", str(tmp_path / "results"), "--data-dir", str(data_dir))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     lines = done.stdout.splitlines()
     dashboard = [line for line in lines if line.startswith("Ray dashboard: http://127.0.0.1:")]

@@ -214,12 +214,25 @@ def test_gpu_share_is_the_models_own_unless_given():
     assert bundle(0, True, "iaro1") == {"CPU": 1.0}  # --gpus-per-trial 0: CPU only
 
 
-def test_resources_count_the_nodes_an_autoscaler_may_start():
-    live = [{"CPU": 2.0}]
-    search.check_resources_fit(1, 0.5, live + [{"CPU": 8, "GPU": 1}])  # a GPU worker type, not yet running
-    with pytest.raises(UserError, match="--gpus-per-trial 2 can never be met: the largest node has 1 GPU"):
-        search.check_resources_fit(1, 2, live + [{"CPU": 8, "GPU": 1}])
+def test_resources_count_the_nodes_an_autoscaler_may_start(monkeypatch):
+    from ray._private.state import state
+    from ray.core.generated import autoscaler_pb2
+
     assert search.launchable_nodes() == []  # the test session's Ray has no autoscaler
+
+    # What a `ray up` cluster's autoscaler publishes: its node types and how many of each it may start.
+    config = autoscaler_pb2.ClusterConfig()
+    for resources, max_count in [({"CPU": 8, "GPU": 1}, 4), ({"CPU": 64, "GPU": 8}, 0)]:
+        group = config.node_group_configs.add(max_count=max_count)
+        group.resources.update(resources)
+    monkeypatch.setattr(state, "get_cluster_config", lambda: config)
+    to_come = search.launchable_nodes()
+    assert to_come == [{"CPU": 8, "GPU": 1}]  # a type it may not start (max 0) does not count
+
+    live = [{"CPU": 2.0}]
+    search.check_resources_fit(1, 0.5, live + to_come)  # a GPU worker not yet running is enough
+    with pytest.raises(UserError, match="--gpus-per-trial 2 can never be met: the largest node has 1 GPU"):
+        search.check_resources_fit(1, 2, live + to_come)
 
 
 @pytest.mark.parametrize("overrides,message", [

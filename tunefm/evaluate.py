@@ -68,17 +68,19 @@ def load_state(fs: pafs.FileSystem, checkpoint: str, device: torch.device | str 
 
 
 def checkpoint_epochs(fs: pafs.FileSystem, trial_dir: str) -> dict[int, str]:
-    """epoch -> checkpoint folder, for the checkpoints Tune kept for one trial."""
-    listing = fs.get_file_info(pafs.FileSelector(trial_dir, allow_not_found=True))
+    """epoch -> checkpoint folder, for the checkpoints Tune kept for one trial.
+
+    One listing of the trial's folder (one request on S3), then one small read per checkpoint."""
+    selector = pafs.FileSelector(trial_dir, allow_not_found=True, recursive=True)
+    files = {info.path for info in fs.get_file_info(selector) if info.type == pafs.FileType.File}
     found = {}
-    for folder in sorted(i.path for i in listing if i.type == pafs.FileType.Directory
-                         and i.base_name.startswith("checkpoint_")):
-        meta, state = (fs.get_file_info(f"{folder}/{name}")
-                       for name in (trainable.CHECKPOINT_META, trainable.CHECKPOINT_FILE))
-        if state.type != pafs.FileType.File:
+    for state in sorted(files):
+        folder, name = state.rsplit("/", 1)
+        if name != trainable.CHECKPOINT_FILE or not folder.rsplit("/", 1)[-1].startswith("checkpoint_"):
             continue
-        if meta.type == pafs.FileType.File:
-            epoch = json.loads(read_bytes(fs, meta.path))["epoch"]
+        meta = f"{folder}/{trainable.CHECKPOINT_META}"
+        if meta in files:
+            epoch = json.loads(read_bytes(fs, meta))["epoch"]
         else:  # written before meta.json existed: read the epoch from the state itself
             epoch = load_state(fs, folder)["epoch"]
         found[int(epoch)] = folder

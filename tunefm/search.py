@@ -138,11 +138,11 @@ def check_creatable(folder: Path, what: str) -> None:
 STORAGE_SCHEMES = ("file", "s3", "gs", "gcs", "abfs", "abfss", "hdfs", "viewfs")
 
 
-def tune_storage(run_dir: Path, storage: str | None) -> str:
-    """Where Tune keeps this run's experiment folder (checkpoints, TensorBoard events):
-    `<run folder>/tune`, or `<storage>/<run name>/tune`, checked before Ray starts."""
+def tune_parent(run_dir: Path, storage: str | None) -> str:
+    """The folder (a path or URI) that holds this run's Tune experiment folder `tune/`
+    (checkpoints): the run folder itself, or `<storage>/<run name>`; checked before Ray starts."""
     if storage is None:
-        return str(run_dir.resolve() / store.TUNE_DIR)
+        return str(run_dir.resolve())
     scheme = urlparse(storage).scheme if "://" in storage else ""
     if scheme and scheme not in STORAGE_SCHEMES:
         raise UserError(f"--storage {storage}: unknown scheme {scheme + '://'!r}; give a folder every node "
@@ -152,8 +152,8 @@ def tune_storage(run_dir: Path, storage: str | None) -> str:
         if folder.exists():
             raise UserError(f"--storage already holds a run named {run_dir.name} ({folder}); choose another --name")
         check_creatable(folder, "storage folder")
-        return str(folder / store.TUNE_DIR)
-    return f"{storage.rstrip('/')}/{run_dir.name}/{store.TUNE_DIR}"
+        return str(folder)
+    return f"{storage.rstrip('/')}/{run_dir.name}"
 
 
 def create_run_dir(run_dir: Path) -> None:
@@ -307,7 +307,7 @@ def search_algorithm(study: studies.Study, settings: SearchSettings) -> tuple[di
 
 
 def make_tuner(study: studies.Study, settings: SearchSettings, splits: data.Splits, run_dir: Path,
-               tune_dir: str, cluster_has_gpus: bool, echo: Callable[[str], None]):
+               storage_path: str, cluster_has_gpus: bool, echo: Callable[[str], None]):
     """The Tuner: trainable with data and resources, scheduler, trial order, callbacks, storage."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -350,7 +350,7 @@ def make_tuner(study: studies.Study, settings: SearchSettings, splits: data.Spli
         ),
         run_config=tune.RunConfig(
             name=store.TUNE_DIR,
-            storage_path=tune_dir.rsplit("/", 1)[0],
+            storage_path=storage_path,
             callbacks=[ParquetRecorder(writer), ProgressLine(study.num_trials, study.max_epochs, echo),
                        TensorBoardWriter(run_dir / store.TENSORBOARD_DIR)],
             checkpoint_config=tune.CheckpointConfig(
@@ -366,7 +366,8 @@ def run(settings: SearchSettings, echo: Callable[[str], None] = print) -> Search
     study = build_study(settings)
     splits = data.load(settings.data_dir, settings.train_size, settings.val_size, settings.test_size)
     run_dir = choose_run_dir(settings, study)
-    tune_dir = tune_storage(run_dir, settings.storage)
+    storage_path = tune_parent(run_dir, settings.storage)
+    tune_dir = f"{storage_path}/{store.TUNE_DIR}"
 
     import ray
 
@@ -382,9 +383,10 @@ def run(settings: SearchSettings, echo: Callable[[str], None] = print) -> Search
         if started_ray:
             ray.shutdown()
         raise
+    token_auth = auth_mode() == "token"
     if dashboard:
-        echo(f"Ray dashboard: {dashboard}" + ("   (token: `ray get-auth-token`)" if auth_mode() == "token" else ""))
-    if auth_mode() != "token" and not settings.address:
+        echo(f"Ray dashboard: {dashboard}" + ("   (token: `ray get-auth-token`)" if token_auth else ""))
+    if not token_auth and not settings.address:
         echo("Warning: RAY_AUTH_MODE=disabled: the dashboard and Ray's ports accept anyone who can reach them")
     if settings.storage is None and (len(nodes) > 1 or to_come):
         echo(f"Warning: a cluster of {len(nodes)} node(s) and no --storage: trials on other nodes keep their "
@@ -406,7 +408,7 @@ def run(settings: SearchSettings, echo: Callable[[str], None] = print) -> Search
     try:
         store.write_json(run_info, run_dir / store.RUN_FILE)
         try:
-            tuner = make_tuner(study, settings, splits, run_dir, tune_dir,
+            tuner = make_tuner(study, settings, splits, run_dir, storage_path,
                                any(n.get("GPU", 0) > 0 for n in nodes + to_come), echo)
         except Exception as e:  # Tune opens the storage here: a bad bucket or missing credentials
             if settings.storage is None:

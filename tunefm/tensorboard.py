@@ -26,7 +26,6 @@ class TensorBoardWriter(Callback):
     def __init__(self, log_dir: Path):
         self.log_dir = Path(log_dir)
         self.writers: dict[str, object] = {}
-        self.best: dict[str, float] = {}
 
     def _writer(self, trial_id: str):
         if trial_id not in self.writers:
@@ -41,7 +40,6 @@ class TensorBoardWriter(Callback):
             if result.get(metric) is not None:
                 writer.add_scalar(tag, result[metric], global_step=int(result["epoch"]))
         writer.flush()
-        self.best[trial.trial_id] = max(self.best.get(trial.trial_id, 0.0), result.get("val_acc") or 0.0)
 
     def _close(self, trial) -> None:
         writer = self.writers.pop(trial.trial_id, None)
@@ -50,7 +48,8 @@ class TensorBoardWriter(Callback):
         from tensorboardX.summary import hparams
 
         config = {k: v for k, v in trial.config.items() if isinstance(v, (int, float, str, bool))}
-        metrics = {"hparam/best_val_acc": self.best.get(trial.trial_id, 0.0)}
+        # A writer exists only once a result did; Tune keeps each metric's running max.
+        metrics = {"hparam/best_val_acc": trial.metric_analysis["val_acc"]["max"]}
         # Into the trial's own event file: SummaryWriter.add_hparams would open a second
         # writer, whose file can get the same name (it is made from the current second).
         for summary in hparams(config, metrics):
