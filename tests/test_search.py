@@ -199,6 +199,15 @@ def test_storage_with_an_unknown_scheme_is_refused(tmp_path, data_dir):
     assert not (tmp_path / "results").exists()
 
 
+def test_storage_that_cannot_be_made_is_one_error_and_leaves_no_run_folder(tmp_path, data_dir):
+    # Refused by the up-front check, or (as root, who may write to /proc) when Tune makes
+    # its folder there: either way the run folder made a moment before is gone again.
+    with pytest.raises(UserError, match=r"(cannot use --storage|cannot create storage folder) /proc/tunefm"):
+        run(settings(tmp_path, data_dir, sets=("model=iaro1",), max_epochs=1, storage="/proc/tunefm"),
+            echo=lambda s: None)
+    assert not (tmp_path / "results" / "run").exists()
+
+
 def test_gpu_share_is_the_models_own_unless_given():
     from ray.tune.execution.placement_groups import PlacementGroupFactory
 

@@ -21,6 +21,7 @@ import logging
 import os
 import platform
 import random
+import shutil
 import socket
 from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
@@ -29,6 +30,8 @@ from typing import Callable
 from urllib.parse import urlparse
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.fs as pafs
 
 from tunefm import data, models, store
 from tunefm import study as studies
@@ -140,20 +143,33 @@ STORAGE_SCHEMES = ("file", "s3", "gs", "gcs", "abfs", "abfss", "hdfs", "viewfs")
 
 def tune_parent(run_dir: Path, storage: str | None) -> str:
     """The folder (a path or URI) that holds this run's Tune experiment folder `tune/`
-    (checkpoints): the run folder itself, or `<storage>/<run name>`; checked before Ray starts."""
+    (checkpoints): the run folder itself, or `<storage>/<run name>`.
+
+    Checked through pyarrow, the file systems Tune itself uses, before Ray starts: the
+    scheme, that the place answers (a bucket's region, credentials), and that it holds no
+    run of this name yet.
+    """
     if storage is None:
         return str(run_dir.resolve())
     scheme = urlparse(storage).scheme if "://" in storage else ""
     if scheme and scheme not in STORAGE_SCHEMES:
         raise UserError(f"--storage {storage}: unknown scheme {scheme + '://'!r}; give a folder every node "
                         f"can reach (NFS) or a URI such as s3://bucket/path or gs://bucket/path")
-    if scheme in ("", "file"):
-        folder = Path(urlparse(storage).path if scheme else storage).expanduser().resolve() / run_dir.name
-        if folder.exists():
-            raise UserError(f"--storage already holds a run named {run_dir.name} ({folder}); choose another --name")
-        check_creatable(folder, "storage folder")
-        return str(folder)
-    return f"{storage.rstrip('/')}/{run_dir.name}"
+    if scheme in ("", "file"):  # a local or mounted folder: as an absolute path
+        root = str(Path(urlparse(storage).path if scheme else storage).expanduser().resolve())
+    else:
+        root = storage.rstrip("/")
+    parent = f"{root}/{run_dir.name}"
+    try:
+        fs, path = pafs.FileSystem.from_uri(parent)
+        taken = fs.get_file_info(path).type != pafs.FileType.NotFound
+    except (OSError, pa.ArrowException) as e:
+        raise UserError(f"cannot use --storage {storage}: {str(e).splitlines()[0]}") from None
+    if taken:
+        raise UserError(f"--storage already holds a run named {run_dir.name} ({parent}); choose another --name")
+    if isinstance(fs, pafs.LocalFileSystem):
+        check_creatable(Path(path), "storage folder")
+    return parent
 
 
 def create_run_dir(run_dir: Path) -> None:
@@ -269,7 +285,9 @@ def start_ray(address: str | None) -> tuple[bool, str | None]:
     if ray.is_initialized():
         return False, None
     try:
-        # Ray's own "Connected"/"Started" INFO lines repeat what tunefm prints itself.
+        # Ray's own "Connected"/"Started" lines and its "token authentication is enabled"
+        # notice repeat what tunefm prints itself, and would make a user error two lines.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         quiet = dict(log_to_driver=True, logging_level=logging.WARNING)
         if address:
             context = ray.init(address=address, **quiet)
@@ -379,6 +397,14 @@ def run(settings: SearchSettings, echo: Callable[[str], None] = print) -> Search
         nodes, to_come = cluster_nodes(), launchable_nodes()
         check_resources_fit(settings.cpus_per_trial, settings.gpus_per_trial, nodes + to_come)
         create_run_dir(run_dir)
+        try:
+            tuner = make_tuner(study, settings, splits, run_dir, storage_path,
+                               any(n.get("GPU", 0) > 0 for n in nodes + to_come), echo)
+        except Exception as e:  # Tune creates its experiment folder here, in the run folder or the storage
+            shutil.rmtree(run_dir, ignore_errors=True)  # made a moment ago by this command, nothing in it yet
+            if settings.storage is None:
+                raise
+            raise UserError(f"cannot use --storage {settings.storage}: {str(e).splitlines()[0]}") from None
     except BaseException:
         if started_ray:
             ray.shutdown()
@@ -407,13 +433,6 @@ def run(settings: SearchSettings, echo: Callable[[str], None] = print) -> Search
     }
     try:
         store.write_json(run_info, run_dir / store.RUN_FILE)
-        try:
-            tuner = make_tuner(study, settings, splits, run_dir, storage_path,
-                               any(n.get("GPU", 0) > 0 for n in nodes + to_come), echo)
-        except Exception as e:  # Tune opens the storage here: a bad bucket or missing credentials
-            if settings.storage is None:
-                raise
-            raise UserError(f"cannot use --storage {settings.storage}: {str(e).splitlines()[0]}") from None
         echo(f"Running {study.num_trials} trials of study {study.name!r} into {run_dir}")
         echo(f"TensorBoard: tensorboard --logdir {run_dir / store.TENSORBOARD_DIR}")
         results = tuner.fit()
