@@ -16,6 +16,7 @@ nodes authenticate to each other without touching ~/.ray.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -39,6 +40,11 @@ def run_tunefm(env: dict[str, str], *args: str, timeout: float = 300) -> subproc
     """The tunefm command in a fresh process with `env`, as a user runs it."""
     return subprocess.run([sys.executable, "-c", "from tunefm.cli import main; main()", *args],
                           env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def fresh_ray_env(home: Path) -> dict[str, str]:
+    """This environment without RAY_* settings and with a fresh ~/.ray: Ray's local defaults."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, "HOME": str(home)}
 
 
 def parent_pids() -> dict[int, list[int]]:
@@ -130,6 +136,31 @@ class LocalCluster:
         done = run_tunefm(self.env, *args, timeout=timeout)
         self.observe()
         return done
+
+    def start_tunefm(self, *args: str) -> subprocess.Popen:
+        """The tunefm command against this cluster, left running (stdout and stderr piped)."""
+        self.observe()
+        return subprocess.Popen([sys.executable, "-c", "from tunefm.cli import main; main()", *args], env=self.env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def node_ids(self) -> tuple[str, list[str]]:
+        """(the head's node id, the other live nodes' ids)."""
+        code = ("import json, ray\n"
+                f"ray.init(address={self.address!r}, logging_level='ERROR')\n"
+                "print(json.dumps([(n['NodeID'], 'node:__internal_head__' in n['Resources'])"
+                " for n in ray.nodes() if n['Alive']]))\n")
+        nodes = json.loads(self.python(code).stdout.strip().splitlines()[-1])
+        return next(n for n, head in nodes if head), [n for n, head in nodes if not head]
+
+    def kill_node(self, index: int) -> None:
+        """SIGKILL node `index` and every process of it at once: a machine that dies."""
+        self.observe()
+        for pid in descendants(self.nodes[index].pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.nodes[index].wait(timeout=30)
 
     def observe(self) -> None:
         for node in self.nodes:

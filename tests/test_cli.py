@@ -93,7 +93,7 @@ def test_existing_run_name_is_refused_and_untouched(tmp_path, data_dir):
     pd.DataFrame({"trial_id": ["x"]}).to_parquet(run_dir / "trials.parquet")
     result = invoke("search", "--results", str(tmp_path), "--name", "q", "--data-dir", str(data_dir))
     assert result.exit_code == 1
-    assert result.output == f"Error: run {run_dir} already exists; choose another --name\n"
+    assert result.output == f"Error: run {run_dir} already exists; choose another --name, or add --resume to continue it\n"
     assert pd.read_parquet(run_dir / "trials.parquet").trial_id.tolist() == ["x"]
 
 

@@ -8,7 +8,6 @@ tunefm runs against them as a subprocess, the way a user runs it with `--address
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -17,8 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from local_cluster import LocalCluster, run_tunefm
-from tunefm import store
+from local_cluster import LocalCluster, fresh_ray_env, run_tunefm
+from tunefm import cluster, store
+from tunefm.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "cluster" / "config.yaml"
@@ -131,10 +131,46 @@ def test_logical_gpu_packs_four_trials_and_falls_back_to_cpu(tmp_path, data_dir)
     assert not (tmp_path / "results" / "too-big").exists()
 
 
+def test_gpu_share_is_the_models_own_unless_given():
+    from ray.tune.execution.placement_groups import PlacementGroupFactory
+
+    def bundle(gpus_per_trial, has_gpus, model):
+        factory = cluster.trial_resources(1.0, gpus_per_trial, has_gpus)({"model": model})
+        assert isinstance(factory, PlacementGroupFactory)
+        return factory.bundles[0]
+
+    assert bundle(None, True, "iaro1") == {"CPU": 1.0, "GPU": 0.25}  # the model's default fraction
+    assert bundle(None, True, "iaro4") == {"CPU": 1.0, "GPU": 0.5}
+    assert bundle(1.0, True, "iaro1") == {"CPU": 1.0, "GPU": 1.0}  # --gpus-per-trial wins
+    assert bundle(None, False, "iaro1") == {"CPU": 1.0}  # a cluster without GPUs: CPU only
+    assert bundle(0, True, "iaro1") == {"CPU": 1.0}  # --gpus-per-trial 0: CPU only
+
+
+def test_resources_count_the_nodes_an_autoscaler_may_start(ray_session, monkeypatch):
+    from ray._private.state import state
+    from ray.core.generated import autoscaler_pb2
+
+    assert cluster.launchable_nodes() == []  # the test session's Ray has no autoscaler
+
+    # What a `ray up` cluster's autoscaler publishes: its node types and how many of each it may start.
+    config = autoscaler_pb2.ClusterConfig()
+    for resources, max_count in [({"CPU": 8, "GPU": 1}, 4), ({"CPU": 64, "GPU": 8}, 0)]:
+        group = config.node_group_configs.add(max_count=max_count)
+        group.resources.update(resources)
+    monkeypatch.setattr(state, "get_cluster_config", lambda: config)
+    to_come = cluster.launchable_nodes()
+    assert to_come == [{"CPU": 8, "GPU": 1}]  # a type it may not start (max 0) does not count
+
+    live = [{"CPU": 2.0}]
+    cluster.check_resources_fit(1, 0.5, live + to_come)  # a GPU worker not yet running is enough
+    with pytest.raises(UserError, match="--gpus-per-trial 2 can never be met: the largest node has 1 GPU"):
+        cluster.check_resources_fit(1, 2, live + to_come)
+
+
 DASHBOARD_PROBE = """
 import json, os, urllib.error, urllib.request
-from tunefm import search
-started, url = search.start_ray(None)  # what `tunefm search` does without --address
+from tunefm import cluster
+started, url = cluster.start_ray(None)  # what `tunefm search` does without --address
 token = open(os.path.expanduser("~/.ray/auth_token")).read().strip()
 def status(headers):
     try:
@@ -145,11 +181,6 @@ print(json.dumps({"url": url, "no_token": status({}), "wrong_token": status({"Au
                   "token": status({"Authorization": f"Bearer {token}"})}))
 import ray; ray.shutdown()
 """
-
-
-def fresh_ray_env(home: Path) -> dict[str, str]:
-    """This environment without RAY_* settings and with a fresh ~/.ray: Ray's local defaults."""
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, "HOME": str(home)}
 
 
 def test_local_dashboard_is_on_loopback_and_needs_the_token(tmp_path):

@@ -11,7 +11,10 @@ import pandas as pd
 import pytest
 import torch
 
-from tunefm import data, evaluate, search, store, summary, trainable
+from click.testing import CliRunner
+
+from tunefm import data, evaluate, store, trainable
+from tunefm.cli import main
 from tunefm.errors import UserError
 from tunefm.search import SearchSettings, run
 
@@ -36,11 +39,15 @@ def asha_run(tmp_path_factory, data_dir):
     outcome, snapshots = {}, []
     worker = threading.Thread(target=lambda: outcome.setdefault("value", run(config, echo=lambda s: None)))
     worker.start()
-    while worker.is_alive():  # read the files, and summarize them, while the search writes them
+    while worker.is_alive():  # `tunefm summarize` the files, and read them, while the search writes them
         if (run_dir / store.TRIALS_FILE).exists():
             status = store.read_json(run_dir / store.RUN_FILE)["status"]
-            report = json.loads(summary.render(store.load_run(run_dir), summary.SummaryOptions(), "json"))
-            snapshots.append((len(store.read_epochs(run_dir)), status, report))
+            summarized = CliRunner().invoke(main, ["summarize", str(run_dir), "--format", "json"])
+            assert summarized.exit_code == 0, summarized.output
+            tables = store.load_run(run_dir)
+            consistent = (tables.trials.set_index("trial_id").epochs
+                          == tables.epochs.groupby("trial_id").size().reindex(tables.trials.trial_id).fillna(0)).all()
+            snapshots.append((len(tables.epochs), status, json.loads(summarized.stdout), consistent))
         time.sleep(0.2)
     worker.join()
     return outcome["value"], run_dir, snapshots
@@ -80,7 +87,8 @@ def test_asha_stopped_trials_early(asha_run):
 def test_rows_are_written_while_the_search_runs(asha_run):
     _, run_dir, snapshots = asha_run
     final = len(store.read_epochs(run_dir))
-    during = [(n, report) for n, status, report in snapshots if status == "running"]
+    assert all(consistent for *_, consistent in snapshots)  # every read: trials agree with epochs
+    during = [(n, report) for n, status, report, _ in snapshots if status == "running"]
     assert any(0 < n < final for n, _ in during)  # a reader saw some, not all, epochs mid-run
     # summarize worked on every mid-run read, and its numbers only ever grew.
     best_so_far = [max((r["best_val_acc"] for r in report["best"]), default=0) for _, report in during]
@@ -206,42 +214,6 @@ def test_storage_that_cannot_be_made_is_one_error_and_leaves_no_run_folder(tmp_p
         run(settings(tmp_path, data_dir, sets=("model=iaro1",), max_epochs=1, storage="/proc/tunefm"),
             echo=lambda s: None)
     assert not (tmp_path / "results" / "run").exists()
-
-
-def test_gpu_share_is_the_models_own_unless_given():
-    from ray.tune.execution.placement_groups import PlacementGroupFactory
-
-    def bundle(gpus_per_trial, has_gpus, model):
-        factory = search.trial_resources(1.0, gpus_per_trial, has_gpus)({"model": model})
-        assert isinstance(factory, PlacementGroupFactory)
-        return factory.bundles[0]
-
-    assert bundle(None, True, "iaro1") == {"CPU": 1.0, "GPU": 0.25}  # the model's default fraction
-    assert bundle(None, True, "iaro4") == {"CPU": 1.0, "GPU": 0.5}
-    assert bundle(1.0, True, "iaro1") == {"CPU": 1.0, "GPU": 1.0}  # --gpus-per-trial wins
-    assert bundle(None, False, "iaro1") == {"CPU": 1.0}  # a cluster without GPUs: CPU only
-    assert bundle(0, True, "iaro1") == {"CPU": 1.0}  # --gpus-per-trial 0: CPU only
-
-
-def test_resources_count_the_nodes_an_autoscaler_may_start(monkeypatch):
-    from ray._private.state import state
-    from ray.core.generated import autoscaler_pb2
-
-    assert search.launchable_nodes() == []  # the test session's Ray has no autoscaler
-
-    # What a `ray up` cluster's autoscaler publishes: its node types and how many of each it may start.
-    config = autoscaler_pb2.ClusterConfig()
-    for resources, max_count in [({"CPU": 8, "GPU": 1}, 4), ({"CPU": 64, "GPU": 8}, 0)]:
-        group = config.node_group_configs.add(max_count=max_count)
-        group.resources.update(resources)
-    monkeypatch.setattr(state, "get_cluster_config", lambda: config)
-    to_come = search.launchable_nodes()
-    assert to_come == [{"CPU": 8, "GPU": 1}]  # a type it may not start (max 0) does not count
-
-    live = [{"CPU": 2.0}]
-    search.check_resources_fit(1, 0.5, live + to_come)  # a GPU worker not yet running is enough
-    with pytest.raises(UserError, match="--gpus-per-trial 2 can never be met: the largest node has 1 GPU"):
-        search.check_resources_fit(1, 2, live + to_come)
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -1,5 +1,7 @@
 """Parquet layout: per-trial summaries from hand-built epochs, atomic incremental writes."""
 
+import time
+
 import pandas as pd
 import pytest
 
@@ -24,7 +26,7 @@ def test_trial_summary_from_epochs(tmp_path):
     writer.flush()
 
     trials = store.read_trials(tmp_path).set_index("trial_id")
-    assert list(trials.columns[:6]) == ["status", "stopped_early", "epochs", "model", "lr", "batch_size"]
+    assert list(trials.columns[:7]) == ["status", "stopped_early", "epochs", "retries", "model", "lr", "batch_size"]
     a, b, c = trials.loc["a"], trials.loc["b"], trials.loc["c"]
     assert a.epochs == 4 and not a.stopped_early
     assert a.best_val_acc == 0.8 and a.best_epoch == 2 and a.val_loss_at_best == 0.7
@@ -64,6 +66,48 @@ def test_repeated_epoch_replaces_instead_of_duplicating(tmp_path):
     writer.flush()
     epochs = store.read_epochs(tmp_path)
     assert len(epochs) == 1 and epochs.val_acc.item() == 0.6
+
+
+def test_a_trial_back_at_an_older_checkpoint_drops_its_later_rows(tmp_path):
+    writer = store.RunWriter(tmp_path, max_epochs=4)
+    for epoch in (1, 2, 3):
+        writer.add_epoch("a", {"model": "m"}, _result(epoch, 1.0, 1.0, 0.5))
+    writer.add_epoch("b", {"model": "m"}, _result(3, 1.0, 1.0, 0.5))
+    writer.add_epoch("a", {"model": "m"}, _result(2, 0.8, 0.8, 0.6))  # restored from epoch 1's checkpoint
+    _, epochs = writer.tables()
+    assert list(zip(epochs.trial_id, epochs.epoch)) == [("a", 1), ("a", 2), ("b", 3)]
+    assert epochs.val_acc.tolist() == [0.5, 0.6, 0.5]
+
+
+def test_a_resumed_writer_starts_from_the_files_and_keeps_rows_unique(tmp_path):
+    first = store.RunWriter(tmp_path, max_epochs=3, config_keys=["model", "lr"])
+    config = {"model": "iaro1", "lr": 0.01}
+    for epoch in (1, 2):
+        first.add_epoch("a", config, {**_result(epoch, 1.0, 1.0, 0.5 + epoch / 10), "started_at": 100.0})
+    first.add_epoch("b", {**config, "lr": 0.1}, _result(1, 1.0, 1.0, 0.3))
+    first.set_status("b", {}, "TERMINATED")
+    first.add_retry("a", config)
+    first.set_status("c", {**config, "lr": 0.5}, "PENDING")
+    first.mark_interrupted()
+    first.flush()
+    interrupted = store.read_trials(tmp_path).set_index("trial_id")
+    assert interrupted.status.to_dict() == {"a": "INTERRUPTED", "b": "TERMINATED", "c": "PENDING"}
+    assert interrupted.retries.to_dict() == {"a": 1, "b": 0, "c": 0}
+
+    second = store.RunWriter(tmp_path, max_epochs=3, config_keys=["model", "lr"])
+    second.load()
+    second.add_epoch("a", config, {**_result(2, 0.9, 0.9, 0.75), "started_at": 200.0})  # epoch 2 again
+    second.add_epoch("a", config, {**_result(3, 0.8, 0.8, 0.8), "started_at": 200.0})
+    second.set_status("a", config, "TERMINATED")
+    second.flush()
+    trials, epochs = store.read_trials(tmp_path).set_index("trial_id"), store.read_epochs(tmp_path)
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert sorted(zip(epochs.trial_id, epochs.epoch)) == [("a", 1), ("a", 2), ("a", 3), ("b", 1)]
+    assert epochs.set_index(["trial_id", "epoch"]).val_acc[("a", 2)] == 0.75
+    assert trials.status.to_dict() == {"a": "TERMINATED", "b": "TERMINATED", "c": "PENDING"}
+    assert trials.loc["a"].epochs == 3 and trials.loc["a"].retries == 1
+    assert trials.loc["a"].started_at == 100.0  # when its training first began
+    assert trials.loc["c"].lr == 0.5 and trials.loc["b"].best_val_acc == 0.3
 
 
 def test_flush_is_periodic_and_atomic(tmp_path):
@@ -120,3 +164,39 @@ def test_reading_while_a_writer_replaces_the_file_never_fails(tmp_path):
         thread.join()
     assert all(len(f) == f["n"].iloc[0] for f in frames)  # each read is one complete file
     assert len({len(f) for f in frames}) > 1  # and the file really changed under the reader
+
+
+def _flush_forever(run_dir, stop):
+    """A writer that adds one epoch per trial and flushes, 50 times a second (a child process)."""
+    writer = store.RunWriter(run_dir, max_epochs=10_000, config_keys=["model"], flush_interval_s=0)
+    epoch = 0
+    while not stop.is_set():
+        epoch += 1
+        for trial in "abc":
+            writer.add_epoch(trial, {"model": "m"}, _result(epoch, 1.0 / epoch, 1.0, epoch / 10_000))
+        writer.flush()
+        time.sleep(0.02)
+
+
+def test_a_run_read_while_it_is_written_is_one_consistent_snapshot(tmp_path):
+    """Trials and epochs are two files: a reader between the writer's two renames would
+    pair new epochs with old trials. load_run re-reads until both come from one flush."""
+    import multiprocessing
+
+    stop = multiprocessing.get_context("spawn").Event()
+    writer = multiprocessing.get_context("spawn").Process(target=_flush_forever, args=(tmp_path, stop))
+    writer.start()
+    try:
+        while not (tmp_path / store.TRIALS_FILE).exists():
+            time.sleep(0.01)
+        reads = [store.load_run(tmp_path) for _ in range(200)]
+    finally:
+        stop.set()
+        writer.join(10)
+    epoch_counts = set()
+    for run in reads:
+        per_trial = run.epochs.groupby("trial_id").epoch.max()
+        assert (run.trials.set_index("trial_id").epochs == per_trial).all()
+        assert (run.trials.set_index("trial_id").best_val_acc == run.epochs.groupby("trial_id").val_acc.max()).all()
+        epoch_counts.add(int(per_trial.max()))
+    assert len(epoch_counts) > 10  # the reads really did overlap many flushes

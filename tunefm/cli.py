@@ -2,6 +2,7 @@
 
     tunefm search --space fourfam --max-epochs 3 --train-size 3000 --val-size 1000
     tunefm search --space fourfam --set model=iaro1 --set lr=0.01
+    tunefm search --name RUN --resume        # continue an interrupted search
     tunefm summarize [RUN] --section best --format markdown
     tunefm evaluate RUN --test-top 5
     tunefm report RUN --out report/
@@ -10,17 +11,20 @@
 Each command parses its options, calls the library and prints the answer. A
 `UserError` becomes one `Error: ...` line and exit code 1 (`--debug` shows the
 traceback instead); a usage mistake click catches is one `Error: ...` line and exit
-code 2.
+code 2. A search stopped by Ctrl-C or SIGTERM says how to resume it and exits with 130
+or 143.
 """
 
 from __future__ import annotations
 
 import functools
+import signal
 
 import click
+from click.core import ParameterSource
 
 from tunefm.analysis import AGGREGATES, COSTS
-from tunefm.errors import UserError
+from tunefm.errors import Interrupted, UserError
 from tunefm.summary import FORMATS, SECTIONS
 
 # Ray and torch are imported inside the commands that need them: `summarize` and
@@ -98,6 +102,12 @@ def main(debug: bool) -> None:
               help="Where Tune keeps checkpoints and TensorBoard events, shared by every node: s3://bucket/path, "
                    "gs://..., or a shared folder.  [default: the run folder's tune/]")
 @click.option("--no-early-stop", is_flag=True, help="Run the full grid without ASHA.  [default: ASHA on val_acc]")
+@click.option("--max-failures", type=int, default=2,
+              help="Retries of a trial whose worker fails (a killed process, a lost node), each from its last "
+                   "checkpoint.")
+@click.option("--resume", is_flag=True,
+              help="Continue the interrupted run --name RUN with its own options: finished trials are kept, "
+                   "running ones continue from their last checkpoint.  [default: a new run]")
 @click.option("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped.")
 @click.option("--reduction-factor", type=int, default=3, help="ASHA: keep 1/N of trials at each rung.")
 @click.option("--seed", type=int, default=0, help="Base seed for model init and batch order.")
@@ -108,19 +118,39 @@ def main(debug: bool) -> None:
                    "[default: the study's, usually 3]")
 @user_errors
 def search(**options) -> None:
-    """Run a study's grid on Ray Tune and write results/<run>/ (Parquet + run.json)."""
-    from tunefm import store, summary
+    """Run a study's grid on Ray Tune and write results/<run>/ (Parquet + run.json).
+
+    Ctrl-C (or SIGTERM) stops the trials at their last checkpoint and prints the command
+    that resumes the run: `tunefm search --name RUN --resume`.
+    """
+    from tunefm import resume, store, summary
     from tunefm.search import SearchSettings, run
 
-    early_stop = not options.pop("no_early_stop")
-    settings = SearchSettings(early_stop=early_stop, **{**options, "sets": tuple(options["sets"])})
-    outcome = run(settings, echo=click.echo)
+    context = click.get_current_context()
+    given = {k for k in options if context.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+    options["early_stop"] = not options.pop("no_early_stop")
+    options["sets"] = tuple(options["sets"])
+    try:
+        if options.pop("resume"):
+            if not options["name"]:
+                raise UserError("--resume needs --name RUN: the interrupted run to continue")
+            given |= {"early_stop"} if "no_early_stop" in given else set()
+            changes = {k: v for k, v in options.items() if k in given}
+            outcome = resume.run(options["name"], options["results_dir"], changes, echo=click.echo)
+        else:
+            outcome = run(SearchSettings(**options), echo=click.echo)
+    except Interrupted as e:
+        click.echo(f"\n{e}", err=True)
+        click.echo(f"Resume with: {e.resume}", err=True)
+        context.exit(128 + signal.Signals[e.signal_name].value)
     trials = outcome.trials
     click.echo("")
     click.echo(summary.render(store.load_run(outcome.run_dir), summary.SummaryOptions(sections=("best", "reference"))))
     stopped = int(trials["stopped_early"].sum())
     failed = int((trials["status"] == "ERROR").sum())
+    retried = int((trials["retries"] > 0).sum())
     click.echo(f"\n{len(trials)} trials, {stopped} stopped early by ASHA, "
+               + (f"{retried} retried after a failure, " if retried else "")
                + (f"{failed} failed (see {outcome.run_dir / 'tune'}), " if failed else "")
                + f"{int(trials['epochs'].sum())} epochs trained.")
     click.echo(f"Results: {outcome.run_dir}   (next: tunefm summarize {outcome.run_dir})")

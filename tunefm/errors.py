@@ -8,3 +8,15 @@ Anything else that escapes is a bug and keeps its traceback.
 
 class UserError(Exception):
     """A mistake in what the user asked for (bad option, missing file, ...)."""
+
+
+class Interrupted(Exception):
+    """The search stopped on Ctrl-C or SIGTERM; its run folder can be resumed.
+
+    `str(e)` says what was done; `resume` is the command that continues the run.
+    """
+
+    def __init__(self, message: str, resume: str, signal_name: str = "SIGINT"):
+        super().__init__(message)
+        self.resume = resume
+        self.signal_name = signal_name

@@ -22,8 +22,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-import os
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,26 +161,20 @@ def evaluate_trials(run_dir: Path, test_x: np.ndarray, test_y: np.ndarray, top_k
     confusion = pd.concat(tables, ignore_index=True) if tables else no_rows
     # Confusion first: a reader that sees new test columns also finds their matrices.
     store.write_parquet(confusion, run_dir / store.CONFUSION_FILE)
-    store.write_parquet(trials, run_dir / store.TRIALS_FILE)
+    # the same stamp as the epochs it summarizes, so readers take the two as one snapshot
+    store.write_parquet(trials, run_dir / store.TRIALS_FILE, store.generation(run_dir / store.EPOCHS_FILE))
     return outcome
 
 
 def check_not_running(run_dir: Path, info: dict) -> None:
     """Refuse a run whose search is still alive: its next flush would drop the test columns."""
-    pid, host = info.get("pid"), info.get("host")
-    if info.get("status") != "running" or not pid or host != socket.gethostname():
-        return
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return  # the search was killed: an interrupted run, fine to evaluate
-    except PermissionError:
-        pass
-    raise UserError(f"run {run_dir} is still running (process {pid}); it evaluates its winners itself "
-                    f"when the search ends, or evaluate it after that")
+    pid = store.live_search_pid(info)
+    if pid is not None:
+        raise UserError(f"run {run_dir} is still running (process {pid}); it evaluates its winners itself "
+                        f"when the search ends, or evaluate it after that")
 
 
-def load_test_split(info: dict, data_dir: str | None) -> data.Splits:
+def load_run_data(info: dict, data_dir: str | None) -> data.Splits:
     """The run's data again, with the sizes it used; its files must be the ones it used."""
     options, recorded_data = info.get("options", {}), info.get("data", {})
     source = data_dir
@@ -209,7 +201,7 @@ def run(run_dir: Path, top_k: int | None = None, data_dir: str | None = None,
     if top_k is None:
         top_k = int(tables.info.get("study", {}).get("test_top") or DEFAULT_TOP_K)  # a study's 0 means 3 here
     check_not_running(run_dir, tables.info)
-    splits = load_test_split(tables.info, data_dir)
+    splits = load_run_data(tables.info, data_dir)
     outcome = evaluate_trials(run_dir, splits.test_x, splits.test_y, top_k, echo,
                               tune_dir=tables.info.get("storage"))  # None: the run folder's own tune/
     if (Path(run_dir) / store.RUN_FILE).exists():

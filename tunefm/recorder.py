@@ -1,7 +1,8 @@
 """A Ray Tune callback that streams every reported epoch into the run's Parquet files.
 
 It runs in the driver, so one writer sees every trial: rows are buffered, flushed
-every few seconds, and always flushed when a trial ends and when the search ends.
+every few seconds, and always flushed when a trial ends and when the search ends. A
+trial that Tune restarts from its checkpoint after a failure counts one retry.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ class ParquetRecorder(Callback):
         self.writer.set_status(trial.trial_id, trial.config, "TERMINATED")
         self.writer.flush()
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self.writer.add_retry(trial.trial_id, trial.config)
+        self.writer.flush()
+
     def on_trial_error(self, iteration, trials, trial, **info):
         self.writer.set_status(trial.trial_id, trial.config, "ERROR")
         self.writer.flush()
@@ -34,6 +39,9 @@ class ParquetRecorder(Callback):
         self.writer.maybe_flush()
 
     def on_experiment_end(self, trials, **info):
-        for trial in trials:  # trials that never started still get their row
-            self.writer.set_status(trial.trial_id, trial.config, trial.status)
+        # Trials that never started still get their row. Tune's own status is not used:
+        # when a search is interrupted it marks every trial it stops TERMINATED.
+        for trial in trials:
+            if not self.writer.knows(trial.trial_id):
+                self.writer.set_status(trial.trial_id, trial.config, "PENDING")
         self.writer.flush()

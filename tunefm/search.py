@@ -12,17 +12,19 @@ object store once; one trial per grid point (or per hyperopt TPE draw) with reso
 from its model (a GPU fraction where the cluster has GPUs); ASHA on val_acc unless early
 stopping is off; callbacks streaming every epoch into Parquet and TensorBoard; and
 checkpoints in the run folder's tune/, or under `--storage` for a multi-node cluster.
+A trial whose worker dies is retried from its last checkpoint (`--max-failures`).
+Ctrl-C or SIGTERM stops it cleanly (`interrupt.py`), and `resume.py` continues it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import os
 import platform
 import random
 import shutil
 import socket
+import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
@@ -33,9 +35,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from tunefm import data, models, store
+from tunefm import cluster, data, interrupt, store
 from tunefm import study as studies
-from tunefm.errors import UserError
+from tunefm.errors import Interrupted, UserError
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class SearchSettings:
     address: str | None = None  # default: start a local Ray
     storage: str | None = None  # default: checkpoints in the run folder; a cluster needs a shared URI
     early_stop: bool = True
+    max_failures: int = 2  # retries of a trial whose worker fails, each from its last checkpoint
     grace_period: int = 1
     reduction_factor: int = 3
     seed: int = 0
@@ -72,6 +75,7 @@ class SearchSettings:
             (self.cpus_per_trial > 0, f"--cpus-per-trial must be > 0, got {self.cpus_per_trial}"),
             (self.gpus_per_trial is None or self.gpus_per_trial >= 0,
              f"--gpus-per-trial must be >= 0, got {self.gpus_per_trial}"),
+            (self.max_failures >= 0, f"--max-failures must be >= 0, got {self.max_failures}"),
             (self.grace_period >= 1, f"--grace-period must be >= 1, got {self.grace_period}"),
             (self.reduction_factor >= 2, f"--reduction-factor must be >= 2, got {self.reduction_factor}"),
             (self.seed >= 0, f"--seed must be >= 0, got {self.seed}"),
@@ -122,18 +126,23 @@ def choose_run_dir(settings: SearchSettings, study: studies.Study) -> Path:
     name = settings.name or f"{study.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
     run_dir = Path(settings.results_dir).expanduser() / name
     if run_dir.exists():
-        raise UserError(f"run {run_dir} already exists; choose another --name")
+        raise UserError(f"run {run_dir} already exists; choose another --name, or add --resume to continue it")
     check_creatable(run_dir, "run folder")
     return run_dir
 
 
 def check_creatable(folder: Path, what: str) -> None:
-    """`folder` can be made: its nearest existing ancestor is a writable folder."""
+    """`folder` can be made: its nearest existing ancestor is a folder we can write in."""
     ancestor = folder.parent
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
-    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
-        problem = "is not a folder" if not ancestor.is_dir() else "is not writable"
+    problem = "is not a folder" if not ancestor.is_dir() else None
+    if problem is None:
+        try:  # os.access says yes to root everywhere, even on /proc or a read-only mount: try it
+            os.rmdir(tempfile.mkdtemp(prefix=".tunefm-", dir=ancestor))
+        except OSError as e:
+            problem = f"is not writable ({e.strerror or e})"
+    if problem:
         raise UserError(f"cannot create {what} {folder}: {ancestor} {problem}")
 
 
@@ -190,60 +199,6 @@ def versions() -> dict[str, str]:
     return {"tunefm": own, "ray": ray.__version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
-def trial_resources(cpus: float, gpus_per_trial: float | None, cluster_has_gpus: bool) -> Callable[[dict], object]:
-    """config -> PlacementGroupFactory: each model's GPU share unless --gpus-per-trial says otherwise."""
-    from ray.tune.execution.placement_groups import PlacementGroupFactory
-
-    def resources(config: dict):
-        gpu = gpus_per_trial if gpus_per_trial is not None else models.get(config["model"]).gpu_fraction
-        bundle = {"CPU": cpus}
-        if cluster_has_gpus and gpu > 0:
-            bundle["GPU"] = gpu
-        return PlacementGroupFactory([bundle])
-
-    return resources
-
-
-def cluster_nodes() -> list[dict[str, float]]:
-    """Resources of each live node of the connected Ray cluster."""
-    import ray
-
-    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-
-
-def launchable_nodes() -> list[dict[str, float]]:
-    """Resources of each node type the cluster's autoscaler may still launch (none without one).
-
-    A `ray up` cluster starts its GPU workers on demand: a search must count them as
-    nodes to come, not refuse to run. Ray publishes them only through a private API,
-    so anything unexpected there means "no autoscaler".
-    """
-    try:
-        from ray._private.state import state
-
-        config = state.get_cluster_config()
-        return [dict(group.resources) for group in config.node_group_configs if group.max_count != 0]
-    except Exception:
-        return []
-
-
-def local_node() -> list[dict[str, float]]:
-    """What a local Ray would detect here, known before starting one."""
-    import torch
-
-    return [{"CPU": len(os.sched_getaffinity(0)), "GPU": torch.cuda.device_count()}]
-
-
-def check_resources_fit(cpus: float, gpus: float | None, nodes: list[dict[str, float]]) -> None:
-    """Fail now, not pending forever, when no node can ever hold one trial."""
-    need = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
-    for resource, amount in need.items():
-        most = max((n.get(resource, 0) for n in nodes), default=0)
-        if most < amount:
-            flag = "--cpus-per-trial" if resource == "CPU" else "--gpus-per-trial"
-            raise UserError(f"{flag} {amount:g} can never be met: the largest node has {most:g} {resource}")
-
-
 HYPEROPT_CONCURRENCY = 4  # default trials at once for a hyperopt study
 
 
@@ -257,47 +212,6 @@ def trial_order(configs: list[dict], seed: int) -> list[dict]:
     """
     order = random.Random(seed).sample(range(len(configs)), len(configs))
     return [configs[i] for i in order]
-
-
-def check_reachable(address: str, timeout_s: float = 5.0) -> None:
-    """Fail in seconds on a host:port with nothing listening; ray.init would retry for minutes."""
-    host, sep, port = address.rpartition(":")
-    if address == "auto" or "://" in address or not sep or not port.isdigit():
-        return  # ray.init itself fails fast on 'auto' with no cluster; ray:// is Ray Client's
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
-    except OSError as e:
-        raise UserError(f"no Ray cluster answers at --address {address} ({e.strerror or e}); "
-                        f"start one with `ray start --head` or give its head node's address") from None
-
-
-def start_ray(address: str | None) -> tuple[bool, str | None]:
-    """Join `address`, or start a local Ray; returns (we started it, dashboard URL).
-
-    A local Ray gets its dashboard on 127.0.0.1 only, with token authentication on
-    (Ray's local default since 2.59 when RAY_AUTH_MODE is unset; `run` warns when it is
-    off); the token is in ~/.ray/auth_token and `ray get-auth-token` prints it.
-    """
-    import ray
-
-    if address:
-        check_reachable(address)
-    if ray.is_initialized():
-        return False, None
-    try:
-        # Ray's own "Connected"/"Started" lines and its "token authentication is enabled"
-        # notice repeat what tunefm prints itself, and would make a user error two lines.
-        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-        quiet = dict(log_to_driver=True, logging_level=logging.WARNING)
-        if address:
-            context = ray.init(address=address, **quiet)
-        else:
-            context = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
-    except (ConnectionError, ValueError, RuntimeError) as e:
-        where = f"the Ray cluster at {address}" if address else "a local Ray"
-        raise UserError(f"could not start or join {where}: {str(e).splitlines()[0]}") from None
-    url = getattr(context, "dashboard_url", None)
-    return True, (f"http://{url}" if url and not url.startswith("http") else url)
 
 
 def search_algorithm(study: studies.Study, settings: SearchSettings) -> tuple[dict, object, int]:
@@ -324,42 +238,84 @@ def search_algorithm(study: studies.Study, settings: SearchSettings) -> tuple[di
     return param_space, BasicVariantGenerator(points_to_evaluate=configs), len(configs)
 
 
-def make_tuner(study: studies.Study, settings: SearchSettings, splits: data.Splits, run_dir: Path,
-               storage_path: str, cluster_has_gpus: bool, echo: Callable[[str], None]):
-    """The Tuner: trainable with data and resources, scheduler, trial order, callbacks, storage."""
+def make_trainable(study: studies.Study, settings: SearchSettings, splits: data.Splits, cluster_has_gpus: bool):
+    """The trial function with the data (into the object store once) and its resources."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from tunefm.progress import ProgressLine
-    from tunefm.recorder import ParquetRecorder
-    from tunefm.tensorboard import TensorBoardWriter
     from tunefm.trainable import tune_trainable
 
     arrays = {"train_x": splits.train_x, "train_y": splits.train_y,
               "val_x": splits.val_x, "val_y": splits.val_y}  # the test set never reaches a trial
-    trainable = tune.with_resources(
+    return tune.with_resources(
         tune.with_parameters(tune_trainable, arrays=arrays, max_epochs=study.max_epochs),
-        trial_resources(settings.cpus_per_trial, settings.gpus_per_trial, cluster_has_gpus),
+        cluster.trial_resources(settings.cpus_per_trial, settings.gpus_per_trial, cluster_has_gpus),
     )
-    if settings.early_stop:
-        scheduler = ASHAScheduler(time_attr="training_iteration", metric="val_acc", mode="max",
-                                  max_t=study.max_epochs, grace_period=settings.grace_period,
-                                  reduction_factor=settings.reduction_factor)
-    else:
-        scheduler = FIFOScheduler()
-    param_space, search_alg, num_samples = search_algorithm(study, settings)
-    writer = store.RunWriter(run_dir, study.max_epochs, study.config_keys(), settings.flush_interval_s)
+
+
+def make_scheduler(study: studies.Study, settings: SearchSettings, earlier_epochs: pd.DataFrame | None = None):
+    """ASHA on val_acc per epoch (or FIFO without early stopping).
+
+    Tune does not save a scheduler's state with the experiment, so a resumed search
+    replays the epochs written so far (`earlier_epochs`): ASHA's rungs then hold what
+    they held when the search stopped, and judge the remaining trials the same way.
+    """
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if not settings.early_stop:
+        return FIFOScheduler()
+    # "epoch" (the trainable's count) rather than Tune's training_iteration: the same after a resume.
+    scheduler = ASHAScheduler(time_attr="epoch", metric="val_acc", mode="max",
+                              max_t=study.max_epochs, grace_period=settings.grace_period,
+                              reduction_factor=settings.reduction_factor)
+    if earlier_epochs is not None:
+        for trial_id, history in earlier_epochs.sort_values("epoch").groupby("trial_id"):
+            trial = SimpleNamespace(trial_id=trial_id)
+            scheduler.on_trial_add(None, trial)
+            for epoch, val_acc in zip(history["epoch"], history["val_acc"]):
+                scheduler.on_trial_result(None, trial, {"epoch": int(epoch), "val_acc": float(val_acc)})
+    return scheduler
+
+
+def make_callbacks(study: studies.Study, settings: SearchSettings, writer: store.RunWriter, run_dir: Path,
+                   echo: Callable[[str], None], earlier_trials: pd.DataFrame | None = None) -> list:
+    """Parquet, the progress line and TensorBoard, all fed by the driver as results arrive."""
+    from tunefm.progress import ProgressLine
+    from tunefm.recorder import ParquetRecorder
+    from tunefm.tensorboard import TensorBoardWriter
+
+    return [ParquetRecorder(writer),
+            ProgressLine(study.num_trials, study.max_epochs, echo, max_failures=settings.max_failures,
+                         earlier=earlier_trials),
+            TensorBoardWriter(run_dir / store.TENSORBOARD_DIR)]
+
+
+def quiet_tune_output() -> None:
+    """Environment for Tune's console output: tunefm prints its own progress and errors."""
     # Keeping only the best and latest checkpoint forces a state snapshot per checkpoint;
     # Tune warns about that each time, which is expected here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Tune's newer console output prints a settings box, and a TensorBoard path into its
     # staging folder, even at verbose=0; the older one is silent at 0.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # A retried trial is one warning line from ProgressLine; its traceback stays in tune/<trial>/error.txt.
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
+    interrupt.quiet_tune_stop_messages()
+
+
+def make_tuner(study: studies.Study, settings: SearchSettings, splits: data.Splits, run_dir: Path,
+               storage_path: str, cluster_has_gpus: bool, writer: store.RunWriter, echo: Callable[[str], None]):
+    """The Tuner: trainable with data and resources, scheduler, trial order, callbacks, storage."""
+    from ray import tune
+
+    param_space, search_alg, num_samples = search_algorithm(study, settings)
+    quiet_tune_output()
     return tune.Tuner(
-        trainable,
+        make_trainable(study, settings, splits, cluster_has_gpus),
         param_space=param_space,
         tune_config=tune.TuneConfig(
-            scheduler=scheduler,
+            scheduler=make_scheduler(study, settings),
             search_alg=search_alg,
             num_samples=num_samples,
             max_concurrent_trials=None if study.searcher == "hyperopt" else settings.concurrency,
@@ -369,17 +325,19 @@ def make_tuner(study: studies.Study, settings: SearchSettings, splits: data.Spli
         run_config=tune.RunConfig(
             name=store.TUNE_DIR,
             storage_path=storage_path,
-            callbacks=[ParquetRecorder(writer), ProgressLine(study.num_trials, study.max_epochs, echo),
-                       TensorBoardWriter(run_dir / store.TENSORBOARD_DIR)],
+            callbacks=make_callbacks(study, settings, writer, run_dir, echo),
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute="checkpoint_score", checkpoint_score_order="max"),
+            failure_config=tune.FailureConfig(max_failures=settings.max_failures),
             verbose=0,  # ProgressLine prints one line instead of Tune's per-trial tables
         ),
     )
 
 
 def run(settings: SearchSettings, echo: Callable[[str], None] = print) -> SearchOutcome:
-    """Validate, run the study on Ray, write the run folder; returns the trials table."""
+    """Validate, run the study on Ray, write the run folder; returns the trials table.
+
+    Raises `Interrupted` after Ctrl-C or SIGTERM, with the run folder resumable."""
     settings.validate()
     study = build_study(settings)
     splits = data.load(settings.data_dir, settings.train_size, settings.val_size, settings.test_size)
@@ -391,15 +349,14 @@ def run(settings: SearchSettings, echo: Callable[[str], None] = print) -> Search
 
     if not settings.address and not ray.is_initialized():
         # A local Ray would detect these; refusing now spares its start-up and logs.
-        check_resources_fit(settings.cpus_per_trial, settings.gpus_per_trial, local_node())
-    started_ray, dashboard = start_ray(settings.address)
+        cluster.check_resources_fit(settings.cpus_per_trial, settings.gpus_per_trial, cluster.local_node())
+    started_ray, dashboard = cluster.start_ray(settings.address)
     try:
-        nodes, to_come = cluster_nodes(), launchable_nodes()
-        check_resources_fit(settings.cpus_per_trial, settings.gpus_per_trial, nodes + to_come)
+        nodes = cluster.connect(settings.cpus_per_trial, settings.gpus_per_trial)
         create_run_dir(run_dir)
+        writer = store.RunWriter(run_dir, study.max_epochs, study.config_keys(), settings.flush_interval_s)
         try:
-            tuner = make_tuner(study, settings, splits, run_dir, storage_path,
-                               any(n.get("GPU", 0) > 0 for n in nodes + to_come), echo)
+            tuner = make_tuner(study, settings, splits, run_dir, storage_path, nodes.has_gpus, writer, echo)
         except Exception as e:  # Tune creates its experiment folder here, in the run folder or the storage
             shutil.rmtree(run_dir, ignore_errors=True)  # made a moment ago by this command, nothing in it yet
             if settings.storage is None:
@@ -409,15 +366,7 @@ def run(settings: SearchSettings, echo: Callable[[str], None] = print) -> Search
         if started_ray:
             ray.shutdown()
         raise
-    token_auth = auth_mode() == "token"
-    if dashboard:
-        echo(f"Ray dashboard: {dashboard}" + ("   (token: `ray get-auth-token`)" if token_auth else ""))
-    if not token_auth and not settings.address:
-        echo("Warning: RAY_AUTH_MODE=disabled: the dashboard and Ray's ports accept anyone who can reach them")
-    if settings.storage is None and (len(nodes) > 1 or to_come):
-        echo(f"Warning: a cluster of {len(nodes)} node(s) and no --storage: trials on other nodes keep their "
-             f"checkpoints on their own disks, where resuming and the test evaluation cannot find them; "
-             f"give --storage s3://bucket/path or a folder every node shares (docs/cluster.md)")
+    cluster.announce(nodes, dashboard, settings.address, settings.storage, echo)
     run_info = {
         "study": study.record(),
         "options": asdict(settings),
@@ -427,40 +376,86 @@ def run(settings: SearchSettings, echo: Callable[[str], None] = print) -> Search
         "pid": os.getpid(),
         "dashboard_url": dashboard,
         "storage": tune_dir if settings.storage else None,  # None: <run folder>/tune
-        "nodes": len(nodes),
-        "started_at": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "nodes": len(nodes.nodes),
+        "started_at": now(),
         "status": "running",
+        "events": [event("started")],
     }
-    try:
-        store.write_json(run_info, run_dir / store.RUN_FILE)
-        echo(f"Running {study.num_trials} trials of study {study.name!r} into {run_dir}")
-        echo(f"TensorBoard: tensorboard --logdir {run_dir / store.TENSORBOARD_DIR}")
-        results = tuner.fit()
-        run_info["status"] = "completed" if not results.errors else "completed with errors"
-        run_info["failed_trials"] = len(results.errors)
-        if study.test_top:
-            from tunefm import evaluate
+    return execute(tuner, writer, run_info, study, splits, settings, run_dir, tune_dir, started_ray, echo)
 
-            evaluation = evaluate.evaluate_trials(run_dir, splits.test_x, splits.test_y, study.test_top, echo,
-                                                  tune_dir=tune_dir)
-            run_info["evaluation"] = evaluation.record()
-        return SearchOutcome(run_dir, store.read_trials(run_dir))
+
+def now() -> str:
+    return dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def event(name: str, **details) -> dict:
+    """One entry of run.json's "events": what happened to the run, when, in which process."""
+    return {"event": name, "at": now(), "pid": os.getpid(), "host": socket.gethostname(), **details}
+
+
+def execute(tuner, writer: store.RunWriter, run_info: dict, study: studies.Study, splits: data.Splits,
+            settings: SearchSettings, run_dir: Path, tune_dir: str, started_ray: bool,
+            echo: Callable[[str], None]) -> SearchOutcome:
+    """Run the Tuner (new or restored), then evaluate the winners; keep run.json current.
+
+    Ctrl-C or SIGTERM: Tune stops the trials and saves its state, the Parquet files are
+    flushed with the running trials marked INTERRUPTED, run.json records the
+    interruption, and `Interrupted` carries the command that resumes the run.
+    """
+    import ray
+
+    stop = interrupt.GracefulStop()
+    try:
+        with stop:
+            store.write_json(run_info, run_dir / store.RUN_FILE)
+            echo(f"Running {study.num_trials} trials of study {study.name!r} into {run_dir}")
+            echo(f"TensorBoard: tensorboard --logdir {run_dir / store.TENSORBOARD_DIR}")
+            with stop.tune_loop():
+                results = tuner.fit()
+            if stop.signal:  # Tune ended its loop early and saved its state
+                raise KeyboardInterrupt
+            run_info["status"] = "completed" if not results.errors else "completed with errors"
+            run_info["failed_trials"] = len(results.errors)
+            if study.test_top:
+                from tunefm import evaluate
+
+                evaluation = evaluate.evaluate_trials(run_dir, splits.test_x, splits.test_y, study.test_top, echo,
+                                                      tune_dir=tune_dir)
+                run_info["evaluation"] = evaluation.record()
+            run_info["events"].append(event(run_info["status"]))
+            return SearchOutcome(run_dir, store.read_trials(run_dir))
+    except KeyboardInterrupt:
+        writer.mark_interrupted()
+        writer.flush()
+        run_info["status"] = "interrupted"
+        counts = writer.statuses()
+        done = counts.get("TERMINATED", 0) + counts.get("ERROR", 0)
+        paused = counts.get(store.INTERRUPTED, 0)
+        signal_name = stop.signal or "SIGINT"
+        run_info["events"].append(event("interrupted", signal=signal_name, trials_done=done))
+        raise Interrupted(
+            f"Interrupted by {signal_name}: {done} of {study.num_trials} trials finished, {paused} stopped at "
+            f"their last checkpoint, {max(study.num_trials - done - paused, 0)} not started; results so far "
+            f"are in {run_dir}",
+            resume_command(settings, run_dir), signal_name) from None
     except BaseException as e:
         run_info["status"] = "failed"
         run_info["error"] = str(e).splitlines()[0] if str(e) else type(e).__name__
+        run_info["events"].append(event("failed", error=run_info["error"]))
         raise
     finally:
-        run_info["finished_at"] = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+        run_info["finished_at"] = now()
         store.write_json(run_info, run_dir / store.RUN_FILE)
         if started_ray:
             ray.shutdown()
 
 
-def auth_mode() -> str:
-    """Ray's token authentication for this process: 'token' or 'disabled'."""
-    try:
-        from ray._raylet import AuthenticationMode, get_authentication_mode
+def resume_command(settings: SearchSettings, run_dir: Path) -> str:
+    """The command line that continues this run."""
+    command = f"tunefm search --name {run_dir.name} --resume"
+    if Path(settings.results_dir).expanduser().resolve() != Path("results").resolve():
+        command += f" --results {settings.results_dir}"
+    if settings.address:
+        command += f" --address {settings.address}"
+    return command
 
-        return "token" if get_authentication_mode() == AuthenticationMode.TOKEN else "disabled"
-    except ImportError:  # a Ray without token authentication
-        return "disabled"

@@ -10,9 +10,14 @@
 `RunWriter` keeps every row in memory (a study's epochs are a few MB at most),
 rewrites both Parquet files on `flush()` under a temporary name and renames them into
 place, so a reader that opens a file once (`read_parquet`) never sees a half-written
-one, and a crash loses at most the rows since the last flush. Rows are keyed by
-(trial_id, epoch): a reported epoch that arrives again (a retried trial) replaces the
-old row instead of duplicating it.
+one, and a crash loses at most the rows since the last flush. Both files of one flush
+carry the same generation stamp in their Parquet metadata; `load_run` reads until the
+two agree, so a summary never mixes one flush's trials with another's epochs.
+
+Rows are keyed by (trial_id, epoch): a reported epoch that arrives again (a retried or
+resumed trial) replaces the old row instead of duplicating it, and a trial that went
+back to an older checkpoint drops its rows after it. A resumed search's writer starts
+from the files already there (`RunWriter.load`).
 
 This module is pure pandas/pyarrow and never imports Ray.
 """
@@ -23,13 +28,17 @@ import datetime as dt
 import io
 import json
 import os
+import socket
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from tunefm.errors import UserError
 
@@ -49,7 +58,11 @@ SUMMARY_COLUMNS = [
 ]
 # Numeric per-trial figures a study may compare with what its seed reported.
 REPORTABLE = [c for c in SUMMARY_COLUMNS if c not in TRIAL_FACTS or c == "params"]
-TRIAL_STATE = ["trial_id", "status", "stopped_early", "epochs"]
+# status: Tune's (PENDING, RUNNING, TERMINATED, ERROR), or INTERRUPTED for a trial that
+# was running when the search was stopped; retries: restarts from a checkpoint after a failure.
+TRIAL_STATE = ["trial_id", "status", "stopped_early", "epochs", "retries"]
+INTERRUPTED = "INTERRUPTED"
+GENERATION_KEY = b"tunefm.generation"  # Parquet metadata: which flush wrote the file
 
 
 def config_columns(trials: pd.DataFrame) -> list[str]:
@@ -69,8 +82,15 @@ def write_atomic(path: Path, write) -> None:
             tmp.unlink()
 
 
-def write_parquet(df: pd.DataFrame, path: Path) -> None:
-    write_atomic(path, lambda tmp: df.to_parquet(tmp, index=False))
+def write_parquet(df: pd.DataFrame, path: Path, generation: str | None = None) -> None:
+    """Write `df` atomically, stamped with `generation` (see `load_run`) when given."""
+    def write(tmp: Path):
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        if generation is not None:
+            metadata = {**(table.schema.metadata or {}), GENERATION_KEY: generation.encode()}
+            table = table.replace_schema_metadata(metadata)
+        pq.write_table(table, tmp)
+    write_atomic(path, write)
 
 
 def write_json(obj: Mapping[str, Any], path: Path) -> None:
@@ -100,7 +120,7 @@ def summarize_trials(epochs: pd.DataFrame, trials: pd.DataFrame, max_epochs: int
     `time_to_90_train_acc_s` is the trial's time (Tune's time_total_s) at the end of the
     first epoch whose train accuracy reached 90%, null if none did.
     """
-    config_columns = [c for c in trials.columns if c not in ("trial_id", "status", *TRIAL_FACTS)]
+    config_columns = [c for c in trials.columns if c not in ("trial_id", "status", "retries", *TRIAL_FACTS)]
     rows = []
     by_trial = {tid: g.sort_values("epoch") for tid, g in epochs.groupby("trial_id", sort=False)} if len(epochs) else {}
     for trial in trials.itertuples(index=False):
@@ -110,6 +130,8 @@ def summarize_trials(epochs: pd.DataFrame, trials: pd.DataFrame, max_epochs: int
         n_epochs = 0 if history is None else len(history)
         row["stopped_early"] = trial["status"] == "TERMINATED" and n_epochs < epoch_limit(trial, max_epochs)
         row["epochs"] = n_epochs
+        retries = trial.get("retries")
+        row["retries"] = 0 if retries is None or pd.isna(retries) else int(retries)
         row.update({c: trial[c] for c in config_columns})
         metrics = dict.fromkeys(SUMMARY_COLUMNS, np.nan)
         metrics.update({c: trial.get(c) for c in TRIAL_FACTS})
@@ -155,23 +177,72 @@ class RunWriter:
         self._last_flush = time.monotonic()
         self._dirty = False
 
+    def load(self) -> None:
+        """Start from the run folder's Parquet files (a resumed search): every trial, its
+        state, config and facts, and every epoch row already written."""
+        if not (self.run_dir / TRIALS_FILE).exists():
+            return
+        trials = read_trials(self.run_dir)
+        epochs = read_epochs(self.run_dir) if (self.run_dir / EPOCHS_FILE).exists() else pd.DataFrame()
+        keys = config_columns(trials)
+        self._config_keys += [k for k in keys if k not in self._config_keys]
+        for row in trials.to_dict("records"):
+            config = {k: row[k] for k in keys if not _is_null(row[k])}
+            record = self._trial(row["trial_id"], config)
+            record.update(status=row["status"], retries=int(row.get("retries") or 0),
+                          **{k: row[k] for k in TRIAL_FACTS if k in row and not _is_null(row[k])})
+        for row in epochs.to_dict("records"):
+            self._epochs[(row["trial_id"], int(row["epoch"]))] = {
+                "trial_id": row["trial_id"], "epoch": int(row["epoch"]), **{k: row.get(k) for k in EPOCH_METRICS}}
+
     def _trial(self, trial_id: str, config: Mapping[str, Any]) -> dict[str, Any]:
         if trial_id not in self._trials:
-            self._trials[trial_id] = {"trial_id": trial_id, "status": "PENDING", "config": dict(config)}
+            self._trials[trial_id] = {"trial_id": trial_id, "status": "PENDING", "retries": 0, "config": {}}
+        record = self._trials[trial_id]
+        if config:  # Tune's config is the authority; one read back from Parquet may lack types
+            record["config"] = dict(config)
             self._config_keys += [k for k in config if k not in self._config_keys]
-        return self._trials[trial_id]
+        return record
+
+    def knows(self, trial_id: str) -> bool:
+        return trial_id in self._trials
 
     def set_status(self, trial_id: str, config: Mapping[str, Any], status: str) -> None:
         self._trial(trial_id, config)["status"] = status
         self._dirty = True
 
+    def add_retry(self, trial_id: str, config: Mapping[str, Any]) -> None:
+        """The trial failed and Tune restarts it from its last checkpoint."""
+        self._trial(trial_id, config)["retries"] += 1
+        self._dirty = True
+
+    def mark_interrupted(self) -> None:
+        """The search was stopped: running trials become INTERRUPTED (resumable)."""
+        for record in self._trials.values():
+            if record["status"] == "RUNNING":
+                record["status"] = INTERRUPTED
+        self._dirty = True
+
+    def statuses(self) -> dict[str, int]:
+        """How many trials are in each status."""
+        counts: dict[str, int] = {}
+        for record in self._trials.values():
+            counts[record["status"]] = counts.get(record["status"], 0) + 1
+        return counts
+
     def add_epoch(self, trial_id: str, config: Mapping[str, Any], result: Mapping[str, Any]) -> None:
         """Record one reported result (the trainable's metrics plus Tune's time_total_s)."""
         trial = self._trial(trial_id, config)
-        if trial["status"] == "PENDING":
+        if trial["status"] in ("PENDING", INTERRUPTED):
             trial["status"] = "RUNNING"
+        first_start = trial.get("started_at")
         trial.update({k: result[k] for k in TRIAL_FACTS if k in result})
+        if first_start is not None and "started_at" in result:  # a retry or resume: keep when training began
+            trial["started_at"] = min(first_start, result["started_at"])
         epoch = int(result["epoch"])
+        # A trial restored from an older checkpoint trains those epochs again: its later rows are stale.
+        for stale in [key for key in self._epochs if key[0] == trial_id and key[1] > epoch]:
+            del self._epochs[stale]
         self._epochs[(trial_id, epoch)] = {
             "trial_id": trial_id, "epoch": epoch, **{k: result.get(k) for k in EPOCH_METRICS},
         }
@@ -185,11 +256,11 @@ class RunWriter:
         """(trials, epochs) as they would be written now."""
         keys = self._config_keys
         trial_rows = [
-            {"trial_id": t["trial_id"], "status": t["status"], **{k: t["config"].get(k) for k in keys},
-             **{k: t.get(k) for k in TRIAL_FACTS}}
+            {"trial_id": t["trial_id"], "status": t["status"], "retries": t["retries"],
+             **{k: t["config"].get(k) for k in keys}, **{k: t.get(k) for k in TRIAL_FACTS}}
             for _, t in sorted(self._trials.items())
         ]
-        trials = pd.DataFrame(trial_rows, columns=["trial_id", "status", *keys, *TRIAL_FACTS])
+        trials = pd.DataFrame(trial_rows, columns=["trial_id", "status", "retries", *keys, *TRIAL_FACTS])
         epoch_rows = [
             {**row, **{k: self._trials[row["trial_id"]]["config"].get(k) for k in keys}}
             for _, row in sorted(self._epochs.items())
@@ -199,10 +270,15 @@ class RunWriter:
 
     def flush(self) -> None:
         trials, epochs = self.tables()
-        write_parquet(epochs, self.run_dir / EPOCHS_FILE)
-        write_parquet(trials, self.run_dir / TRIALS_FILE)
+        generation = uuid.uuid4().hex
+        write_parquet(epochs, self.run_dir / EPOCHS_FILE, generation)
+        write_parquet(trials, self.run_dir / TRIALS_FILE, generation)
         self._last_flush = time.monotonic()
         self._dirty = False
+
+
+def _is_null(value: Any) -> bool:
+    return value is None or (not isinstance(value, (list, tuple, dict, str)) and bool(pd.isna(value)))
 
 
 def read_parquet(path: Path) -> pd.DataFrame:
@@ -212,8 +288,25 @@ def read_parquet(path: Path) -> pd.DataFrame:
     file into place in between, it reads the new bytes with the old size and fails
     (about 1 read in 20 under a busy writer). One open handle sees one whole file.
     """
+    return read_stamped(path)[0]
+
+
+def read_stamped(path: Path) -> tuple[pd.DataFrame, str | None]:
+    """(table, generation stamp or None) of one Parquet file, read through one open handle."""
     with open(path, "rb") as f:
-        return pd.read_parquet(io.BytesIO(f.read()))
+        content = f.read()
+    metadata = pq.read_schema(io.BytesIO(content)).metadata or {}
+    stamp = metadata.get(GENERATION_KEY)
+    return pd.read_parquet(io.BytesIO(content)), stamp.decode() if stamp else None
+
+
+def generation(path: Path) -> str | None:
+    """The generation stamp of a Parquet file (None if it has none or does not exist)."""
+    try:
+        stamp = (pq.read_schema(path).metadata or {}).get(GENERATION_KEY)
+    except (OSError, pa.ArrowException):
+        return None
+    return stamp.decode() if stamp else None
 
 
 def read_trials(run_dir: Path) -> pd.DataFrame:
@@ -251,6 +344,21 @@ def _started_at(run_dir: Path) -> float:
         return (run_dir / TRIALS_FILE).stat().st_mtime if (run_dir / TRIALS_FILE).exists() else 0.0
 
 
+def live_search_pid(info: Mapping[str, Any]) -> int | None:
+    """The process id of the search still writing this run (run.json says "running" and
+    that process is alive on this host), else None: finished, interrupted or killed."""
+    pid = info.get("pid")
+    if info.get("status") != "running" or not pid or info.get("host") != socket.gethostname():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None  # the search was killed
+    except PermissionError:
+        pass  # alive, another user's
+    return pid
+
+
 def resolve_run(run: str | None, results_dir: Path) -> Path:
     """RUN as given on the command line: a folder path, a name under `results_dir`, or the newest."""
     results_dir = Path(results_dir).expanduser()
@@ -265,12 +373,15 @@ def resolve_run(run: str | None, results_dir: Path) -> Path:
     raise UserError(f"run {run!r} {what}; {known}")
 
 
-def _read_table(path: Path) -> pd.DataFrame:
+def _read_table(path: Path) -> tuple[pd.DataFrame, str | None]:
     try:
-        return read_parquet(path)
+        return read_stamped(path)
     except Exception as e:  # pyarrow raises several types for a damaged file
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot read {path}: {reason}") from None
+
+
+SNAPSHOT_TRIES = 20  # a writer flushes every few seconds: two reads in a row almost always agree
 
 
 @dataclass
@@ -288,18 +399,30 @@ def load_run(run_dir: Path) -> RunTables:
     """Read a run for analysis; a missing, empty or damaged run is a one-line UserError.
 
     Works while the search is still writing: every file is replaced atomically, so each
-    read sees a whole file (epochs may be a few seconds newer than trials).
+    read sees a whole file, and trials and epochs are read again until both come from
+    the same flush (their generation stamps agree; files without stamps are taken as
+    they are).
     """
     run_dir = Path(run_dir)
     if not (run_dir / TRIALS_FILE).is_file():
         raise UserError(f"run {run_dir} has no results yet ({TRIALS_FILE} is missing); "
                         f"a search writes it after its first epochs")
-    trials = _read_table(run_dir / TRIALS_FILE)
+    trials, trials_stamp = _read_table(run_dir / TRIALS_FILE)
+    if (run_dir / EPOCHS_FILE).exists():
+        epochs, epochs_stamp = _read_table(run_dir / EPOCHS_FILE)
+        for _ in range(SNAPSHOT_TRIES):
+            if trials_stamp is None or epochs_stamp is None or trials_stamp == epochs_stamp:
+                break
+            # The writer renames epochs into place first, trials a moment later: read the one behind again.
+            time.sleep(0.01)
+            trials, trials_stamp = _read_table(run_dir / TRIALS_FILE)
+            if trials_stamp != epochs_stamp:
+                epochs, epochs_stamp = _read_table(run_dir / EPOCHS_FILE)
+    else:
+        epochs = pd.DataFrame(columns=["trial_id", "epoch", *EPOCH_METRICS])
     if trials.empty or "trial_id" not in trials.columns:
         raise UserError(f"run {run_dir} has no trials in {TRIALS_FILE}")
-    epochs = _read_table(run_dir / EPOCHS_FILE) if (run_dir / EPOCHS_FILE).exists() else pd.DataFrame(
-        columns=["trial_id", "epoch", *EPOCH_METRICS])
-    confusion = _read_table(run_dir / CONFUSION_FILE) if (run_dir / CONFUSION_FILE).exists() else pd.DataFrame(
+    confusion = _read_table(run_dir / CONFUSION_FILE)[0] if (run_dir / CONFUSION_FILE).exists() else pd.DataFrame(
         columns=["trial_id", "true_label", "pred_label", "count"])
     try:
         info = read_json(run_dir / RUN_FILE) if (run_dir / RUN_FILE).exists() else {}

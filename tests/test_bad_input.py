@@ -1,0 +1,195 @@
+"""Every user mistake through the real CLI: one `Error: ...` line, a non-zero exit, no
+traceback, and the results folder exactly as it was (checked file by file, bytes and
+modification times, after every command)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from conftest import tiny_run, write_idx
+from local_cluster import free_port
+from tunefm import search, store
+from tunefm.cli import main
+
+TEST_IMAGES, TEST_LABELS = "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"
+
+
+def damaged_copy(root: Path, data_dir: Path, name: str, damage) -> Path:
+    """The real files as links, but for one that `damage(folder)` writes."""
+    folder = root / name
+    folder.mkdir()
+    for source in data_dir.iterdir():
+        (folder / source.name).symlink_to(source)
+    damage(folder)
+    return folder
+
+
+def replace(folder: Path, name: str, write) -> None:
+    (folder / name).unlink()
+    write(folder / name)
+
+
+@pytest.fixture(scope="module")
+def damaged(tmp_path_factory, data_dir) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("damaged")
+    test_images = gzip.decompress((data_dir / TEST_IMAGES).read_bytes())
+    labels_out_of_range = np.zeros(10_000)
+    labels_out_of_range[17] = 12
+    damages = {
+        "truncated": lambda f: replace(f, TEST_IMAGES, lambda p: p.write_bytes(gzip.compress(test_images[:-1000]))),
+        "magic": lambda f: replace(f, TEST_LABELS, lambda p: write_idx(p, np.zeros(10_000), magic=2058)),
+        "counts": lambda f: replace(f, TEST_LABELS, lambda p: write_idx(p, np.zeros(9_999))),
+        "labels": lambda f: replace(f, TEST_LABELS, lambda p: write_idx(p, labels_out_of_range)),
+    }
+    return {name: damaged_copy(root, data_dir, name, damage) for name, damage in damages.items()}
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> Path:
+    """A results folder with runs to protect: a finished one, an interrupted one whose Tune
+    state is gone, one that is still running (this process), an empty and a damaged one."""
+    results = tmp_path_factory.mktemp("results")
+    tiny_run(results / "done")
+    interrupted = tiny_run(results / "stateless", finished=False)
+    fourfam = json.loads(json.dumps(search.build_study(search.SearchSettings()).record(), default=str))
+    store.write_json({**store.read_json(interrupted / store.RUN_FILE), "status": "interrupted", "study": fourfam,
+                      "options": {"space": "fourfam"}}, interrupted / store.RUN_FILE)
+    running = tiny_run(results / "busy", finished=False)
+    store.write_json({**store.read_json(running / store.RUN_FILE), "pid": os.getpid(),
+                      "host": socket.gethostname()}, running / store.RUN_FILE)
+    (results / "empty").mkdir()
+    store.write_parquet(pd.DataFrame({"trial_id": pd.Series([], dtype=str)}), results / "empty" / store.TRIALS_FILE)
+    tiny_run(results / "corrupt")
+    (results / "corrupt" / store.EPOCHS_FILE).write_bytes(b"PAR1 not really parquet")
+    return results
+
+
+def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
+    """Every file and folder under `folder`: its content hash and modification time."""
+    found = {}
+    for path in sorted(folder.rglob("*")):
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
+        found[str(path.relative_to(folder))] = (digest, path.stat().st_mtime_ns)
+    return found
+
+
+def study_file(tmp_path: Path, body: str) -> str:
+    path = tmp_path / "study.py"
+    path.write_text(body)
+    return str(path)
+
+
+UNWRITABLE = "/proc/tunefm-results"  # even root cannot make a folder here
+GRID = ("from tunefm.study import Study\n"
+        "STUDY = Study(name='mine', description='', grid={grid}, fixed={{'model': 'iaro1', 'batch_size': 8}})\n")
+
+# (arguments, the one error line's text); {results}, {data}, {tmp}, {damaged:<name>} and {port} are filled in
+SEARCH_MISTAKES = [
+    (["--space", "nope"], "unknown study 'nope'; valid studies: cnn2-tpe, cnn5, fourfam, kernels"),
+    (["--space", "{file:STUDY = (}"], "has a syntax error at line 1"),
+    (["--space", "{file:X = 1}"], "must define STUDY = tunefm.study.Study(...)"),
+    (["--space", "{file:from tunefm.study import Study\nSTUDY = Study(name='e', description='', grid={})\n}"],
+     "has an empty grid"),
+    (["--space", "{file:" + GRID.format(grid="{'lr': []}") + "}"], "grid['lr'] must be a non-empty list"),
+    (["--set", "model=resnet"], "unknown model 'resnet'; valid models: "),
+    (["--set", "optimizer=rmsprop"], "optimizer must be 'sgd' or 'adam', got optimizer='rmsprop'"),
+    (["--set", "colour=red"], "unknown config key 'colour' in --set; valid keys: model, lr, batch_size"),
+    (["--set", "lr=0"], "lr must be a number > 0, got lr=0"),
+    (["--set", "lr=-0.1"], "lr must be a number > 0, got lr=-0.1"),
+    (["--set", "batch_size=0"], "batch_size must be an integer >= 1, got batch_size=0"),
+    (["--max-epochs", "0"], "--max-epochs must be >= 1, got 0"),
+    (["--max-failures", "-1"], "--max-failures must be >= 0, got -1"),
+    (["--train-size", "-5"], "--train-size must be between 1 and 59900 (60,000 training images minus --val-size 100), "
+                             "got -5"),
+    (["--train-size", "70000"], "--train-size must be between 1 and 59900 (60,000 training images minus --val-size "
+                                "100), got 70000"),
+    (["--data-dir", "{tmp}/no-such-folder"], "data folder {tmp}/no-such-folder does not exist"),
+    (["--data-dir", "{damaged:truncated}"], "is truncated"),
+    (["--data-dir", "{damaged:magic}"], "has magic number 2058, expected 2049"),
+    (["--data-dir", "{damaged:counts}"], "holds 10000 images but its label file holds 9999 labels"),
+    (["--data-dir", "{damaged:labels}"], "has label 12; labels must be 0..9"),
+    (["--results", UNWRITABLE], f"cannot create run folder {UNWRITABLE}/new: /proc is not writable"),
+    (["--name", "done"], "run {results}/done already exists; choose another --name, or add --resume to continue it"),
+    (["--address", "127.0.0.1:{port}"], "no Ray cluster answers at --address 127.0.0.1:{port} (Connection refused)"),
+    (["--gpus-per-trial", "64"], "--gpus-per-trial 64 can never be met: the largest node has"),
+    (["--resume"], "--resume needs --name RUN: the interrupted run to continue"),
+    (["--resume", "--name", "nope"], "no run named 'nope' to resume under {results}/ (runs there: busy, corrupt, done, "
+                                     "empty, stateless)"),
+    (["--resume", "--name", "done"], "run done is already complete (all trials, finished ?); nothing to resume"),
+    (["--resume", "--name", "busy"], "run busy is still running (process {pid}); stop it with Ctrl-C"),
+    (["--resume", "--name", "stateless", "--max-epochs", "5"],
+     "--max-epochs cannot change on --resume: run stateless was started with --max-epochs None"),
+    (["--resume", "--name", "stateless"], "run stateless cannot be resumed: Tune saved no experiment state in "
+                                          "{results}/stateless/tune"),
+]
+READ_MISTAKES = [
+    (["summarize", "nope"], "run 'nope' does not exist; runs under {results}/: busy, corrupt, done, empty, stateless"),
+    (["report", "nope"], "run 'nope' does not exist"),
+    (["summarize", "empty"], "run {results}/empty has no trials in trials.parquet"),
+    (["summarize", "{results}/empty"], "run {results}/empty has no trials in trials.parquet"),
+    (["report", "{results}/empty"], "run {results}/empty has no trials in trials.parquet"),
+    (["summarize", "corrupt"], "cannot read {results}/corrupt/epochs.parquet: "),
+    (["report", "corrupt"], "cannot read {results}/corrupt/epochs.parquet: "),
+    (["summarize", "--results", "{tmp}/nothing-here"], "no runs under {tmp}/nothing-here/"),
+]
+
+
+def fill(text: str, results: Path, data_dir: Path, damaged: dict[str, Path], tmp_path: Path, port: int) -> str:
+    if text.startswith("{file:"):
+        return study_file(tmp_path, text[len("{file:"):-1].replace("\\n", "\n"))
+    if text.startswith("{damaged:"):
+        return str(damaged[text[len("{damaged:"):-1]])
+    return text.format(results=results, data=data_dir, tmp=tmp_path, port=port, pid=os.getpid())
+
+
+def check_one_error_line(args: list[str], message: str, results: Path) -> None:
+    before = snapshot(results)
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code != 0
+    assert result.output.startswith("Error: ") and result.output.count("\n") == 1, result.output
+    assert message in result.output, result.output
+    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    assert snapshot(results) == before, "a failed command changed the results folder"
+
+
+def label(args: list[str]) -> str:
+    return " ".join(f"<study file {a[6:26]!r}...>" if a.startswith("{file:") else a for a in args)
+
+
+@pytest.mark.parametrize("args,message", SEARCH_MISTAKES, ids=[label(a) for a, _ in SEARCH_MISTAKES])
+def test_a_search_mistake_is_one_error_line_and_changes_nothing(args, message, results, data_dir, damaged, tmp_path):
+    port = free_port()
+    filled = [fill(a, results, data_dir, damaged, tmp_path, port) for a in args]
+    given = dict(zip(filled[::2], filled[1::2])) if "--resume" not in filled else {}
+    base = ["--results", str(results), "--name", "new", "--data-dir", str(data_dir), "--max-epochs", "1",
+            "--train-size", "100", "--val-size", "100"]
+    if "--resume" in filled:
+        base = ["--results", str(results), "--data-dir", str(data_dir)]
+    for option, value in zip(base[::2], base[1::2]):
+        if option not in filled and option not in given:
+            filled += [option, value]
+    check_one_error_line(["search", *filled], fill(message, results, data_dir, damaged, tmp_path, port), results)
+
+
+@pytest.mark.parametrize("args,message", READ_MISTAKES, ids=[" ".join(a) for a, _ in READ_MISTAKES])
+def test_a_summarize_or_report_mistake_is_one_error_line_and_changes_nothing(args, message, results, tmp_path):
+    filled = [a.format(results=results, tmp=tmp_path) for a in args]
+    if "--results" not in filled:
+        filled += ["--results", str(results)]
+    check_one_error_line(filled, message.format(results=results, tmp=tmp_path), results)
+
+
+def test_the_protected_runs_are_still_readable(results):
+    """The snapshot above compares like with like: the runs really are what they claim."""
+    assert store.load_run(results / "done").info["status"] == "completed"
+    assert json.loads((results / "busy" / store.RUN_FILE).read_text())["pid"] == os.getpid()

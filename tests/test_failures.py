@@ -1,0 +1,144 @@
+"""Trials that lose their worker: a killed trial process and a lost node are retried from
+the last checkpoint (`--max-failures`), and the retried trial trains exactly the curve an
+uninterrupted one does. Real Ray, real processes killed with SIGKILL (only ours)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from local_cluster import LocalCluster, descendants
+from test_resume import restored_from_checkpoint
+from tunefm import data, store, trainable
+from tunefm.search import SearchSettings, run
+
+SIZES = dict(train_size=2000, val_size=500)
+
+
+def trial_processes() -> list[int]:
+    """The trial actors of this test session's own Ray (descendants of this process)."""
+    found = []
+    for pid in descendants(os.getpid()) - {os.getpid()}:
+        try:
+            if b"ImplicitFunc" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+def search_killing_its_trial(settings: SearchSettings, after_epochs: int, echo=lambda line: None) -> list[int]:
+    """Run the one-trial search `settings` in a thread; SIGKILL the trial's worker once
+    `after_epochs` epochs are in Parquet (flushed at every epoch); returns the pids killed."""
+    run_dir = Path(settings.results_dir) / settings.name
+    search = threading.Thread(target=run, args=(settings,), kwargs={"echo": echo})
+    search.start()
+    killed = []
+    while search.is_alive() and not killed:
+        if (run_dir / store.EPOCHS_FILE).exists() and len(store.read_epochs(run_dir)) >= after_epochs:
+            killed = trial_processes()
+            for pid in killed:
+                os.kill(pid, signal.SIGKILL)  # no warning, no cleanup: as the OOM killer does it
+        time.sleep(0.05)
+    search.join()
+    return killed
+
+
+def test_a_killed_trial_is_retried_from_its_checkpoint_and_matches_an_uninterrupted_one(
+        ray_session, tmp_path, data_dir):
+    config = dict(model="iaro2", lr=0.01, batch_size=8)
+    settings = SearchSettings(space="fourfam", sets=tuple(f"{k}={v}" for k, v in config.items()), max_epochs=4,
+                              data_dir=str(data_dir), results_dir=str(tmp_path), name="kill", test_top=0,
+                              flush_interval_s=0, **SIZES)
+    run_dir, lines = tmp_path / "kill", []
+    assert len(search_killing_its_trial(settings, 2, lines.append)) == 1  # it dies in epoch 3 (or 4)
+
+    trials, epochs = store.read_trials(run_dir), store.read_epochs(run_dir).sort_values("epoch")
+    assert trials.status.tolist() == ["TERMINATED"] and trials.retries.tolist() == [1]
+    assert epochs.epoch.tolist() == [1, 2, 3, 4]
+    trial_id = trials.trial_id.item()
+    assert restored_from_checkpoint(run_dir / store.TUNE_DIR, trial_id)
+    assert sum("failed:" in line and "retrying from its last checkpoint (retry 1 of 2)" in line
+               for line in lines) == 1
+
+    # the same config trained straight through, in this process
+    splits = data.load(data_dir, **SIZES)
+    arrays = {"train_x": splits.train_x, "train_y": splits.train_y, "val_x": splits.val_x, "val_y": splits.val_y}
+    row = trials.iloc[0]
+    full = {k: (row[k].item() if hasattr(row[k], "item") else row[k]) for k in store.config_columns(trials)
+            if not (isinstance(row[k], float) and row[k] != row[k])}  # the trial's config, NaN keys left out
+    assert {k: full[k] for k in config} == config
+    torch.set_num_threads(1)
+    straight = [metrics for metrics, _ in trainable.fit(full, arrays, 4, torch.device("cpu"))]
+    for column in ("train_loss", "train_acc", "val_loss", "val_acc"):
+        assert epochs[column].tolist() == pytest.approx([m[column] for m in straight], abs=1e-6, rel=0)
+
+
+def test_max_failures_zero_lets_a_killed_trial_fail(ray_session, tmp_path, data_dir):
+    settings = SearchSettings(space="fourfam", sets=("model=iaro2", "lr=0.01", "batch_size=8"), max_epochs=4,
+                              data_dir=str(data_dir), results_dir=str(tmp_path), name="nofail", test_top=0,
+                              flush_interval_s=0, max_failures=0, **SIZES)
+    run_dir = tmp_path / "nofail"
+    assert len(search_killing_its_trial(settings, 1)) == 1
+    trials = store.read_trials(run_dir)
+    assert trials.status.tolist() == ["ERROR"] and trials.retries.tolist() == [0]
+    assert 1 <= trials.epochs.item() < 4  # what it trained before it died is kept
+    assert store.read_json(run_dir / store.RUN_FILE)["status"] == "completed with errors"
+
+
+def checkpointed_epoch(trial_dir: Path) -> int:
+    """The latest epoch a trial has checkpointed so far (0: none yet)."""
+    epochs = []
+    for meta in trial_dir.glob(f"checkpoint_*/{trainable.CHECKPOINT_META}"):
+        try:
+            epochs.append(json.loads(meta.read_text())["epoch"])
+        except (OSError, ValueError):
+            continue  # being copied into the storage right now
+    return max(epochs, default=0)
+
+
+@pytest.mark.slow
+def test_a_lost_worker_node_moves_its_trials_to_the_head(tmp_path, data_dir):
+    """Two nodes on this machine (head 1 CPU, worker 1 CPU), four trials of 5 epochs; the worker
+    is SIGKILLed while a trial trains on it. The trial continues from its checkpoint on the head; the run completes."""
+    with LocalCluster(tmp_path) as cluster:
+        address = cluster.start_head(cpus=1)
+        cluster.add_node(cpus=1)
+        cluster.wait_for_nodes(2)
+        head, (worker,) = cluster.node_ids()
+        results = tmp_path / "results"
+        process = cluster.start_tunefm(
+            "search", "--address", address, "--storage", str(tmp_path / "shared"), "--space", "fourfam",
+            "--set", "model=iaro2", "--set", "lr=0.01,0.005", "--set", "batch_size=8,16", "--max-epochs", "5",
+            "--no-early-stop", "--train-size", "5000", "--val-size", "500", "--test-top", "0",
+            "--data-dir", str(data_dir), "--results", str(results), "--name", "lost")
+        run_dir, deadline, on_worker = results / "lost", time.monotonic() + 240, None
+        tune_dir = tmp_path / "shared" / "lost" / store.TUNE_DIR
+        while on_worker is None and time.monotonic() < deadline and process.poll() is None:
+            if (run_dir / store.TRIALS_FILE).exists():
+                trials = store.read_trials(run_dir)
+                for trial_id in trials[(trials.node_id == worker) & (trials.status == "RUNNING")].trial_id:
+                    # Parquet lags up to 5 s; the checkpoints in the storage are current
+                    if 1 <= checkpointed_epoch(tune_dir / trial_id) <= 3:
+                        on_worker = trial_id
+            time.sleep(0.2)
+        assert on_worker is not None, process.communicate()
+        cluster.kill_node(1)
+        out, err = process.communicate(timeout=400)
+        assert process.returncode == 0, err[-3000:]
+        leftovers = cluster.stop()
+    assert not leftovers
+
+    trials, epochs = store.read_trials(run_dir).set_index("trial_id"), store.read_epochs(run_dir)
+    assert len(trials) == 4 and set(trials.status) == {"TERMINATED"} and (trials.epochs == 5).all()
+    assert not epochs.duplicated(["trial_id", "epoch"]).any() and len(epochs) == 20
+    assert trials.retries[on_worker] >= 1 and trials.node_id[on_worker] == head
+    assert restored_from_checkpoint(tmp_path / "shared" / "lost" / store.TUNE_DIR, on_worker)
+    assert f"Warning: trial {on_worker} (iaro2 " in out

@@ -1,0 +1,220 @@
+"""Interrupting a search (SIGINT, SIGTERM) and resuming it, through the real `tunefm`
+command in its own process, as a user runs it; and ASHA's state across a resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+from conftest import QUICK_FOURFAM
+from local_cluster import fresh_ray_env
+from tunefm import search, store
+
+CONFIG_KEYS = ["model", "lr", "batch_size", "seed"]
+METRICS = ["train_loss", "train_acc", "val_loss", "val_acc"]
+
+
+def start_tunefm(env: dict[str, str], *args: str) -> subprocess.Popen:
+    """`tunefm ...` in a new session: its process group is what a terminal's Ctrl-C reaches."""
+    return subprocess.Popen([sys.executable, "-c", "from tunefm.cli import main; main()", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def wait_for_finished_trials(run_dir: Path, count: int, process: subprocess.Popen, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.poll() is None:
+        if (run_dir / store.TRIALS_FILE).exists():
+            if (store.read_trials(run_dir).status == "TERMINATED").sum() >= count:
+                return
+        time.sleep(0.5)
+    raise AssertionError(f"{count} trials did not finish in time: {process.poll()=}")
+
+
+def group_is_gone(pgid: int, timeout_s: float = 30) -> bool:
+    """No process of the interrupted command's group (the driver, its Ray) is left."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def config_rows(epochs: pd.DataFrame) -> pd.DataFrame:
+    return epochs.set_index(CONFIG_KEYS + ["epoch"])[METRICS].sort_index()
+
+
+def restored_from_checkpoint(tune_dir: Path, trial_id: str) -> bool:
+    """Tune's own record of the trial shows a restart in the middle: a result that was the first
+    since a restore (iterations_since_restore 1) but not the trial's first epoch."""
+    results = [json.loads(line) for line in (tune_dir / trial_id / "result.json").read_text().splitlines()]
+    return any(r["iterations_since_restore"] == 1 and r["epoch"] > 1 for r in results)
+
+
+@pytest.mark.slow
+def test_ctrl_c_then_resume_gives_the_uninterrupted_runs_trials(quick_fourfam, tmp_path, data_dir):
+    """The README's quick search, stopped by Ctrl-C (SIGINT to its whole process group) after 15
+    trials and resumed with the command it printed: the same 112 configurations as the
+    uninterrupted run, every epoch once, and the same numbers for every (config, epoch) both ran."""
+    env = {**fresh_ray_env(tmp_path), "TUNEFM_DATA_DIR": str(data_dir)}
+    results = tmp_path / "results"
+    args = ["search", "--space", "fourfam", "--max-epochs", "3", "--train-size", "3000", "--val-size", "1000",
+            "--results", str(results), "--name", "q"]
+    assert QUICK_FOURFAM == dict(space="fourfam", max_epochs=3, train_size=3000, val_size=1000)
+    process = start_tunefm(env, *args)
+    run_dir = results / "q"
+    wait_for_finished_trials(run_dir, 15, process)
+    os.killpg(process.pid, signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+
+    assert process.returncode == 130, err
+    resume_line = f"Resume with: tunefm search --name q --resume --results {results}"
+    assert err.splitlines()[-1] == resume_line and "Traceback" not in err
+    assert err.splitlines()[-2].startswith("Interrupted by SIGINT: ")
+    assert group_is_gone(process.pid)
+    info = store.read_json(run_dir / store.RUN_FILE)
+    assert info["status"] == "interrupted"
+    assert [e["event"] for e in info["events"]] == ["started", "interrupted"]
+    assert info["events"][1]["signal"] == "SIGINT"
+    before = store.read_trials(run_dir)
+    statuses = before.status.value_counts().to_dict()
+    assert statuses.get("TERMINATED", 0) >= 15
+    assert statuses.get("INTERRUPTED", 0) >= 1 and statuses.get("PENDING", 0) >= 1
+    assert f"{statuses['TERMINATED']} of 112 trials finished, {statuses['INTERRUPTED']} stopped at their last " \
+           f"checkpoint" in err
+    epochs_before = store.read_epochs(run_dir)
+    assert not epochs_before.duplicated(["trial_id", "epoch"]).any()
+    finished_before = before[before.status == "TERMINATED"].trial_id
+    interrupted = before[(before.status == "INTERRUPTED") & (before.epochs >= 1)].trial_id.tolist()
+
+    resumed = subprocess.run([sys.executable, "-c", "from tunefm.cli import main; main()",
+                              *resume_line.removeprefix("Resume with: tunefm ").split()],
+                             env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Resuming run q: {statuses['TERMINATED']} of 112 trials finished before" in resumed.stdout
+
+    trials, epochs = store.read_trials(run_dir), store.read_epochs(run_dir)
+    reference, reference_epochs = store.read_trials(quick_fourfam), store.read_epochs(quick_fourfam)
+    assert len(trials) == 112 and set(trials.status) == {"TERMINATED"}
+    configs = lambda t: set(map(tuple, t[CONFIG_KEYS].astype(str).values))  # noqa: E731
+    assert configs(trials) == configs(reference)
+    # no epoch row duplicated or lost: each trial's rows are 1..epochs, and they add up
+    assert not epochs.duplicated(["trial_id", "epoch"]).any() and len(epochs) == trials.epochs.sum()
+    for _, rows in epochs.groupby("trial_id"):
+        assert sorted(rows.epoch) == list(range(1, len(rows) + 1))
+    # the trials finished before Ctrl-C were not run again: their rows are untouched
+    kept = epochs_before[epochs_before.trial_id.isin(finished_before)].sort_values(["trial_id", "epoch"])
+    now = epochs[epochs.trial_id.isin(finished_before)].sort_values(["trial_id", "epoch"])
+    pd.testing.assert_frame_equal(kept.reset_index(drop=True), now.reset_index(drop=True))
+    # the interrupted ones continued from their last checkpoint, and every number matches the
+    # uninterrupted run's wherever both trained the same config to the same epoch
+    for trial_id in interrupted:
+        if trials.set_index("trial_id").epochs[trial_id] > before.set_index("trial_id").epochs[trial_id]:
+            assert restored_from_checkpoint(run_dir / store.TUNE_DIR, trial_id)
+    mine, theirs = config_rows(epochs), config_rows(reference_epochs)
+    both = mine.index.intersection(theirs.index)
+    assert len(both) >= 0.8 * len(theirs)
+    pd.testing.assert_frame_equal(mine.loc[both], theirs.loc[both], rtol=0, atol=1e-6)
+
+    info = store.read_json(run_dir / store.RUN_FILE)
+    assert info["status"] == "completed"
+    assert [e["event"] for e in info["events"]] == ["started", "interrupted", "resumed", "completed"]
+    assert trials.test_acc.notna().sum() >= 12  # the winners were evaluated after the resume
+
+    again = subprocess.run([sys.executable, "-c", "from tunefm.cli import main; main()",
+                            *resume_line.removeprefix("Resume with: tunefm ").split()],
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 1 and again.stdout == ""
+    assert again.stderr.startswith("Error: run q is already complete (112 trials, finished ")
+
+
+def start_small_search(tmp_path: Path, data_dir: Path, name: str) -> tuple[dict, Path, list[str], subprocess.Popen]:
+    """fourfam's 28 iaro1 trials, 2 epochs each, started; returns once 4 have finished."""
+    env = {**fresh_ray_env(tmp_path), "TUNEFM_DATA_DIR": str(data_dir)}
+    results = tmp_path / "results"
+    args = ["search", "--space", "fourfam", "--set", "model=iaro1", "--max-epochs", "2", "--train-size", "3000",
+            "--val-size", "500", "--test-top", "0", "--results", str(results), "--name", name]
+    process = start_tunefm(env, *args)
+    wait_for_finished_trials(results / name, 4, process)
+    return env, results, args, process
+
+
+def test_sigterm_stops_cleanly_and_the_run_resumes(tmp_path, data_dir):
+    """`kill PID` (SIGTERM to the driver alone), as a batch system sends it."""
+    env, results, args, process = start_small_search(tmp_path, data_dir, "t")
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err
+    assert err.splitlines()[-2].startswith("Interrupted by SIGTERM: ") and "Traceback" not in err
+    assert group_is_gone(process.pid)
+    info = store.read_json(results / "t" / store.RUN_FILE)
+    assert info["status"] == "interrupted" and info["events"][-1]["signal"] == "SIGTERM"
+    done_before = (store.read_trials(results / "t").status == "TERMINATED").sum()
+    assert 4 <= done_before < 28
+
+    resumed = subprocess.run([sys.executable, "-c", "from tunefm.cli import main; main()", *args, "--resume"],
+                             env=env, capture_output=True, text=True, timeout=300)  # the same command + --resume
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    trials, epochs = store.read_trials(results / "t"), store.read_epochs(results / "t")
+    assert len(trials) == 28 and set(trials.status) == {"TERMINATED"}
+    assert not epochs.duplicated(["trial_id", "epoch"]).any() and len(epochs) == trials.epochs.sum()
+
+
+def test_a_killed_search_process_resumes_from_tunes_last_saved_state(tmp_path, data_dir):
+    """SIGKILL to the search process itself: nothing is flushed or recorded; run.json still says
+    running. The resume notices its process is gone, records it, and completes the run."""
+    env, results, _, process = start_small_search(tmp_path, data_dir, "k")
+    deadline = time.monotonic() + 120
+    while not list((results / "k" / store.TUNE_DIR).glob("experiment_state-*.json")) and time.monotonic() < deadline:
+        time.sleep(0.2)  # until Tune has saved its state once
+    process.kill()
+    process.communicate(timeout=60)
+    os.killpg(process.pid, signal.SIGKILL)  # Ray's agents outlive a SIGKILLed driver; they are ours to end
+    assert group_is_gone(process.pid)
+    assert store.read_json(results / "k" / store.RUN_FILE)["status"] == "running"
+
+    resumed = subprocess.run([sys.executable, "-c", "from tunefm.cli import main; main()", "search", "--name", "k",
+                              "--resume", "--results", str(results)], env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    trials, epochs = store.read_trials(results / "k"), store.read_epochs(results / "k")
+    assert len(trials) == 28 and set(trials.status) == {"TERMINATED"}
+    assert not epochs.duplicated(["trial_id", "epoch"]).any() and len(epochs) == trials.epochs.sum()
+    events = store.read_json(results / "k" / store.RUN_FILE)["events"]
+    assert [e["event"] for e in events] == ["started", "lost", "resumed", "completed"]
+    assert events[1]["note"] == f"search process {process.pid} ended without recording why (killed?)"
+
+
+def test_asha_after_a_resume_holds_the_rungs_it_held_before():
+    """Tune does not save the scheduler: a resumed search replays the written epochs into ASHA,
+    which then judges a new trial exactly as the uninterrupted one would."""
+    settings = search.SearchSettings(grace_period=1, reduction_factor=3)
+    study = SimpleNamespace(max_epochs=9)
+    live = search.make_scheduler(study, settings)
+    rows = []
+    for i, accuracy in enumerate([0.5, 0.6, 0.7, 0.8, 0.55, 0.65]):
+        trial = SimpleNamespace(trial_id=f"t{i}")
+        live.on_trial_add(None, trial)
+        for epoch in (1, 2, 3):
+            live.on_trial_result(None, trial, {"epoch": epoch, "val_acc": accuracy + epoch / 100})
+            rows.append({"trial_id": trial.trial_id, "epoch": epoch, "val_acc": accuracy + epoch / 100})
+    resumed = search.make_scheduler(study, settings, pd.DataFrame(rows).sample(frac=1, random_state=0))
+    fresh = search.make_scheduler(study, settings)
+    decisions = {}
+    for name, scheduler in [("live", live), ("resumed", resumed), ("fresh", fresh)]:
+        newcomer = SimpleNamespace(trial_id="new")
+        scheduler.on_trial_add(None, newcomer)
+        decisions[name] = [scheduler.on_trial_result(None, newcomer, {"epoch": e, "val_acc": 0.62}) for e in (1,)]
+    assert decisions["resumed"] == decisions["live"] == ["STOP"]
+    assert decisions["fresh"] == ["CONTINUE"]  # what a resume without the replay would do

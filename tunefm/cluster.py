@@ -1,0 +1,164 @@
+"""The Ray cluster a search runs on: starting or joining it, its nodes, what a trial asks of them.
+
+    started, dashboard = cluster.start_ray(address)      # a local Ray, or join `address`
+    nodes = cluster.connect(cpus_per_trial=1, gpus_per_trial=None)   # fails now if no node fits a trial
+    resources = cluster.trial_resources(1, None, nodes.has_gpus)     # config -> PlacementGroupFactory
+
+A local Ray gets its dashboard on 127.0.0.1 with token authentication on. Nodes count
+as the live ones plus the node types an autoscaler may still start, so a `ray up`
+cluster with no GPU worker running yet is not refused. A trial takes its model's GPU
+share where the cluster has GPUs, unless --gpus-per-trial says otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from typing import Callable
+
+from tunefm import models
+from tunefm.errors import UserError
+
+
+def trial_resources(cpus: float, gpus_per_trial: float | None, cluster_has_gpus: bool) -> Callable[[dict], object]:
+    """config -> PlacementGroupFactory: each model's GPU share unless --gpus-per-trial says otherwise."""
+    from ray.tune.execution.placement_groups import PlacementGroupFactory
+
+    def resources(config: dict):
+        gpu = gpus_per_trial if gpus_per_trial is not None else models.get(config["model"]).gpu_fraction
+        bundle = {"CPU": cpus}
+        if cluster_has_gpus and gpu > 0:
+            bundle["GPU"] = gpu
+        return PlacementGroupFactory([bundle])
+
+    return resources
+
+
+def cluster_nodes() -> list[dict[str, float]]:
+    """Resources of each live node of the connected Ray cluster."""
+    import ray
+
+    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+
+def launchable_nodes() -> list[dict[str, float]]:
+    """Resources of each node type the cluster's autoscaler may still launch (none without one).
+
+    A `ray up` cluster starts its GPU workers on demand: a search must count them as
+    nodes to come, not refuse to run. Ray publishes them only through a private API,
+    so anything unexpected there means "no autoscaler".
+    """
+    try:
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+        return [dict(group.resources) for group in config.node_group_configs if group.max_count != 0]
+    except Exception:
+        return []
+
+
+def local_node() -> list[dict[str, float]]:
+    """What a local Ray would detect here, known before starting one."""
+    import torch
+
+    return [{"CPU": len(os.sched_getaffinity(0)), "GPU": torch.cuda.device_count()}]
+
+
+def check_resources_fit(cpus: float, gpus: float | None, nodes: list[dict[str, float]]) -> None:
+    """Fail now, not pending forever, when no node can ever hold one trial."""
+    need = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+    for resource, amount in need.items():
+        most = max((n.get(resource, 0) for n in nodes), default=0)
+        if most < amount:
+            flag = "--cpus-per-trial" if resource == "CPU" else "--gpus-per-trial"
+            raise UserError(f"{flag} {amount:g} can never be met: the largest node has {most:g} {resource}")
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds on a host:port with nothing listening; ray.init would retry for minutes."""
+    host, sep, port = address.rpartition(":")
+    if address == "auto" or "://" in address or not sep or not port.isdigit():
+        return  # ray.init itself fails fast on 'auto' with no cluster; ray:// is Ray Client's
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise UserError(f"no Ray cluster answers at --address {address} ({e.strerror or e}); "
+                        f"start one with `ray start --head` or give its head node's address") from None
+
+
+def start_ray(address: str | None) -> tuple[bool, str | None]:
+    """Join `address`, or start a local Ray; returns (we started it, dashboard URL).
+
+    A local Ray gets its dashboard on 127.0.0.1 only, with token authentication on
+    (Ray's local default since 2.59 when RAY_AUTH_MODE is unset; `run` warns when it is
+    off); the token is in ~/.ray/auth_token and `ray get-auth-token` prints it.
+    """
+    import ray
+
+    if address:
+        check_reachable(address)
+    if ray.is_initialized():
+        return False, None
+    try:
+        # Ray's own "Connected"/"Started" lines and its "token authentication is enabled"
+        # notice repeat what tunefm prints itself, and would make a user error two lines.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+        quiet = dict(log_to_driver=True, logging_level=logging.WARNING)
+        if address:
+            context = ray.init(address=address, **quiet)
+        else:
+            context = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
+    except (ConnectionError, ValueError, RuntimeError) as e:
+        where = f"the Ray cluster at {address}" if address else "a local Ray"
+        raise UserError(f"could not start or join {where}: {str(e).splitlines()[0]}") from None
+    url = getattr(context, "dashboard_url", None)
+    return True, (f"http://{url}" if url and not url.startswith("http") else url)
+
+
+@dataclass
+class Cluster:
+    """The connected Ray cluster's nodes: live ones, and types its autoscaler may still start."""
+
+    nodes: list[dict[str, float]]
+    launchable: list[dict[str, float]]
+
+    @property
+    def has_gpus(self) -> bool:
+        return any(n.get("GPU", 0) > 0 for n in self.nodes + self.launchable)
+
+    @property
+    def multi_node(self) -> bool:
+        return len(self.nodes) > 1 or bool(self.launchable)
+
+
+def connect(cpus_per_trial: float, gpus_per_trial: float | None) -> Cluster:
+    """The cluster Ray is connected to, after checking that one trial fits on some node."""
+    cluster = Cluster(cluster_nodes(), launchable_nodes())
+    check_resources_fit(cpus_per_trial, gpus_per_trial, cluster.nodes + cluster.launchable)
+    return cluster
+
+
+def announce(cluster: Cluster, dashboard: str | None, address: str | None, storage: str | None,
+             echo: Callable[[str], None]) -> None:
+    """The dashboard line and the warnings about this cluster, before the search starts."""
+    token_auth = auth_mode() == "token"
+    if dashboard:
+        echo(f"Ray dashboard: {dashboard}" + ("   (token: `ray get-auth-token`)" if token_auth else ""))
+    if not token_auth and not address:
+        echo("Warning: RAY_AUTH_MODE=disabled: the dashboard and Ray's ports accept anyone who can reach them")
+    if storage is None and cluster.multi_node:
+        echo(f"Warning: a cluster of {len(cluster.nodes)} node(s) and no --storage: trials on other nodes keep their "
+             f"checkpoints on their own disks, where resuming and the test evaluation cannot find them; "
+             f"give --storage s3://bucket/path or a folder every node shares (docs/cluster.md)")
+
+
+def auth_mode() -> str:
+    """Ray's token authentication for this process: 'token' or 'disabled'."""
+    try:
+        from ray._raylet import AuthenticationMode, get_authentication_mode
+
+        return "token" if get_authentication_mode() == AuthenticationMode.TOKEN else "disabled"
+    except ImportError:  # a Ray without token authentication
+        return "disabled"

@@ -1,0 +1,169 @@
+"""Continue an interrupted search: the library behind `tunefm search --name RUN --resume`.
+
+    outcome = resume.run("fourfam-20261122-101500", results_dir="results")
+
+The run's own options come back from its run.json, and its trials from Tune's saved
+experiment state (`Tuner.restore`): finished trials are not run again, trials that
+were running continue from their last checkpoint (the RNG states included, so the
+curve is the one an uninterrupted run would have drawn), trials not yet started
+start, and failed trials are retried from their last checkpoint. The Parquet writer
+starts from the files already written, so each (trial_id, epoch) row stays unique;
+ASHA starts from the epochs already written; run.json's "events" gain "resumed" (and
+"lost" when the previous search process died without a word).
+
+Only where the run is placed may change: --address, --data-dir (the same files, checked
+by SHA-256) and --max-failures. Any other option must equal the run's or be left out,
+so a user can resume by adding --resume to the command that started the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from tunefm import cluster, evaluate, search, store
+from tunefm.errors import UserError
+
+CHANGEABLE = ("address", "data_dir", "max_failures")  # where and how robustly it runs, not what it runs
+LOCATORS = ("name", "results_dir")  # which run
+
+
+def find_run(name: str, results_dir: str) -> Path:
+    """The run folder to resume, `results_dir/name`; a clear error if there is none."""
+    run_dir = Path(results_dir).expanduser() / name
+    if not (run_dir / store.RUN_FILE).is_file():
+        names = [d.name for d in store.list_runs(Path(results_dir).expanduser())]
+        known = f"runs there: {', '.join(names)}" if names else "there are no runs there"
+        raise UserError(f"no run named {name!r} to resume under {results_dir}/ ({known}); "
+                        f"give the --name of an interrupted run, and --results if it is elsewhere")
+    return run_dir
+
+
+def check_resumable(run_dir: Path, info: Mapping[str, Any]) -> None:
+    """Refuse a run that is complete, or whose search is still running."""
+    status = info.get("status")
+    if status == "completed":
+        trials = info.get("study", {}).get("num_trials", "all")
+        raise UserError(f"run {run_dir.name} is already complete ({trials} trials, finished "
+                        f"{info.get('finished_at', '?')}); nothing to resume. Start a new search with another --name")
+    pid = store.live_search_pid(info)
+    if pid is not None:
+        raise UserError(f"run {run_dir.name} is still running (process {pid}); stop it with Ctrl-C or "
+                        f"`kill -INT {pid}` before resuming it")
+
+
+def recorded_settings(run_dir: Path, info: Mapping[str, Any], changes: Mapping[str, Any]) -> search.SearchSettings:
+    """The run's own SearchSettings (from run.json), with the options a resume may change."""
+    known = {f.name for f in fields(search.SearchSettings)}
+    options = {k: v for k, v in info.get("options", {}).items() if k in known}
+    options["sets"] = tuple(options.get("sets") or ())
+    settings = search.SearchSettings(**options)
+    for key, value in changes.items():
+        if key in CHANGEABLE + LOCATORS:
+            continue
+        if value != getattr(settings, key) and not (key == "sets" and tuple(value) == settings.sets):
+            flag = "--" + ("set" if key == "sets" else key.replace("_", "-"))
+            raise UserError(f"{flag} cannot change on --resume: run {run_dir.name} was started with "
+                            f"{flag} {getattr(settings, key)!r}; leave it out (a resume may change "
+                            f"only --address, --data-dir and --max-failures)")
+    kept = {k: changes[k] for k in CHANGEABLE if k in changes}
+    settings = replace(settings, name=run_dir.name, results_dir=str(run_dir.parent), **kept)
+    settings.validate()
+    return settings
+
+
+def check_same_study(run_dir: Path, study, info: Mapping[str, Any]) -> None:
+    """The study file must still define the grid the run started with."""
+    now = json.loads(json.dumps(study.record(), default=str))
+    if info.get("study") and now != info["study"]:
+        changed = sorted(k for k in set(now) | set(info["study"]) if now.get(k) != info["study"].get(k))
+        raise UserError(f"study {study.name!r} has changed since run {run_dir.name} started "
+                        f"({', '.join(changed)} differ); restore its file, or start a new search")
+
+
+def saved_experiment_state(tune_dir: str) -> bool:
+    """Tune has saved the experiment's state (`experiment_state-<time>.json`) in `tune_dir`."""
+    try:
+        fs, path = pafs.FileSystem.from_uri(tune_dir)
+        found = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    except (OSError, pa.ArrowException):
+        return False
+    return any(Path(f.path).name.startswith("experiment_state") and f.path.endswith(".json") for f in found)
+
+
+def restore_tuner(tune_dir: str, trainable, callbacks: list, scheduler, max_failures: int):
+    """Tune's saved experiment with this process's callbacks, scheduler and retry limit.
+
+    `Tuner.restore` brings back the RunConfig and TuneConfig pickled when the run began,
+    callbacks and scheduler included; Ray has no public argument to replace them, so
+    they are set on the restored Tuner's internals, the one place that knows them.
+    """
+    from ray import tune
+
+    tuner = tune.Tuner.restore(tune_dir, trainable, resume_unfinished=True, resume_errored=True)
+    internal = tuner._local_tuner
+    run_config = internal.get_run_config()
+    run_config.callbacks = callbacks
+    run_config.failure_config = tune.FailureConfig(max_failures=max_failures)
+    internal._tune_config.scheduler = scheduler
+    return tuner
+
+
+def run(name: str, results_dir: str = "results", changes: Mapping[str, Any] | None = None,
+        echo: Callable[[str], None] = print) -> search.SearchOutcome:
+    """Continue run `name` under `results_dir`; `changes` are options the user gave with --resume."""
+    from ray import tune
+
+    run_dir = find_run(name, results_dir)
+    try:
+        info = store.read_json(run_dir / store.RUN_FILE)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {run_dir / store.RUN_FILE}: {e}") from None
+    check_resumable(run_dir, info)
+    settings = recorded_settings(run_dir, info, changes or {})
+    study = search.build_study(settings)
+    check_same_study(run_dir, study, info)
+    tune_dir = info.get("storage") or str((run_dir / store.TUNE_DIR).resolve())
+    if not (tune.Tuner.can_restore(tune_dir) and saved_experiment_state(tune_dir)):
+        # Without its state file Tune would not refuse: it would start the whole study again.
+        raise UserError(f"run {run_dir.name} cannot be resumed: Tune saved no experiment state in {tune_dir} "
+                        f"(the search stopped in its first seconds); start a new search instead")
+    splits = evaluate.load_run_data(info, settings.data_dir)  # the same files, or one clear error
+
+    import ray
+
+    started_ray, dashboard = cluster.start_ray(settings.address)
+    try:
+        nodes = cluster.connect(settings.cpus_per_trial, settings.gpus_per_trial)
+        writer = store.RunWriter(run_dir, study.max_epochs, study.config_keys(), settings.flush_interval_s)
+        writer.load()
+        earlier_trials, earlier_epochs = writer.tables()
+        search.quiet_tune_output()
+        tuner = restore_tuner(
+            tune_dir, search.make_trainable(study, settings, splits, nodes.has_gpus),
+            search.make_callbacks(study, settings, writer, run_dir, echo, earlier_trials),
+            search.make_scheduler(study, settings, earlier_epochs), settings.max_failures)
+    except BaseException:
+        if started_ray:
+            ray.shutdown()
+        raise
+    cluster.announce(nodes, dashboard, settings.address, settings.storage, echo)
+    events = info.setdefault("events", [])
+    if info.get("status") == "running":  # and its process is gone (check_resumable)
+        events.append({"event": "lost", "at": info.get("finished_at") or search.now(),
+                       "note": f"search process {info.get('pid')} ended without recording why (killed?)"})
+    done = int(earlier_trials["status"].isin(["TERMINATED"]).sum()) if len(earlier_trials) else 0
+    events.append(search.event("resumed", trials_done=done))
+    info.update(status="running", pid=os.getpid(), host=socket.gethostname(),
+                options={**info.get("options", {}), "address": settings.address, "data_dir": settings.data_dir,
+                         "max_failures": settings.max_failures}, dashboard_url=dashboard)
+    info.pop("error", None)
+    echo(f"Resuming run {run_dir.name}: {done} of {study.num_trials} trials finished before")
+    return search.execute(tuner, writer, info, study, splits, settings, run_dir, tune_dir, started_ray, echo)
