@@ -35,6 +35,8 @@ class GracefulStop:
         if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
             for number in SIGNALS:
                 self._previous[number] = signal.signal(number, self._handle)
+            # An earlier search in this process left Tune's SIGUSR1 handler, tied to its finished loop.
+            self._previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, signal.SIG_DFL)
             # Tune's own SIGINT handler would replace ours; its SIGUSR1 handler is the one we call.
             self._previous_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
             os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
