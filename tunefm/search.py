@@ -140,8 +140,8 @@ def check_creatable(folder: Path, what: str) -> None:
     if problem is None:
         try:  # os.access says yes to root everywhere, even on /proc or a read-only mount: try it
             os.rmdir(tempfile.mkdtemp(prefix=".tunefm-", dir=ancestor))
-        except OSError as e:
-            problem = f"is not writable ({e.strerror or e})"
+        except OSError:
+            problem = "is not writable"
     if problem:
         raise UserError(f"cannot create {what} {folder}: {ancestor} {problem}")
 
