@@ -158,7 +158,8 @@ def check_one_error_line(args: list[str], message: str, results: Path) -> None:
     assert result.exit_code != 0
     assert result.output.startswith("Error: ") and result.output.count("\n") == 1, result.output
     assert message in result.output, result.output
-    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)  # no exception escaped
     assert snapshot(results) == before, "a failed command changed the results folder"
 
 

@@ -68,7 +68,7 @@ def recorded_settings(run_dir: Path, info: Mapping[str, Any], changes: Mapping[s
     for key, value in changes.items():
         if key in CHANGEABLE + LOCATORS:
             continue
-        if value != getattr(settings, key) and not (key == "sets" and tuple(value) == settings.sets):
+        if value != getattr(settings, key):
             flag = "--" + ("set" if key == "sets" else key.replace("_", "-"))
             raise UserError(f"{flag} cannot change on --resume: run {run_dir.name} was started with "
                             f"{flag} {getattr(settings, key)!r}; leave it out (a resume may change "
@@ -122,10 +122,7 @@ def run(name: str, results_dir: str = "results", changes: Mapping[str, Any] | No
     from ray import tune
 
     run_dir = find_run(name, results_dir)
-    try:
-        info = store.read_json(run_dir / store.RUN_FILE)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {run_dir / store.RUN_FILE}: {e}") from None
+    info = store.read_run_info(run_dir)
     check_resumable(run_dir, info)
     settings = recorded_settings(run_dir, info, changes or {})
     study = search.build_study(settings)
@@ -159,7 +156,7 @@ def run(name: str, results_dir: str = "results", changes: Mapping[str, Any] | No
     if info.get("status") == "running":  # and its process is gone (check_resumable)
         events.append({"event": "lost", "at": info.get("finished_at") or search.now(),
                        "note": f"search process {info.get('pid')} ended without recording why (killed?)"})
-    done = int(earlier_trials["status"].isin(["TERMINATED"]).sum()) if len(earlier_trials) else 0
+    done = int((earlier_trials["status"] == "TERMINATED").sum()) if len(earlier_trials) else 0
     events.append(search.event("resumed", trials_done=done))
     info.update(status="running", pid=os.getpid(), host=socket.gethostname(),
                 options={**info.get("options", {}), "address": settings.address, "data_dir": settings.data_dir,

@@ -172,6 +172,7 @@ class RunWriter:
         self.max_epochs = max_epochs
         self.flush_interval_s = flush_interval_s
         self._epochs: dict[tuple[str, int], dict[str, Any]] = {}
+        self._latest: dict[str, int] = {}  # trial id -> its highest epoch row
         self._trials: dict[str, dict[str, Any]] = {}
         self._config_keys: list[str] = list(config_keys)  # column order; unseen keys are appended
         self._last_flush = time.monotonic()
@@ -192,8 +193,10 @@ class RunWriter:
             record.update(status=row["status"], retries=int(row.get("retries") or 0),
                           **{k: row[k] for k in TRIAL_FACTS if k in row and not _is_null(row[k])})
         for row in epochs.to_dict("records"):
-            self._epochs[(row["trial_id"], int(row["epoch"]))] = {
-                "trial_id": row["trial_id"], "epoch": int(row["epoch"]), **{k: row.get(k) for k in EPOCH_METRICS}}
+            trial_id, epoch = row["trial_id"], int(row["epoch"])
+            self._epochs[(trial_id, epoch)] = {"trial_id": trial_id, "epoch": epoch,
+                                               **{k: row.get(k) for k in EPOCH_METRICS}}
+            self._latest[trial_id] = max(self._latest.get(trial_id, 0), epoch)
 
     def _trial(self, trial_id: str, config: Mapping[str, Any]) -> dict[str, Any]:
         if trial_id not in self._trials:
@@ -241,8 +244,9 @@ class RunWriter:
             trial["started_at"] = min(first_start, result["started_at"])
         epoch = int(result["epoch"])
         # A trial restored from an older checkpoint trains those epochs again: its later rows are stale.
-        for stale in [key for key in self._epochs if key[0] == trial_id and key[1] > epoch]:
-            del self._epochs[stale]
+        for stale in range(epoch + 1, self._latest.get(trial_id, 0) + 1):
+            self._epochs.pop((trial_id, stale), None)
+        self._latest[trial_id] = epoch
         self._epochs[(trial_id, epoch)] = {
             "trial_id": trial_id, "epoch": epoch, **{k: result.get(k) for k in EPOCH_METRICS},
         }
@@ -424,8 +428,13 @@ def load_run(run_dir: Path) -> RunTables:
         raise UserError(f"run {run_dir} has no trials in {TRIALS_FILE}")
     confusion = _read_table(run_dir / CONFUSION_FILE)[0] if (run_dir / CONFUSION_FILE).exists() else pd.DataFrame(
         columns=["trial_id", "true_label", "pred_label", "count"])
-    try:
-        info = read_json(run_dir / RUN_FILE) if (run_dir / RUN_FILE).exists() else {}
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {run_dir / RUN_FILE}: {e}") from None
+    info = read_run_info(run_dir) if (run_dir / RUN_FILE).exists() else {}
     return RunTables(run_dir, trials, epochs, confusion, info)
+
+
+def read_run_info(run_dir: Path) -> dict[str, Any]:
+    """A run's run.json; a damaged one is a one-line UserError."""
+    try:
+        return read_json(Path(run_dir) / RUN_FILE)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {Path(run_dir) / RUN_FILE}: {e}") from None
