@@ -27,7 +27,7 @@ def data_dir() -> Path:
         DEFAULT_DATA, Path("~/.cache/tunefm/fashion-mnist").expanduser()]
     for folder in candidates:
         if all(data.find_file(folder, stem) for stem in data.FILES.values()):
-            return folder
+            return folder.resolve()  # absolute: tests link to these files from other folders
     pytest.fail(f"Fashion-MNIST IDX files not found in {', '.join(map(str, candidates))}: "
                 f"set TUNEFM_DATA_DIR to a folder holding them")
 
