@@ -246,3 +246,15 @@ def test_quick_fourfam_search_runs_the_full_grid_with_asha(quick_fourfam):
     assert trials.groupby("model").size().to_dict() == {f"iaro{i}": 28 for i in range(1, 5)}
     assert (trials.stopped_early & (trials.epochs < 3)).sum() >= 56  # ASHA stopped at least half
     assert len(epochs) == trials.epochs.sum() and not epochs.duplicated(["trial_id", "epoch"]).any()
+
+
+def test_concurrency_limits_a_grid_studys_trials_at_once(tmp_path, data_dir):
+    """--concurrency 1 on two CPUs: each trial starts only after the previous one trained.
+    (Tune ignores `max_concurrent_trials` next to a search generator; the limit has to be
+    the generator's own.)"""
+    outcome = run(settings(tmp_path, data_dir, concurrency=1, early_stop=False, max_epochs=2,
+                           sets=("model=iaro1", "batch_size=64", "lr=0.01,0.02,0.03")), echo=lambda s: None)
+    trials = outcome.trials.sort_values("started_at")
+    assert len(trials) == 3 and (trials["epochs"] == 2).all()
+    training_ends = trials["started_at"] + trials["time_per_epoch_s"] * trials["epochs"]
+    assert (trials["started_at"].iloc[1:].to_numpy() >= training_ends.iloc[:-1].to_numpy()).all()

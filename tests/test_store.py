@@ -200,3 +200,63 @@ def test_a_run_read_while_it_is_written_is_one_consistent_snapshot(tmp_path):
         assert (run.trials.set_index("trial_id").best_val_acc == run.epochs.groupby("trial_id").val_acc.max()).all()
         epoch_counts.add(int(per_trial.max()))
     assert len(epoch_counts) > 10  # the reads really did overlap many flushes
+
+
+def test_flushes_recompute_only_changed_trials_and_match_a_full_summary(tmp_path, monkeypatch):
+    """The writer keeps each trial's summary row until the trial changes; after any mix of
+    epochs, statuses, retries, stale rows, a new config key and an interrupt, what it writes
+    equals summarizing everything from scratch."""
+    writer = store.RunWriter(tmp_path, max_epochs=3, config_keys=["model", "lr"])
+    summarized, calls = [], []
+    real = store.summary_row
+
+    def counting(trial, history, config_columns, max_epochs):
+        calls.append(trial["trial_id"])
+        return real(trial, history, config_columns, max_epochs)
+
+    def flush():
+        calls.clear()
+        writer.flush()
+        if calls:
+            summarized.append(sorted(calls))
+
+    monkeypatch.setattr(store, "summary_row", counting)
+
+    config = {"model": "iaro1", "lr": 0.01}
+    for trial in "abcd":
+        writer.set_status(trial, {**config, "lr": 0.01 * (ord(trial) - 96)}, "PENDING")
+    flush()
+    assert summarized == [list("abcd")]
+    writer.add_epoch("a", config, _result(1, 1.0, 0.9, 0.6))
+    writer.add_epoch("b", {**config, "lr": 0.02}, _result(1, 1.0, 0.9, 0.5))
+    flush()
+    assert summarized[-1] == ["a", "b"]
+    writer.flush()  # nothing changed: nothing recomputed
+    assert len(summarized) == 2
+    writer.add_epoch("a", config, _result(2, 0.8, 0.8, 0.7))
+    writer.add_epoch("a", config, _result(3, 0.7, 0.8, 0.65))
+    writer.set_status("a", config, "TERMINATED")
+    writer.add_retry("b", {**config, "lr": 0.02})
+    writer.add_epoch("b", {**config, "lr": 0.02}, _result(2, 0.9, 0.9, 0.55))
+    writer.add_epoch("b", {**config, "lr": 0.02}, _result(1, 0.95, 0.9, 0.52))  # back at an older checkpoint
+    writer.add_epoch("c", {**config, "lr": 0.03, "momentum": 0.9}, _result(1, 1.1, 1.0, 0.4))  # a new key
+    writer.mark_interrupted()
+    flush()
+    assert summarized[-1] == list("abcd")  # the new column: every row again
+    writer.add_epoch("d", {**config, "lr": 0.04}, _result(1, 1.2, 1.1, 0.3))
+    writer.set_status("c", {**config, "lr": 0.03, "momentum": 0.9}, "ERROR")
+    flush()
+    assert summarized[-1] == ["c", "d"]
+    cached = store.read_trials(tmp_path)
+    writer._summaries.clear()  # from scratch
+    flush()
+    assert summarized[-1] == list("abcd")
+    from_scratch = store.read_trials(tmp_path)
+    pd.testing.assert_frame_equal(cached, from_scratch)
+    # ... and equals the pandas path that readers use, from the written files alone
+    written_epochs = store.read_epochs(tmp_path)
+    state = from_scratch[["trial_id", "status", "retries", "model", "lr", "momentum", *store.TRIAL_FACTS]]
+    pd.testing.assert_frame_equal(store.summarize_trials(written_epochs, state, 3), from_scratch,
+                                  check_dtype=False)
+    assert list(from_scratch["status"]) == ["TERMINATED", store.INTERRUPTED, "ERROR", "RUNNING"]
+    assert list(from_scratch["epochs"]) == [3, 1, 1, 1]

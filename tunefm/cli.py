@@ -6,6 +6,7 @@
     tunefm summarize [RUN] --section best --format markdown
     tunefm evaluate RUN --test-top 5
     tunefm report RUN --out report/
+    tunefm bench --models iaro1,iaro2 --batch-sizes 8,256 --device cuda
     tunefm spaces [NAME]      tunefm models
 
 Each command parses its options, calls the library and prints the answer. A
@@ -229,6 +230,62 @@ def report(run: str | None, results_dir: str, out_dir: str | None, cost: str) ->
     run_dir = store.resolve_run(run, results_dir)
     written = reporting.write(store.load_run(run_dir), out_dir, cost=cost)
     click.echo(f"Wrote {len(written.figures)} figures and {written.index}")
+
+
+def comma_list(convert):
+    """A click callback: repeated and comma-separated values as one flat list."""
+
+    def parse(ctx, param, values):
+        items = [v.strip() for value in values for v in value.split(",") if v.strip()]
+        try:
+            return [convert(v) for v in items]
+        except ValueError:
+            raise click.BadParameter(f"expected {convert.__name__} values separated by commas, got {','.join(values)!r}")
+    return parse
+
+
+@main.command()
+@click.option("--models", "model_names", multiple=True, callback=comma_list(str), metavar="M1,M2",
+              help="Models to measure.  [default: iaro1,iaro2,iaro3,iaro4]")
+@click.option("--batch-sizes", multiple=True, callback=comma_list(int), metavar="B1,B2",
+              help="Batch sizes.  [default: 8,32,256]")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
+              help="Where to train.  [default: cuda when available, else cpu]")
+@click.option("--seconds", type=float, default=2.0, show_default=True, help="Training time per model and batch size.")
+@click.option("--cpus-per-trial", type=float, default=1.0, show_default=True,
+              help="CPUs a trial gets (also torch threads), as in tunefm search.")
+@click.option("--train-size", type=int, default=50_000, show_default=True,
+              help="A trial's training images, for its data footprint.")
+@click.option("--val-size", type=int, default=10_000, show_default=True,
+              help="A trial's validation images, for its data footprint.")
+@click.option("--data-dir", default=None, metavar="DIR", help="Fashion-MNIST IDX files.  [default: $TUNEFM_DATA_DIR, else the cache]")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="Output format.")
+@user_errors
+def bench(model_names, batch_sizes, device, seconds, cpus_per_trial, train_size, val_size, data_dir, fmt) -> None:
+    """Measure training speed and peak memory per model and batch size here, and advise
+    how many trials share one GPU (or node) and the GPU fraction to give each."""
+    import json
+
+    from tunefm import bench as benchmark
+
+    if cpus_per_trial <= 0:
+        raise UserError(f"--cpus-per-trial must be > 0, got {cpus_per_trial}")
+    if train_size < 1 or val_size < 1:
+        raise UserError(f"--train-size and --val-size must be >= 1, got {train_size} and {val_size}")
+    benchmark.check(list(model_names) or list(benchmark.DEFAULT_MODELS), list(batch_sizes), seconds)
+    machine = benchmark.Machine.here(benchmark.resolve_device(device), cpus_per_trial)
+    rows = benchmark.measure(list(model_names) or list(benchmark.DEFAULT_MODELS),
+                             list(batch_sizes) or list(benchmark.DEFAULT_BATCH_SIZES), machine, seconds,
+                             data_dir, trial_images=train_size + val_size,
+                             on_row=lambda r: click.echo(f"measured {r.model} batch {r.batch_size}: "
+                                                         f"{r.samples_per_s:,.0f} samples/s", err=True))
+    packings = benchmark.advise(rows, machine)
+    if fmt == "json":
+        click.echo(json.dumps({"machine": machine.record(), "rows": [r.record() for r in rows],
+                               "packing": [p.record() for p in packings]}, indent=2))
+    else:
+        click.echo(benchmark.render(rows, packings, machine))
 
 
 @main.command()

@@ -99,9 +99,9 @@ def trial_config(row: pd.Series, keys: list[str]) -> dict:
 
 
 def load_model(config: dict, fs: pafs.FileSystem, checkpoint: str, device: torch.device) -> nn.Module:
-    model = trainable.build_model(config)
+    model = trainable.place_model(trainable.build_model(config), config, device)
     model.load_state_dict(load_state(fs, checkpoint, device)["model"])
-    return model.to(device).eval()
+    return model.eval()
 
 
 def confusion_rows(trial_id: str, true: np.ndarray, predicted: np.ndarray) -> pd.DataFrame:

@@ -235,7 +235,9 @@ def search_algorithm(study: studies.Study, settings: SearchSettings) -> tuple[di
     varied = {k: list(dict.fromkeys(c[k] for c in configs if k in c))
               for k in {k for c in configs for k in c} - set(base)}
     param_space = {**base, **{k: tune.grid_search(v) for k, v in varied.items()}}
-    return param_space, BasicVariantGenerator(points_to_evaluate=configs), len(configs)
+    # --concurrency goes here: Tune ignores `max_concurrent_trials` next to a search generator.
+    return (param_space, BasicVariantGenerator(points_to_evaluate=configs, max_concurrent=settings.concurrency or 0),
+            len(configs))
 
 
 def make_trainable(study: studies.Study, settings: SearchSettings, splits: data.Splits, cluster_has_gpus: bool):
@@ -280,7 +282,11 @@ def make_scheduler(study: studies.Study, settings: SearchSettings, earlier_epoch
 
 def make_callbacks(study: studies.Study, settings: SearchSettings, writer: store.RunWriter, run_dir: Path,
                    echo: Callable[[str], None], earlier_trials: pd.DataFrame | None = None) -> list:
-    """Parquet, the progress line and TensorBoard, all fed by the driver as results arrive."""
+    """Parquet, the progress line and TensorBoard, all fed by the driver as results arrive;
+    plus Tune's own JSON and CSV loggers (each trial's result.json and progress.csv), but
+    not its TensorBoard logger, which would write every scalar a second time."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
     from tunefm.progress import ProgressLine
     from tunefm.recorder import ParquetRecorder
     from tunefm.tensorboard import TensorBoardWriter
@@ -288,7 +294,7 @@ def make_callbacks(study: studies.Study, settings: SearchSettings, writer: store
     return [ParquetRecorder(writer),
             ProgressLine(study.num_trials, study.max_epochs, echo, max_failures=settings.max_failures,
                          earlier=earlier_trials),
-            TensorBoardWriter(run_dir / store.TENSORBOARD_DIR)]
+            TensorBoardWriter(run_dir / store.TENSORBOARD_DIR), JsonLoggerCallback(), CSVLoggerCallback()]
 
 
 def quiet_tune_output() -> None:
@@ -301,6 +307,8 @@ def quiet_tune_output() -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # A retried trial is one warning line from ProgressLine; its traceback stays in tune/<trial>/error.txt.
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
+    # make_callbacks adds the loggers it wants itself (not Tune's second TensorBoard).
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     interrupt.quiet_tune_stop_messages()
 
 
@@ -318,7 +326,6 @@ def make_tuner(study: studies.Study, settings: SearchSettings, splits: data.Spli
             scheduler=make_scheduler(study, settings),
             search_alg=search_alg,
             num_samples=num_samples,
-            max_concurrent_trials=None if study.searcher == "hyperopt" else settings.concurrency,
             reuse_actors=True,  # a new actor per trial re-imports torch: seconds each
             trial_dirname_creator=lambda trial: trial.trial_id,
         ),

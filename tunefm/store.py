@@ -27,6 +27,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import math
 import os
 import socket
 import time
@@ -35,7 +36,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -111,50 +111,77 @@ def epoch_limit(config: Mapping[str, Any], max_epochs: int) -> int:
 
 
 def summarize_trials(epochs: pd.DataFrame, trials: pd.DataFrame, max_epochs: int) -> pd.DataFrame:
-    """One row per trial from its epoch rows.
+    """One row per trial from its epoch rows (`summary_row` for each trial).
 
     `trials` has one row per trial: trial_id, status, the config columns and the
     trial facts (params, node_id, ...). A trial with no epoch yet keeps null metrics.
-    `stopped_early` means the scheduler ended the trial before `max_epochs` (or before
-    the trial's own `max_epochs` config key, where it has one).
-    `time_to_90_train_acc_s` is the trial's time (Tune's time_total_s) at the end of the
-    first epoch whose train accuracy reached 90%, null if none did.
     """
     config_columns = [c for c in trials.columns if c not in ("trial_id", "status", "retries", *TRIAL_FACTS)]
-    rows = []
-    by_trial = {tid: g.sort_values("epoch") for tid, g in epochs.groupby("trial_id", sort=False)} if len(epochs) else {}
-    for trial in trials.itertuples(index=False):
-        trial = trial._asdict()
-        history = by_trial.get(trial["trial_id"])
-        row = {"trial_id": trial["trial_id"], "status": trial["status"]}
-        n_epochs = 0 if history is None else len(history)
-        row["stopped_early"] = trial["status"] == "TERMINATED" and n_epochs < epoch_limit(trial, max_epochs)
-        row["epochs"] = n_epochs
-        retries = trial.get("retries")
-        row["retries"] = 0 if retries is None or pd.isna(retries) else int(retries)
-        row.update({c: trial[c] for c in config_columns})
-        metrics = dict.fromkeys(SUMMARY_COLUMNS, np.nan)
-        metrics.update({c: trial.get(c) for c in TRIAL_FACTS})
-        if n_epochs:
-            best = history.loc[history["val_acc"].idxmax()]  # first epoch at the best value
-            last = history.iloc[-1]
-            metrics.update(
-                best_val_acc=best["val_acc"], best_epoch=int(best["epoch"]),
-                val_loss_at_best=best["val_loss"],
-                final_train_loss=last["train_loss"], final_val_loss=last["val_loss"],
-                overfit_gap=last["val_loss"] - last["train_loss"],
-                time_per_epoch_s=history["epoch_time_s"].mean(), total_time_s=history["time_total_s"].max(),
-            )
-            reached = history[history["train_acc"] >= TRAIN_ACC_TARGET]
-            if len(reached):
-                metrics["time_to_90_train_acc_s"] = reached["time_total_s"].iloc[0]
-            if history["train_loss"].notna().any():  # a diverged trial has only NaN losses
-                lowest_train = history.loc[history["train_loss"].idxmin()]
-                metrics.update(min_train_loss=lowest_train["train_loss"],
-                               min_train_loss_epoch=int(lowest_train["epoch"]))
-        row.update({c: metrics[c] for c in SUMMARY_COLUMNS})
-        rows.append(row)
-    table = pd.DataFrame(rows)
+    histories = ({tid: g.sort_values("epoch").to_dict("records") for tid, g in epochs.groupby("trial_id", sort=False)}
+                 if len(epochs) else {})
+    rows = [summary_row(trial._asdict(), histories.get(trial.trial_id, []), config_columns, max_epochs)
+            for trial in trials.itertuples(index=False)]
+    return summary_dtypes(pd.DataFrame(rows))
+
+
+def _number(value: Any) -> float:
+    return math.nan if value is None or pd.isna(value) else float(value)
+
+
+def summary_row(trial: Mapping[str, Any], history: list[Mapping[str, Any]], config_columns: list[str],
+                max_epochs: int) -> dict[str, Any]:
+    """One trial's trials.parquet row, from its state and config (`trial`) and its epoch
+    rows in epoch order. Plain Python: the writer calls it for every changed trial on
+    every flush.
+
+    `stopped_early` means the scheduler ended the trial before `max_epochs` (or before
+    the trial's own `max_epochs` config key, where it has one). The best epoch is the
+    first at the best val_acc. `time_to_90_train_acc_s` is the trial's time (Tune's
+    time_total_s) at the end of the first epoch whose train accuracy reached 90%, null
+    if none did.
+    """
+    n_epochs = len(history)
+    retries = trial.get("retries")
+    row = {"trial_id": trial["trial_id"], "status": trial["status"],
+           "stopped_early": trial["status"] == "TERMINATED" and n_epochs < epoch_limit(trial, max_epochs),
+           "epochs": n_epochs, "retries": 0 if retries is None or pd.isna(retries) else int(retries),
+           **{c: trial.get(c) for c in config_columns}}
+    metrics: dict[str, Any] = dict.fromkeys(SUMMARY_COLUMNS, math.nan)
+    metrics.update({c: trial.get(c) for c in TRIAL_FACTS})
+    if history:
+        last = history[-1]
+        metrics.update(
+            final_train_loss=_number(last["train_loss"]), final_val_loss=_number(last["val_loss"]),
+            overfit_gap=_number(last["val_loss"]) - _number(last["train_loss"]),
+            time_per_epoch_s=_mean(_number(r["epoch_time_s"]) for r in history),
+            total_time_s=max((t for t in (_number(r["time_total_s"]) for r in history) if not math.isnan(t)),
+                             default=math.nan),
+        )
+        val_acc = [_number(r["val_acc"]) for r in history]
+        measured = [i for i, v in enumerate(val_acc) if not math.isnan(v)]
+        if measured:
+            best_at = max(measured, key=lambda i: (val_acc[i], -i))  # the first epoch at the best value
+            metrics.update(best_val_acc=val_acc[best_at], best_epoch=int(history[best_at]["epoch"]),
+                           val_loss_at_best=_number(history[best_at]["val_loss"]))
+        reached = next((r for r in history if _number(r["train_acc"]) >= TRAIN_ACC_TARGET), None)
+        if reached is not None:
+            metrics["time_to_90_train_acc_s"] = _number(reached["time_total_s"])
+        train_loss = [_number(r["train_loss"]) for r in history]
+        finite = [i for i, v in enumerate(train_loss) if not math.isnan(v)]  # a diverged trial has only NaN
+        if finite:
+            lowest = min(finite, key=lambda i: (train_loss[i], i))
+            metrics.update(min_train_loss=train_loss[lowest], min_train_loss_epoch=int(history[lowest]["epoch"]))
+    row.update({c: metrics[c] for c in SUMMARY_COLUMNS})
+    return row
+
+
+def _mean(values) -> float:
+    kept = [v for v in values if not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else math.nan
+
+
+def summary_dtypes(table: pd.DataFrame) -> pd.DataFrame:
+    """The trials table's column types, whatever rows (or none) it was built from."""
     if len(table):
         for column in ("best_epoch", "min_train_loss_epoch", "params", "threads"):
             table[column] = table[column].astype("Int64")
@@ -177,6 +204,11 @@ class RunWriter:
         self._config_keys: list[str] = list(config_keys)  # column order; unseen keys are appended
         self._last_flush = time.monotonic()
         self._dirty = False
+        # Each trial's summary row is kept until that trial changes: a flush then costs
+        # the changed trials, not the whole run (it was the search's biggest driver cost).
+        self._summaries: dict[str, dict[str, Any]] = {}
+        self._summarized_columns: list[str] = []  # the trials columns the cached rows were made from
+        self._changed: set[str] = set()
 
     def load(self) -> None:
         """Start from the run folder's Parquet files (a resumed search): every trial, its
@@ -202,6 +234,7 @@ class RunWriter:
         if trial_id not in self._trials:
             self._trials[trial_id] = {"trial_id": trial_id, "status": "PENDING", "retries": 0, "config": {}}
         record = self._trials[trial_id]
+        self._changed.add(trial_id)
         if config:  # Tune's config is the authority; one read back from Parquet may lack types
             record["config"] = dict(config)
             self._config_keys += [k for k in config if k not in self._config_keys]
@@ -221,9 +254,10 @@ class RunWriter:
 
     def mark_interrupted(self) -> None:
         """The search was stopped: running trials become INTERRUPTED (resumable)."""
-        for record in self._trials.values():
+        for trial_id, record in self._trials.items():
             if record["status"] == "RUNNING":
                 record["status"] = INTERRUPTED
+                self._changed.add(trial_id)
         self._dirty = True
 
     def statuses(self) -> dict[str, int]:
@@ -270,7 +304,27 @@ class RunWriter:
             for _, row in sorted(self._epochs.items())
         ]
         epochs = pd.DataFrame(epoch_rows, columns=["trial_id", "epoch", *EPOCH_METRICS, *keys])
-        return summarize_trials(epochs, trials, self.max_epochs), epochs
+        return self._summarize(trials, epochs), epochs
+
+    def _summarize(self, trials: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
+        """`summarize_trials(epochs, trials)`, recomputing only the trials changed since the last call."""
+        if list(trials.columns) != self._summarized_columns:  # a new config key: every row needs it
+            self._summaries, self._summarized_columns = {}, list(trials.columns)
+        config_columns = [c for c in trials.columns if c not in ("trial_id", "status", "retries", *TRIAL_FACTS)]
+        histories: dict[str, list[dict[str, Any]]] = {}
+        stale = {t for t in trials["trial_id"] if t in self._changed or t not in self._summaries}
+        if stale:
+            for (trial_id, _), row in self._epochs.items():
+                if trial_id in stale:
+                    histories.setdefault(trial_id, []).append(row)
+            for history in histories.values():
+                history.sort(key=lambda row: row["epoch"])
+            for trial in trials[trials["trial_id"].isin(stale)].to_dict("records"):
+                self._summaries[trial["trial_id"]] = summary_row(trial, histories.get(trial["trial_id"], []),
+                                                                 config_columns, self.max_epochs)
+        self._changed.clear()
+        rows = [self._summaries[t] for t in trials["trial_id"]]
+        return summary_dtypes(pd.DataFrame(rows))
 
     def flush(self) -> None:
         trials, epochs = self.tables()

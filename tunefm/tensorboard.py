@@ -4,9 +4,9 @@
 
 One event folder per trial (`tensorboard/<trial_id>/`), written by the driver as each
 epoch arrives and flushed at once, so TensorBoard shows a running search live, and on
-the driver's disk even when `--storage` puts the checkpoints in a bucket. (Tune's own
-TensorBoard logger also writes `tune/<trial_id>/events.*`, but only into a staging
-folder that it copies to the storage every few minutes.)
+the driver's disk even when `--storage` puts the checkpoints in a bucket. Tune's own
+TensorBoard logger is left out (`search.make_callbacks`): it wrote the same scalars
+again into `tune/<trial_id>/`, a staging folder copied to the storage every few minutes.
 
 Scalars per epoch: loss/train, loss/val, accuracy/train, accuracy/val, time/epoch_s.
 When a trial ends, its config and best val accuracy go to the HParams tab.

@@ -16,12 +16,17 @@ exactly where it stopped. Tune keeps each trial's best-validation checkpoint (by
 `checkpoint_score`) and its latest; the test-set evaluation loads the best one.
 The same seed and config give the same curve on CPU.
 
+On CPU the model trains in channels-last layout, or with PyTorch's own convolution at the
+tiny batch sizes where its spec says that is faster (`place_model`, `cpu_kernels`): a
+choice fixed by the config, so the same config still gives the same curve.
+
 The pieces (`to_tensors`, `train_epoch`, `predict`, `evaluate`, `fit`) are plain PyTorch and are
 used directly by the tests and the benchmarks; only `tune_trainable` needs Ray.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -205,6 +210,41 @@ def build_model(config: dict) -> nn.Module:
     return models.init_weights(model, config.get("init", "default"))
 
 
+def native_conv(config: dict, device: torch.device) -> bool:
+    """Whether this trial trains with PyTorch's own convolution instead of oneDNN's (CPU, tiny batches)."""
+    return device.type == "cpu" and int(config["batch_size"]) <= models.get(config["model"]).native_conv_max_batch
+
+
+def place_model(model: nn.Module, config: dict, device: torch.device) -> nn.Module:
+    """Move the model to `device`; on CPU in channels-last layout, in which oneDNN's
+    convolutions run 1.04-1.78x faster for most of these nets (results/benchmarks/layout.md),
+    unless the trial uses the native convolution, which wants the default layout.
+
+    Only the parameters change layout: a 1-channel image is the same bytes either way, and
+    oneDNN picks its channels-last kernels from the weights.
+    """
+    if device.type == "cpu" and not native_conv(config, device):
+        return model.to(device, memory_format=torch.channels_last)
+    return model.to(device)
+
+
+@contextlib.contextmanager
+def onednn(enabled: bool):
+    """oneDNN on or off inside the block; the flag is process-wide, so it is restored on exit."""
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = enabled
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
+
+
+def cpu_kernels(config: dict, device: torch.device):
+    """Context for the training steps: oneDNN off where `native_conv` says so (evaluation's
+    large batches keep it)."""
+    return onednn(not native_conv(config, device))
+
+
 def checkpoint_score(val_acc: float, epoch: int) -> float:
     """val_acc with ties broken towards the earlier epoch.
 
@@ -219,7 +259,7 @@ def init_state(config: dict, device: torch.device) -> TrainingState:
     """A fresh model and optimizer, seeded from config['seed']."""
     seed = int(config.get("seed", 0))
     torch.manual_seed(seed)
-    model = build_model(config).to(device)
+    model = place_model(build_model(config), config, device)
     generator = torch.Generator().manual_seed(seed)
     optimizer = build_optimizer(config, model.parameters())
     return TrainingState(model, optimizer, generator, build_scheduler(config, optimizer))
@@ -237,8 +277,9 @@ def fit(config: dict, arrays: dict[str, np.ndarray], max_epochs: int, device: to
     max_epochs = store.epoch_limit(config, max_epochs)
     while state.epoch < max_epochs:
         started = time.perf_counter()
-        train_loss, train_acc = train_epoch(state.model, state.optimizer, train_x, train_y, batch_size,
-                                            state.generator, loss_fn, augment, state.scheduler)
+        with cpu_kernels(config, device):
+            train_loss, train_acc = train_epoch(state.model, state.optimizer, train_x, train_y, batch_size,
+                                                state.generator, loss_fn, augment, state.scheduler)
         trained = time.perf_counter()
         val_loss, val_acc = evaluate(state.model, val_x, val_y, loss_fn=loss_fn)
         state.epoch += 1

@@ -65,6 +65,9 @@ ARCHITECTURES = {
 
 
 GPU_FRACTIONS = {"iaro1": 0.25, "iaro2": 0.25, "iaro3": 0.5, "iaro4": 0.5}
+# Up to these batch sizes PyTorch's own convolution beats oneDNN's on CPU (results/benchmarks/layout.md:
+# iaro1 1.51x at 8 and 1.22x at 16, iaro2 1.18x at 8, against 1.11-1.17x for channels-last).
+NATIVE_CONV_MAX_BATCH = {"iaro1": 16, "iaro2": 8}
 
 
 def specs():
@@ -73,7 +76,7 @@ def specs():
     for name, (channels, pool_after, hidden) in ARCHITECTURES.items():
         yield ModelSpec(
             name=name, family="IaroHasNoFashionNet", source="000_3b33fd455f65cb7c.txt",
-            gpu_fraction=GPU_FRACTIONS[name],
+            gpu_fraction=GPU_FRACTIONS[name], native_conv_max_batch=NATIVE_CONV_MAX_BATCH.get(name, 0),
             factory=lambda c=channels, p=pool_after, h=hidden: IaroNet(c, p, h),
             description=f"IaroHasNoFashionNet{name[-1]}: {len(channels)} conv, "
                         f"{sum(pool_after)} pool, {len(hidden) + 1} FC",

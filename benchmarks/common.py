@@ -1,0 +1,89 @@
+"""Shared by the benchmark scripts: the machine description, timing, and writing results.
+
+Every script writes `<out>/<name>.json` (the command, the machine, the rows) and
+`<out>/<name>.md` (the same as a table under the machine description).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from tunefm import bench
+
+
+def memory_gib() -> float | None:
+    try:
+        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError):
+        return None
+
+
+def machine(device: str = "cpu") -> dict:
+    info = {"cpu": bench.cpu_name(), "cores": os.cpu_count(), "memory_gib": memory_gib(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "device": device}
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+    try:
+        import ray
+        info["ray"] = ray.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def describe(info: dict) -> str:
+    text = (f"{info['cores']} cores ({info['cpu']}), {info['memory_gib']} GiB, torch {info['torch']} "
+            f"with {info['torch_threads']} thread(s), Python {info['python']}")
+    if info.get("ray"):
+        text += f", Ray {info['ray']}"
+    if info.get("gpu"):
+        text += f", GPU {info['gpu']} ({info['gpu_memory_gib']} GiB)"
+    return text + f"; device {info['device']}."
+
+
+sync, timed = bench.sync, bench.timed  # the same timing as `tunefm bench`
+
+
+def tunefm_fit(settings) -> tuple[float, Path]:
+    """Seconds of `Tuner.fit` for the Tuner `tunefm search` builds from `settings` (a
+    `search.SearchSettings`; Ray already started), and the run folder it wrote."""
+    from tunefm import data, search, store
+
+    study = search.build_study(settings)
+    splits = data.load(settings.data_dir, settings.train_size, settings.val_size, settings.test_size)
+    run_dir = search.choose_run_dir(settings, study)
+    search.create_run_dir(run_dir)
+    writer = store.RunWriter(run_dir, study.max_epochs, study.config_keys(), settings.flush_interval_s)
+    tuner = search.make_tuner(study, settings, splits, run_dir, search.tune_parent(run_dir, None),
+                              False, writer, echo=lambda line: None)
+    started = time.perf_counter()
+    tuner.fit()
+    return time.perf_counter() - started, run_dir
+
+
+def command_line() -> str:
+    return "python " + " ".join(shlex.quote(a) for a in sys.argv)
+
+
+def write(out: str | Path, name: str, title: str, info: dict, rows: list[dict], table: str,
+          notes: str = "", **extra) -> None:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = command_line()
+    (out / f"{name}.json").write_text(json.dumps(
+        {"command": command, "machine": info, **extra, "rows": rows}, indent=2) + "\n")
+    text = f"# {title}\n\n`{command}`\n\nMachine: {describe(info)}\n\n{table}"
+    if notes:
+        text += "\n" + notes.strip() + "\n"
+    (out / f"{name}.md").write_text(text)
+    print(f"wrote {out / name}.json and .md")
