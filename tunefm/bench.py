@@ -222,6 +222,7 @@ def gpu_busy_share(run, device: torch.device) -> float | None:
     """Share of `run()`'s wall time the GPU spends in kernels (None on CPU)."""
     if device.type != "cuda":
         return None
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     sync(device)
@@ -230,7 +231,10 @@ def gpu_busy_share(run, device: torch.device) -> float | None:
         run()
         sync(device)
         wall_us = (time.perf_counter() - started) * 1e6
-    kernels_us = sum(getattr(e, "self_device_time_total", 0) for e in prof.key_averages())
+    # Kernels are the events on the device; CPU ops carry their kernels' time too, so they are
+    # left out (as torch.profiler's own table totals it).
+    kernels_us = sum(e.self_device_time_total for e in prof.key_averages()
+                     if e.device_type == DeviceType.CUDA and not e.is_user_annotation)
     return min(1.0, kernels_us / wall_us) if wall_us > 0 else None
 
 

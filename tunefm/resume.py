@@ -98,6 +98,54 @@ def saved_experiment_state(tune_dir: str) -> bool:
     return any(Path(f.path).name.startswith("experiment_state") and f.path.endswith(".json") for f in found)
 
 
+def latest_state_file(tune_dir: str) -> tuple[pafs.FileSystem, str] | None:
+    """(filesystem, path) of the newest `experiment_state-<time>.json` in `tune_dir`."""
+    fs, path = pafs.FileSystem.from_uri(tune_dir)
+    found = [f.path for f in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+             if Path(f.path).name.startswith("experiment_state") and f.path.endswith(".json")]
+    return (fs, max(found)) if found else None  # the name carries the time
+
+
+def restore_missing_checkpoints(tune_dir: str) -> list[str]:
+    """Put back the checkpoint each unfinished trial is to continue from, where it is gone.
+
+    Tune deletes a trial's previous checkpoint (CheckpointConfig num_to_keep) as soon as
+    a newer one arrives, and saves the experiment state that names the newer one only at
+    the end of that step. A search killed in between leaves a state that names a deleted
+    checkpoint; Tune would fail to restore that trial every time and end it in ERROR.
+    The trial's newer checkpoint is still there: it is moved to the path the state names.
+    A checkpoint holds its own epoch, optimizer and RNG states, so the trial continues
+    from the newer epoch, exactly. Returns the paths put back.
+    """
+    import pickle
+
+    located = latest_state_file(tune_dir)
+    if located is None:
+        return []
+    fs, state_path = located
+    with fs.open_input_stream(state_path) as f:
+        state = json.loads(f.read())
+    put_back = []
+    for _, runtime in state.get("trial_data", []):
+        runtime = json.loads(runtime) if isinstance(runtime, str) else runtime
+        manager = runtime.get("checkpoint_manager") or {}
+        if manager.get("_type") != "CLOUDPICKLE_FALLBACK":
+            continue
+        latest = getattr(pickle.loads(bytes.fromhex(manager["value"])), "_latest_checkpoint_result", None)
+        if latest is None or latest.checkpoint is None:
+            continue
+        named = latest.checkpoint.path
+        if fs.get_file_info(named).type != pafs.FileType.NotFound:
+            continue
+        trial_dir = str(Path(named).parent)
+        newer = sorted(f.path for f in fs.get_file_info(pafs.FileSelector(trial_dir, allow_not_found=True))
+                       if Path(f.path).name.startswith("checkpoint_") and f.path > named)
+        if newer:
+            fs.move(newer[-1], named)
+            put_back.append(named)
+    return put_back
+
+
 def restore_tuner(tune_dir: str, trainable, callbacks: list, scheduler, max_failures: int):
     """Tune's saved experiment with this process's callbacks, scheduler and retry limit.
 
@@ -143,6 +191,7 @@ def run(name: str, results_dir: str = "results", changes: Mapping[str, Any] | No
         writer.load()
         earlier_trials, earlier_epochs = writer.tables()
         search.quiet_tune_output()
+        restore_missing_checkpoints(tune_dir)
         tuner = restore_tuner(
             tune_dir, search.make_trainable(study, settings, splits, nodes.has_gpus),
             search.make_callbacks(study, settings, writer, run_dir, echo, earlier_trials),
