@@ -304,10 +304,11 @@ class RunWriter:
             for _, row in sorted(self._epochs.items())
         ]
         epochs = pd.DataFrame(epoch_rows, columns=["trial_id", "epoch", *EPOCH_METRICS, *keys])
-        return self._summarize(trials, epochs), epochs
+        return self._summarize(trials), epochs
 
-    def _summarize(self, trials: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
-        """`summarize_trials(epochs, trials)`, recomputing only the trials changed since the last call."""
+    def _summarize(self, trials: pd.DataFrame) -> pd.DataFrame:
+        """`summarize_trials` of this writer's epochs and `trials`, recomputing only the
+        trials changed since the last call (straight from the in-memory rows)."""
         if list(trials.columns) != self._summarized_columns:  # a new config key: every row needs it
             self._summaries, self._summarized_columns = {}, list(trials.columns)
         config_columns = [c for c in trials.columns if c not in ("trial_id", "status", "retries", *TRIAL_FACTS)]
