@@ -80,6 +80,8 @@ def sigmoid_loss(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean")
     """Binary cross-entropy of 10 independent sigmoids against one-hot targets, averaged over classes."""
     targets = nn.functional.one_hot(y, logits.shape[1]).to(logits.dtype)  # (B, 10)
     per_sample = nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(1)
+    if reduction == "none":
+        return per_sample
     return per_sample.mean() if reduction == "mean" else per_sample.sum()
 
 
