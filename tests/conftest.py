@@ -6,6 +6,7 @@ import gzip
 import os
 import shutil
 import struct
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,12 @@ from tunefm import data, store
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "fashion-mnist"
+
+
+def pytest_configure(config):
+    """A calibration cache of the session's own (before Ray starts, so its workers inherit it):
+    tests never read or change the user's ~/.cache/tunefm."""
+    os.environ["TUNEFM_CACHE_DIR"] = tempfile.mkdtemp(prefix="tunefm-cache-")
 
 
 @pytest.fixture(scope="session")

@@ -122,6 +122,9 @@ SEARCH_MISTAKES = [
     (["--name", "done"], "run {results}/done already exists; choose another --name, or add --resume to continue it"),
     (["--address", "127.0.0.1:{port}"], "no Ray cluster answers at --address 127.0.0.1:{port} (Connection refused)"),
     (["--gpus-per-trial", "64"], "--gpus-per-trial 64 can never be met: the largest node has"),
+    (["--fuse", "maybe"], "Invalid value for '--fuse': 'maybe' is not one of 'auto', 'on', 'off'."),
+    (["--group-size", "1"], "--group-size must be >= 2, got 1"),
+    (["--loop", "fast"], "Invalid value for '--loop': 'fast' is not one of 'auto', 'plain', 'channels_last'"),
     (["--resume"], "--resume needs --name RUN: the interrupted run to continue"),
     (["--resume", "--name", "nope"], "no run named 'nope' to resume under {results}/ (runs there: busy, corrupt, done, "
                                      "empty, stateless)"),

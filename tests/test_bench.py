@@ -26,6 +26,7 @@ def test_measures_speed_and_memory_per_model_and_batch(cpu_rows):
         assert row.data_mb == pytest.approx(bench.split_mb(6000), abs=0.1)
         assert row.trial_mb == pytest.approx(row.model_mb + row.data_mb + row.base_mb, abs=0.2)
         assert row.gpu_busy is None
+        assert row.loop in ("plain", "channels_last", "native_conv")  # what calibration chose here
     # iaro2 has 41x iaro1's parameters and wider activations: it needs more memory and is slower.
     iaro1, iaro2 = rows
     assert iaro2.model_mb > iaro1.model_mb and iaro2.samples_per_s < iaro1.samples_per_s

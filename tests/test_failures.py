@@ -76,7 +76,7 @@ def test_a_killed_trial_is_retried_from_its_checkpoint_and_matches_an_uninterrup
             if not (isinstance(row[k], float) and row[k] != row[k])}  # the trial's config, NaN keys left out
     assert {k: full[k] for k in config} == config
     torch.set_num_threads(1)
-    straight = [metrics for metrics, _ in trainable.fit(full, arrays, 4, torch.device("cpu"))]
+    straight = [metrics for metrics, _ in trainable.fit(full, arrays, 4, torch.device("cpu"), loop=row.execution)]
     for column in ("train_loss", "train_acc", "val_loss", "val_acc"):
         assert epochs[column].tolist() == pytest.approx([m[column] for m in straight], abs=1e-6, rel=0)
 

@@ -116,7 +116,9 @@ def test_trial_under_ray_equals_plain_loop_and_checkpoint_restores(asha_run, dat
     splits = data.load(data_dir, **ASHA_SIZES)
     arrays = {"train_x": splits.train_x, "train_y": splits.train_y, "val_x": splits.val_x, "val_y": splits.val_y}
     torch.set_num_threads(1)
-    direct = [m["val_acc"] for m, _ in trainable.fit(config, arrays, int(trial.epochs), torch.device("cpu"))]
+    assert trial.execution in ("plain", "channels_last", "native_conv")  # the loop calibration chose (--loop auto)
+    direct = [m["val_acc"] for m, _ in trainable.fit(config, arrays, int(trial.epochs), torch.device("cpu"),
+                                                     loop=trial.execution)]
     recorded = store.read_epochs(run_dir).query("trial_id == @trial.trial_id").sort_values("epoch").val_acc
     assert recorded.tolist() == direct
 

@@ -136,36 +136,3 @@ def test_model_options_and_init_reach_the_model():
     model = trainable.build_model({"model": "twoconv", "conv1_filters": 8, "dense": 64, "init": "kaiming_uniform"})
     assert model[0].out_channels == 8 and model[5].out_features == 64
     assert all((m.bias == 0).all() for m in model if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
-
-
-def test_cpu_kernels_follow_the_model_spec():
-    """Channels-last on CPU, except where the spec asks for the native convolution."""
-    cpu = torch.device("cpu")
-    channels_last = trainable.place_model(trainable.build_model({"model": "iaro3", "batch_size": 32}),
-                                          {"model": "iaro3", "batch_size": 32}, cpu)
-    weight = channels_last.features[2].weight  # (30, 8, 5, 5)
-    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
-    for config, layout_changes in [({"model": "twoconv", "batch_size": 32}, True),
-                                   ({"model": "iaro1", "batch_size": 16}, False),  # native conv: tiny batches
-                                   ({"model": "iaro1", "batch_size": 32}, True)]:
-        model = trainable.place_model(trainable.build_model(config), config, cpu)
-        strides = [p.stride() for p in model.parameters()]
-        assert (strides != [p.stride() for p in trainable.build_model(config).parameters()]) == layout_changes
-    assert trainable.native_conv({"model": "iaro1", "batch_size": 16}, cpu)
-    assert not trainable.native_conv({"model": "iaro1", "batch_size": 16}, torch.device("meta"))
-    assert not trainable.native_conv({"model": "iaro1", "batch_size": 32}, cpu)
-    assert not trainable.native_conv({"model": "iaro3", "batch_size": 8}, cpu)
-
-
-def test_native_convolution_is_scoped_to_the_training_steps(arrays):
-    assert torch.backends.mkldnn.enabled
-    with trainable.cpu_kernels({"model": "iaro1", "batch_size": 8}, torch.device("cpu")):
-        assert not torch.backends.mkldnn.enabled
-    assert torch.backends.mkldnn.enabled
-    with pytest.raises(RuntimeError):
-        with trainable.cpu_kernels({"model": "iaro1", "batch_size": 8}, torch.device("cpu")):
-            raise RuntimeError("a failing step")
-    assert torch.backends.mkldnn.enabled  # restored on the way out of an error too
-    rows = curve({**CONFIG, "batch_size": 8, "lr": 0.005}, arrays, 3)
-    assert rows[-1]["train_loss"] < rows[0]["train_loss"] and rows[-1]["val_acc"] > 0.4  # chance: 0.1
-    assert torch.backends.mkldnn.enabled

@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from tunefm import data, models, trainable
+from tunefm import data, loops, models, trainable
 from tunefm.errors import UserError
 
 MB = 2**20
@@ -92,6 +92,7 @@ class Row:
     base_mb: float  # per process: the CUDA context, or Python with torch on CPU
     trial_mb: float
     gpu_busy: float | None  # share of step time in GPU kernels; None on CPU
+    loop: str = "plain"  # the training loop timed (loops.py)
 
     def record(self) -> dict:
         return asdict(self)
@@ -239,15 +240,26 @@ def gpu_busy_share(run, device: torch.device) -> float | None:
 
 
 def measure_one(name: str, batch_size: int, x: torch.Tensor, y: torch.Tensor, val_x: torch.Tensor,
-                val_y: torch.Tensor, machine: Machine, seconds: float, base_mb: float, trial_images: int) -> Row:
-    """Time tunefm's loop for one model and batch size on (x, y), already on the device."""
+                val_y: torch.Tensor, machine: Machine, seconds: float, base_mb: float, trial_images: int,
+                loop: str = loops.AUTO) -> Row:
+    """Time tunefm's loop (`loop`: a fixed one, or auto: calibration's choice) for one model and
+    batch size on (x, y), already on the device."""
     device = torch.device(machine.device)
     config = {"model": name, "lr": 0.001, "batch_size": batch_size}  # small lr: stays finite
+    loop = trainable.resolve_loop(loop, config, device)  # before the peak window: calibration allocates
     held_before = _reset_peak(device)
-    state = trainable.init_state(config, device)
+    state = trainable.init_state(config, device, loop)
+    if loop == "captured":
+        from tunefm import fused
+
+        group = fused.FusedGroup(device, capture=True)
+        group.add(config)
 
     def train(images: int) -> None:
-        with trainable.cpu_kernels(config, device):
+        if loop == "captured":
+            group.train_epoch(x[:images], y[:images])
+            return
+        with loops.kernels(loop):
             trainable.train_epoch(state.model, state.optimizer, x[:images], y[:images], batch_size, state.generator)
 
     warm = min(len(y), batch_size * 5)
@@ -263,7 +275,7 @@ def measure_one(name: str, batch_size: int, x: torch.Tensor, y: torch.Tensor, va
     data_mb = split_mb(trial_images)
     return Row(name, batch_size, device.type, images, round(rate, 1), round(peak, 1), round(model_mb, 1),
                round(data_mb, 1), round(base_mb, 1), round(model_mb + data_mb + base_mb, 1),
-               None if busy is None else round(busy, 3))
+               None if busy is None else round(busy, 3), loop)
 
 
 def timed(run, device: torch.device) -> float:
@@ -277,7 +289,7 @@ def timed(run, device: torch.device) -> float:
 
 def measure(model_names: list[str], batch_sizes: list[int], machine: Machine, seconds: float = 2.0,
             data_dir: str | None = None, bench_images: int = 10_000, trial_images: int = TRIAL_IMAGES,
-            on_row=None) -> list[Row]:
+            on_row=None, loop: str = loops.AUTO) -> list[Row]:
     """One `Row` per model and batch size, timed with as many torch threads as a trial
     gets CPUs. `trial_images`: a trial's train + val images, for its data footprint."""
     check(model_names, batch_sizes, seconds)
@@ -288,14 +300,15 @@ def measure(model_names: list[str], batch_sizes: list[int], machine: Machine, se
     val_x, val_y = trainable.to_tensors(splits.val_x, splits.val_y, device)
     # One untimed row first: the libraries' one-time set-up (oneDNN, cuBLAS, the allocator)
     # then belongs to no row's peak.
-    measure_one(model_names[0], batch_sizes[0], x, y, val_x, val_y, machine, 0.01, 0.0, trial_images)
+    measure_one(model_names[0], batch_sizes[0], x, y, val_x, val_y, machine, 0.01, 0.0, trial_images, loop)
     release_freed_memory(device)
     # A process's own share, without this benchmark's data: the CUDA context, or Python with torch.
     base_mb = machine.context_mb if device.type == "cuda" else resident_mb() - split_mb(len(y) + len(val_y))
     rows = []
     for name in model_names:
         for batch_size in batch_sizes:
-            rows.append(measure_one(name, batch_size, x, y, val_x, val_y, machine, seconds, base_mb, trial_images))
+            rows.append(measure_one(name, batch_size, x, y, val_x, val_y, machine, seconds, base_mb, trial_images,
+                                    loop))
             if on_row:
                 on_row(rows[-1])
     return rows
@@ -339,7 +352,7 @@ def render(rows: list[Row], packings: list[Packing], machine: Machine) -> str:
 
     gpu = machine.device == "cuda"
     table = pd.DataFrame([{
-        "model": r.model, "batch": r.batch_size, "samples/s": f"{r.samples_per_s:,.0f}",
+        "model": r.model, "batch": r.batch_size, "loop": r.loop, "samples/s": f"{r.samples_per_s:,.0f}",
         ("peak alloc MB" if gpu else "peak RSS MB"): f"{r.peak_mb:,.0f}", "model MB": f"{r.model_mb:,.0f}",
         "trial MB": f"{r.trial_mb:,.0f}", **({"GPU busy": f"{r.gpu_busy:.0%}"} if gpu else {}),
         ("trials/GPU" if gpu else "trials/node"): p.trials, "limited by": p.limit,

@@ -28,6 +28,9 @@ from tunefm.analysis import AGGREGATES, COSTS
 from tunefm.errors import Interrupted, UserError
 from tunefm.summary import FORMATS, SECTIONS
 
+LOOPS = ("auto", "plain", "channels_last", "native_conv", "captured")  # tunefm.loops.NAMES, without importing torch
+FUSE_MODES = ("auto", "on", "off")  # tunefm.placement.FUSE_MODES, without importing Ray
+
 # Ray and torch are imported inside the commands that need them: `summarize` and
 # `report` read Parquet only (pandas) and start in a fraction of a second.
 
@@ -117,6 +120,16 @@ def main(debug: bool) -> None:
 @click.option("--test-top", type=int, default=None,
               help="Afterwards, evaluate each model's top K configurations on the test set (0: skip).  "
                    "[default: the study's, usually 3]")
+@click.option("--loop", type=click.Choice(LOOPS), default="auto",
+              help="How trials' training steps run: auto measures the candidates once per machine and shape "
+                   "(tunefm bench --calibration); a fixed loop gives the same bits on every machine.")
+@click.option("--fuse", type=click.Choice(FUSE_MODES), default="auto",
+              help="Train trials that share a shape (model and options, batch size, optimizer, output) as one "
+                   "stacked model, each still its own Tune trial. auto: on GPUs, and on CPUs where calibration "
+                   "measures a gain for the study.")
+@click.option("--group-size", type=int, default=None,
+              help="Fused: trials per CPU slot or GPU, and the largest group.  [default: calibrated on CPUs, "
+                   "16 per GPU]")
 @user_errors
 def search(**options) -> None:
     """Run a study's grid on Ray Tune and write results/<run>/ (Parquet + run.json).
@@ -259,27 +272,61 @@ def comma_list(convert):
 @click.option("--val-size", type=int, default=10_000, show_default=True,
               help="A trial's validation images, for its data footprint.")
 @click.option("--data-dir", default=None, metavar="DIR", help="Fashion-MNIST IDX files.  [default: $TUNEFM_DATA_DIR, else the cache]")
+@click.option("--loop", type=click.Choice(LOOPS), default="auto", show_default=True,
+              help="Training loop to time; auto: the one calibration measured fastest here (cached).")
+@click.option("--calibration", is_flag=True,
+              help="Show what calibration has measured on this machine (the cache) and exit.  "
+                   "[default: measure training speed]")
+@click.option("--refresh", is_flag=True,
+              help="Measure the loops and fused group sizes of --models x --batch-sizes again, replacing the "
+                   "cache's entries, and show them.  [default: use the cache, measuring only what is missing]")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="Output format.")
 @user_errors
-def bench(model_names, batch_sizes, device, seconds, cpus_per_trial, train_size, val_size, data_dir, fmt) -> None:
+def bench(model_names, batch_sizes, device, seconds, cpus_per_trial, train_size, val_size, data_dir, loop,
+          calibration, refresh, fmt) -> None:
     """Measure training speed and peak memory per model and batch size here, and advise
-    how many trials share one GPU (or node) and the GPU fraction to give each."""
+    how many trials share one GPU (or node) and the GPU fraction to give each. With
+    --calibration or --refresh: the per-machine choice of training loop and fused group size."""
     import json
 
     from tunefm import bench as benchmark
+    from tunefm import calibrate, loops
 
+    if calibration or refresh:
+        shapes = None
+        if refresh:
+            chosen_models = list(model_names) or list(benchmark.DEFAULT_MODELS)
+            chosen_batches = list(batch_sizes) or list(benchmark.DEFAULT_BATCH_SIZES)
+            benchmark.check(chosen_models, chosen_batches, seconds)
+            target = benchmark.resolve_device(device)
+            threads = max(1, int(cpus_per_trial))
+            shapes = []
+            for name in chosen_models:
+                for batch_size in chosen_batches:
+                    config = {"model": name, "batch_size": batch_size}
+                    calibrate.entry_for(config, target, threads, calibrate.GROUP_SIZES, refresh=True)
+                    shapes.append(calibrate.shape_id(config))
+                    click.echo(f"calibrated {shapes[-1]}", err=True)
+        contents = calibrate.cached()
+        if fmt == "json":
+            click.echo(json.dumps({"cache": str(calibrate.cache_dir() / calibrate.CACHE_FILE), "machines": contents},
+                                  indent=2))
+        else:
+            click.echo(calibrate.render(contents, shapes))
+        return
     if cpus_per_trial <= 0:
         raise UserError(f"--cpus-per-trial must be > 0, got {cpus_per_trial}")
     if train_size < 1 or val_size < 1:
         raise UserError(f"--train-size and --val-size must be >= 1, got {train_size} and {val_size}")
     benchmark.check(list(model_names) or list(benchmark.DEFAULT_MODELS), list(batch_sizes), seconds)
     machine = benchmark.Machine.here(benchmark.resolve_device(device), cpus_per_trial)
+    loops.check(loop, benchmark.resolve_device(device))
     rows = benchmark.measure(list(model_names) or list(benchmark.DEFAULT_MODELS),
                              list(batch_sizes) or list(benchmark.DEFAULT_BATCH_SIZES), machine, seconds,
                              data_dir, trial_images=train_size + val_size,
-                             on_row=lambda r: click.echo(f"measured {r.model} batch {r.batch_size}: "
-                                                         f"{r.samples_per_s:,.0f} samples/s", err=True))
+                             on_row=lambda r: click.echo(f"measured {r.model} batch {r.batch_size} ({r.loop}): "
+                                                         f"{r.samples_per_s:,.0f} samples/s", err=True), loop=loop)
     packings = benchmark.advise(rows, machine)
     if fmt == "json":
         click.echo(json.dumps({"machine": machine.record(), "rows": [r.record() for r in rows],

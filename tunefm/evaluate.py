@@ -33,7 +33,7 @@ import pyarrow.fs as pafs
 import torch
 from torch import nn
 
-from tunefm import analysis, data, store, trainable
+from tunefm import analysis, calibrate, data, loops, store, trainable
 from tunefm.errors import UserError
 
 DEFAULT_TOP_K = 3
@@ -99,7 +99,12 @@ def trial_config(row: pd.Series, keys: list[str]) -> dict:
 
 
 def load_model(config: dict, fs: pafs.FileSystem, checkpoint: str, device: torch.device) -> nn.Module:
-    model = trainable.place_model(trainable.build_model(config), config, device)
+    """The checkpoint's model, on CPU in channels-last layout where calibration (with any thread
+    count) measured that layout fastest for the model at the batch size nearest evaluation's
+    (the predictions are the same up to float rounding)."""
+    big_batches = {**config, "batch_size": trainable.EVAL_BATCH_SIZE}
+    layout = calibrate.borrowed_loop(big_batches, device, threads=None) == "channels_last"
+    model = loops.place_model(trainable.build_model(config), "channels_last" if layout else "plain", device)
     model.load_state_dict(load_state(fs, checkpoint, device)["model"])
     return model.eval()
 

@@ -3,20 +3,20 @@
     group = fused.FusedGroup(device)
     a = group.add(config_a)                      # seeded exactly as a solo trial of config_a
     b = group.add(config_b, checkpoint_state)    # or from a solo trial's checkpoint
-    rows = group.train_epoch(x, y)               # one epoch of every member: {slot: (loss, acc)}
-    vals = group.evaluate(val_x, val_y)          # {slot: (loss, acc)}
+    rows = group.train_epoch(x, y)               # one epoch of every member: [(loss, acc)] by slot
+    vals = group.evaluate(val_x, val_y)          # [(loss, acc)] by slot
     group.state_dict(a)                          # the solo checkpoint format (`TrainingState`)
     group.remove(b)
 
 Members share every key that fixes a tensor's shape (`shape_key`: the model and its
 options, batch size, optimizer type, output) and train on the same preloaded tensors.
 Everything else is per member: lr, momentum, weight decay, lr decay, seed, init, batch
-order, augmentation draws and dropout masks. The stacked parameters are (G, ...) tensors;
-`torch.func.vmap` over `functional_call` turns each member's convolutions into one grouped
-convolution and its linear layers into one batched matmul (HFTA's fusion, derived by
-vmap). Each member's loss is its own batch mean, so the gradient of their sum is every
-member's own gradient; the optimizers are SGD and Adam written as tensor ops over the
-stacked state with per-member hyperparameters, in the same arithmetic as torch.optim.
+order, augmentation draws and dropout masks. The stacked parameters are (G, ...) tensors,
+and `GroupedForward` runs them as HFTA (MLSys 2021) does by hand: member g's channels are
+channels g*C..(g+1)*C-1 of one activation, so each convolution is one grouped convolution
+and each linear layer one batched matmul. Each member's loss is its own batch mean, so the
+gradient of their sum is every member's own gradient; the optimizers are SGD and Adam in
+torch.optim's arithmetic over the stacked state, with per-member hyperparameters.
 
 A member draws its batch order, augmentation and dropout masks from the same generators,
 in the same order, as `trainable.fit` does for the same config alone, so its curve equals
@@ -25,25 +25,26 @@ between a group and a solo process at any epoch boundary.
 
 On CUDA the step can be captured as a CUDA graph (`capture=True`): forward, backward,
 optimizer and the metric sums replay as one launch. The graph has a fixed batch size;
-a short last batch runs eagerly. Groups with dropout or batch norm are not captured
-(their per-member random masks and running statistics are drawn and updated eagerly).
+a short last batch runs eagerly. Groups with dropout are not captured (each member's
+masks are drawn on the host from its own generator).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.func import functional_call, vmap
+from torch.func import functional_call
 
-from tunefm import models, trainable
+from tunefm import loops, models, trainable
 
 # Config keys that change no tensor's shape: they may differ within a group.
 PER_MEMBER_KEYS = frozenset({"lr", "momentum", "weight_decay", "lr_decay", "seed", "init", "augment",
                              "max_epochs"})
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, as solo trials use
+WARM_STEPS = 3  # eager steps before a CUDA graph is captured (cuBLAS/cuDNN set-up, autograd's buffers)
 
 
 def shape_key(config: dict) -> tuple:
@@ -57,29 +58,92 @@ def shape_key(config: dict) -> tuple:
     return tuple(sorted({**shared, **options}.items(), key=lambda kv: kv[0]))
 
 
-class MaskedDropout(nn.Module):
-    """Dropout whose mask comes in as the buffer `mask` (drawn outside vmap, per member,
-    from the member's own generator); identity in eval mode."""
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = p
-        self.register_buffer("mask", torch.ones(()), persistent=False)
-
-    def forward(self, x):
-        return x * self.mask if self.training else x
+class NotFusable(ValueError):
+    """The model has a layer the grouped forward does not know."""
 
 
-def _replace_dropout(module: nn.Module) -> list[tuple[str, float]]:
-    """Swap every nn.Dropout for a MaskedDropout in place; returns (buffer name, p) in forward order."""
-    found = []
-    for name, child in list(module.named_children()):
-        if isinstance(child, nn.Dropout):
-            setattr(module, name, MaskedDropout(child.p))
-            found.append((f"{name}.mask", child.p))
-        else:
-            found += [(f"{name}.{inner}", p) for inner, p in _replace_dropout(child)]
-    return found
+def leaf_layers(module: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
+    """(qualified name, layer) in forward order; containers must be nn.Sequential."""
+    if isinstance(module, nn.Sequential):
+        return [leaf for name, child in module.named_children()
+                for leaf in leaf_layers(child, f"{prefix}{name}.")]
+    if list(module.children()):
+        raise NotFusable(f"{type(module).__name__} is not an nn.Sequential")
+    return [(prefix.rstrip("."), module)]
+
+
+class GroupedForward:
+    """The stacked model's forward as HFTA writes it by hand: member g's channels are
+    channels g*C..(g+1)*C-1 of one (B, G*C, H, W) activation, so a convolution is one
+    grouped convolution (groups=G), batch norm one batch norm over G*C channels, pooling
+    and ReLU act on it unchanged; after Flatten the activation is (G, B, F) and a linear
+    layer is one batched matmul."""
+
+    LAYERS = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.ReplicationPad2d, nn.Flatten, nn.Linear,
+              nn.Dropout)
+
+    def __init__(self, module: nn.Module):
+        self.layers = leaf_layers(module)
+        for name, layer in self.layers:
+            if not isinstance(layer, self.LAYERS):
+                raise NotFusable(f"layer {name} ({type(layer).__name__}) has no grouped form")
+            if isinstance(layer, nn.Conv2d) and (layer.padding_mode != "zeros" or layer.groups != 1):
+                raise NotFusable(f"layer {name}: only zero-padded, ungrouped convolutions are fused")
+            if isinstance(layer, nn.BatchNorm2d) and (layer.momentum is None or not layer.track_running_stats):
+                raise NotFusable(f"layer {name}: batch norm needs a momentum and running statistics")
+        self.dropouts = [(name, layer.p) for name, layer in self.layers if isinstance(layer, nn.Dropout)]
+        flat = False
+        for name, layer in self.layers:
+            flat = flat or isinstance(layer, nn.Flatten)
+            if isinstance(layer, nn.Dropout) and not flat:
+                raise NotFusable(f"layer {name}: dropout is fused only after Flatten")
+
+    def __call__(self, params: dict, buffers: dict, masks: dict, x: torch.Tensor, members: int,
+                 training: bool) -> torch.Tensor:
+        """x: (G, B, 1, 28, 28) per member, or (B, 1, 28, 28) shared by all; -> (G, B, 10)."""
+        G = members
+        shared = x.dim() == 4
+        B = x.shape[0] if shared else x.shape[1]
+        flat = isinstance(self.layers[0][1], nn.Flatten)
+        if flat:
+            x = x.reshape(B, -1).expand(G, B, -1) if shared else x.reshape(G, B, -1)
+        elif shared:  # (B, C, H, W) -> (B, G*C, H, W), every member's channels the same images
+            x = x.repeat(1, G, 1, 1)
+        else:  # (G, B, C, H, W) -> (B, G*C, H, W)
+            x = x.transpose(0, 1).reshape(B, -1, *x.shape[3:])
+        for name, layer in self.layers:
+            if isinstance(layer, nn.Conv2d):
+                weight = params[f"{name}.weight"]
+                bias = params.get(f"{name}.bias")
+                x = nn.functional.conv2d(x, weight.reshape(-1, *weight.shape[2:]),
+                                         None if bias is None else bias.reshape(-1),
+                                         layer.stride, layer.padding, layer.dilation, groups=G)
+            elif isinstance(layer, nn.BatchNorm2d):
+                x = nn.functional.batch_norm(
+                    x, buffers[f"{name}.running_mean"].view(-1), buffers[f"{name}.running_var"].view(-1),
+                    params[f"{name}.weight"].reshape(-1), params[f"{name}.bias"].reshape(-1),
+                    training, layer.momentum, layer.eps)
+                if training:
+                    buffers[f"{name}.num_batches_tracked"].add_(1)
+            elif isinstance(layer, nn.ReLU):
+                x = nn.functional.relu(x)
+            elif isinstance(layer, nn.MaxPool2d):
+                x = nn.functional.max_pool2d(x, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
+                                             layer.ceil_mode)
+            elif isinstance(layer, nn.ReplicationPad2d):
+                x = nn.functional.pad(x, layer.padding, mode="replicate")
+            elif isinstance(layer, nn.Flatten):
+                if not flat:
+                    x = x.reshape(B, G, -1).transpose(0, 1)  # (B, G*C, H, W) -> (G, B, C*H*W)
+                    flat = True
+            elif isinstance(layer, nn.Linear):
+                bias = params.get(f"{name}.bias")
+                weight = params[f"{name}.weight"].transpose(1, 2)  # (G, in, out)
+                x = torch.bmm(x, weight) if bias is None else torch.baddbmm(bias.unsqueeze(1), x, weight)
+            elif isinstance(layer, nn.Dropout):
+                if training and layer.p > 0:
+                    x = x * masks[name]
+        return x
 
 
 @dataclass
@@ -90,17 +154,19 @@ class Member:
     config: dict
     solo: trainable.TrainingState  # weights and optimizer here are stale between exports
     dropout_generator: torch.Generator  # the stream a solo trial's dropout draws from (torch's global RNG)
+    has_momentum: bool = False  # the solo optimizer holds momentum buffers (SGD has stepped)
+    member_id: str = ""
     steps: int = 0  # optimizer steps taken
     lr: float = 0.0  # the current lr, after decay
-    extra: dict = field(default_factory=dict)
 
 
 class FusedGroup:
     """G trials of one shape as one stacked model on one device."""
 
-    def __init__(self, device: torch.device, capture: bool = False):
+    def __init__(self, device: torch.device, capture: bool = False, onednn: bool = True):
         self.device = device
         self.capture = capture and device.type == "cuda"
+        self.onednn = onednn  # CPU: oneDNN's grouped convolutions, or PyTorch's own (faster for tiny ones)
         self.members: list[Member] = []
         self.key: tuple | None = None
         self.module: nn.Module | None = None  # the architecture, its tensors replaced at every call
@@ -114,9 +180,9 @@ class FusedGroup:
     def __len__(self) -> int:
         return len(self.members)
 
-    def add(self, config: dict, state: dict | None = None) -> int:
+    def add(self, config: dict, state: dict | None = None, member_id: str | None = None) -> int:
         """A new member, fresh (seeded as `trainable.init_state` seeds a solo trial) or from
-        a solo checkpoint's `state`; returns its slot."""
+        a solo checkpoint's `state`; returns its slot. `member_id` names it (`slot_of`)."""
         key = shape_key(config)
         if self.key is not None and key != self.key:
             raise ValueError("a fused group's members must share every shape key")
@@ -125,17 +191,26 @@ class FusedGroup:
         if state is not None:
             solo.load_state_dict(state)  # also sets torch's global RNG to the trial's
         dropout_generator.set_state(torch.get_rng_state())  # the solo trial's dropout stream from here on
-        member = Member(dict(config), solo, dropout_generator)
+        member = Member(dict(config), solo, dropout_generator, has_momentum=bool(solo.optimizer.state),
+                        member_id=member_id if member_id is not None else str(len(self.members)))
         member.lr = solo.optimizer.param_groups[0]["lr"]
         member.steps = solo.scheduler.last_epoch if solo.scheduler is not None else self._adam_steps(solo)
         if self.module is None:
             self.key = key
-            self.module = trainable.build_model(config).to(self.device)
-            self.dropouts = _replace_dropout(self.module)
+            self.module = trainable.build_model(config).to(self.device)  # for its layers' settings and shapes
+            self.grouped = GroupedForward(self.module)
+            self.dropouts = self.grouped.dropouts
         self._sync_out()
         self.members.append(member)
         self._stack()
         return len(self.members) - 1
+
+    @property
+    def member_ids(self) -> list[str]:
+        return [m.member_id for m in self.members]
+
+    def slot_of(self, member_id: str) -> int:
+        return self.member_ids.index(member_id)
 
     def remove(self, slot: int) -> None:
         self._sync_out()
@@ -144,11 +219,17 @@ class FusedGroup:
 
     def state_dict(self, slot: int) -> dict:
         """Member `slot` as a solo trial's checkpoint (`TrainingState.state_dict`)."""
+        return self.state_dicts()[slot]
+
+    def state_dicts(self) -> list[dict]:
+        """Every member as a solo trial's checkpoint, by slot."""
         self._sync_out()
-        member = self.members[slot]
-        state = member.solo.state_dict()
-        state["torch_rng"] = member.dropout_generator.get_state()
-        return state
+        states = []
+        for member in self.members:
+            state = member.solo.state_dict()
+            state["torch_rng"] = member.dropout_generator.get_state()  # its dropout stream, as a solo trial's
+            states.append(state)
+        return states
 
     def set_epoch(self, slot: int, epoch: int) -> None:
         self.members[slot].solo.epoch = epoch
@@ -216,7 +297,7 @@ class FusedGroup:
                             "step": torch.tensor(float(member.steps)),
                             "exp_avg": state["exp_avg"][g].clone(),
                             "exp_avg_sq": state["exp_avg_sq"][g].clone()}
-                elif group["momentum"] != 0 and member.steps:
+                elif group["momentum"] != 0 and (member.steps or member.has_momentum):
                     solo.optimizer.state[param] = {"momentum_buffer": state["momentum_buffer"][g].clone()}
             if solo.scheduler is not None:
                 solo.scheduler.last_epoch = member.steps
@@ -235,16 +316,16 @@ class FusedGroup:
         self.momentum = as_tensor([float(c.get("momentum", 0.0)) for c in cfg])
         self.weight_decay = as_tensor([float(c.get("weight_decay", 0.0)) for c in cfg])
         self.steps = as_tensor([float(m.steps) for m in self.members], torch.float64)
+        self.any_weight_decay = any(c.get("weight_decay", 0.0) for c in cfg)
+        self.any_momentum = any(c.get("momentum", 0.0) for c in cfg)
+        self.any_decay = any(float(c.get("lr_decay", 1.0)) < 1.0 for c in cfg)
         self.augment = [bool(c.get("augment", False)) for c in cfg]
         self.augment_mask = torch.tensor(self.augment, device=self.device).view(-1, 1, 1, 1, 1)
 
     # ---- training ---------------------------------------------------------------------
-    def _call(self, params, buffers, x):
-        return functional_call(self.module, (params, buffers), (x,))
-
-    def _logits(self, xb: torch.Tensor, masks: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(G, B, 1, 28, 28) -> (G, B, 10), every member through its own weights."""
-        return vmap(self._call)(self.params, {**self.buffers, **masks}, xb)
+    def _logits(self, xb: torch.Tensor, masks: dict[str, torch.Tensor], training: bool = True) -> torch.Tensor:
+        """(G, B, 1, 28, 28) per member, or (B, 1, 28, 28) shared -> (G, B, 10), each member through its own weights."""
+        return self.grouped(self.params, self.buffers, masks, xb, len(self.members), training)
 
     def _losses(self, logits: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         """(G, B, 10), (G, B) -> (G,): each member's mean loss over its batch."""
@@ -252,33 +333,34 @@ class FusedGroup:
         loss_fn = trainable.LOSSES[dict(self.key).get("output", "softmax")]
         return loss_fn(logits.reshape(G * B, C), yb.reshape(G * B), reduction="none").view(G, B).mean(1)
 
-    def _broadcast(self, values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return values.view(-1, *([1] * (like.dim() - 1)))
-
     @torch.no_grad()
     def _update(self, grads: list[torch.Tensor]) -> None:
-        """One optimizer step of every member, as torch.optim's single-tensor SGD / Adam."""
-        lr = self.lr64.float()
+        """One optimizer step of every member, in torch.optim's single-tensor SGD / Adam
+        arithmetic with per-member hyperparameters; terms every member has at zero are skipped."""
         self.steps += 1
-        if self.optimizer == "adam":
+        adam = self.optimizer == "adam"
+        if adam:
             beta1, beta2 = ADAM_BETAS
-            bias1 = 1 - beta1 ** self.steps  # float64, as torch's Python floats
-            bias2_sqrt = (1 - beta2 ** self.steps).sqrt()
-            step_size = (self.lr64 / bias1).float()
-        for (name, param), grad in zip(self.params.items(), grads):
-            wd = self._broadcast(self.weight_decay, param)
-            grad = grad + wd * param
+            bias2_sqrt = (1 - beta2 ** self.steps).sqrt().float()
+            neg_step = (-self.lr64 / (1 - beta1 ** self.steps)).float()  # float64 first, as torch's Python floats
+        else:
+            neg_lr = (-self.lr64).float()
+        for (name, param), grad in zip(self.params.items(), grads):  # grad: autograd's fresh tensor, ours to change
+            per_member = lambda values: values.view(-1, *([1] * (param.dim() - 1)))  # (G,) -> (G, 1, ...)
+            if self.any_weight_decay:
+                grad.addcmul_(per_member(self.weight_decay), param)
             state = self.optimizer_state[name]
-            if self.optimizer == "adam":
+            if adam:
                 state["exp_avg"].lerp_(grad, 1 - beta1)
                 state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                denom = (state["exp_avg_sq"].sqrt() / self._broadcast(bias2_sqrt.float(), param)).add_(ADAM_EPS)
-                param.sub_(self._broadcast(step_size, param) * state["exp_avg"] / denom)
+                denom = (state["exp_avg_sq"].sqrt() / per_member(bias2_sqrt)).add_(ADAM_EPS)
+                param.addcmul_(per_member(neg_step), state["exp_avg"] / denom)
             else:
-                buf = state["momentum_buffer"]
-                buf.mul_(self._broadcast(self.momentum, param)).add_(grad)  # first step: 0 * 0 + grad
-                param.sub_(self._broadcast(lr, param) * buf)
-        self.lr64.mul_(self.decay64)
+                if self.any_momentum:
+                    grad = state["momentum_buffer"].mul_(per_member(self.momentum)).add_(grad)  # first step: 0 * 0 + grad
+                param.addcmul_(per_member(neg_lr), grad)
+        if self.any_decay:
+            self.lr64.mul_(self.decay64)
 
     def _draw_masks(self, batch: int) -> dict[str, torch.Tensor]:
         """Each dropout layer's (G, B, ...) masks, each member's from its own generator in
@@ -299,7 +381,7 @@ class FusedGroup:
         handles = []
         modules = dict(self.module.named_modules())
         for name, _ in self.dropouts:
-            module = modules[name.rsplit(".", 1)[0]]
+            module = modules[name]
             handles.append(module.register_forward_hook(
                 lambda mod, inp, out, n=name: self._dropout_shapes.__setitem__(n, tuple(out.shape[1:]))))
         self.module.eval()
@@ -344,12 +426,14 @@ class FusedGroup:
             xb = torch.where(self.augment_mask, augmented, xb)
         return xb, yb
 
-    def train_epoch(self, x: torch.Tensor, y: torch.Tensor) -> list[tuple[float, float]]:
-        """One epoch of every member over (x, y) in its own order; [(mean loss, accuracy)] by slot."""
+    def train_epoch(self, x: torch.Tensor, y: torch.Tensor, steps: int | None = None) -> list[tuple[float, float]]:
+        """One epoch of every member over (x, y) in its own order; [(mean loss, accuracy)] by slot.
+        `steps`: stop after that many batches (calibration: the same tensors, a shorter pass)."""
         if not self.members:
             return []
         batch_size = int(dict(self.key)["batch_size"])
         n = len(y)
+        trained = n if steps is None else min(n, steps * batch_size)
         if self.dropouts and not hasattr(self, "_dropout_shapes"):
             self._probe_dropout_shapes(x)
         self.module.train()
@@ -358,33 +442,32 @@ class FusedGroup:
         loss_sum = torch.zeros(G, device=x.device)
         correct = torch.zeros(G, dtype=torch.int64, device=x.device)
         full_steps = n // batch_size
-        captured = self.capture and not self.dropouts and not self.buffers and full_steps > 3
-        start = 0
-        for step in range(math.ceil(n / batch_size)):
-            stop = min(start + batch_size, n)
-            if captured and stop - start == batch_size:
-                losses, hits = self._captured_step(x, y, order, rows, cols, start, stop, step)
-            else:
-                xb, yb = self._batch(x, y, order, rows, cols, start, stop)
-                losses, hits = self._step(xb, yb, self._draw_masks(stop - start))
-            loss_sum += losses * (stop - start)
-            correct += hits
-            start = stop
+        captured = self.capture and not self.dropouts and full_steps > WARM_STEPS
+        with loops.onednn(self.onednn):
+            for start in range(0, trained, batch_size):
+                stop = min(start + batch_size, n)
+                if captured and stop - start == batch_size:
+                    losses, hits = self._captured_step(x, y, order, rows, cols, start, stop)
+                else:  # a short last batch runs eagerly: the graph's shapes are fixed
+                    xb, yb = self._batch(x, y, order, rows, cols, start, stop)
+                    losses, hits = self._step(xb, yb, self._draw_masks(stop - start))
+                loss_sum += losses * (stop - start)
+                correct += hits
         for member, lr in zip(self.members, self.lr64.tolist()):
-            member.steps += math.ceil(n / batch_size)
+            member.steps += math.ceil(trained / batch_size)
             member.lr = lr
             member.solo.epoch += 1
-        return [(l / n, c / n) for l, c in zip(loss_sum.tolist(), correct.tolist())]
+        return [(l / trained, c / trained) for l, c in zip(loss_sum.tolist(), correct.tolist())]
 
     # ---- CUDA graph -------------------------------------------------------------------
-    def _captured_step(self, x, y, order, rows, cols, start, stop, step):
-        """Replay the captured step on this batch; the first steps warm up eagerly on a side
-        stream (as capture requires), then the step is captured once per group."""
+    def _captured_step(self, x, y, order, rows, cols, start, stop):
+        """Replay the captured step on this batch. The first WARM_STEPS steps after a change of
+        members run eagerly on a side stream (as capture requires), then the step is captured."""
         inputs = (x.data_ptr(), tuple(x.shape), y.data_ptr(), rows is not None)
         if self._graph is not None and self._graph_inputs != inputs:
             self._graph = None  # captured on other tensors: its gathers would read out of bounds
         if self._graph is None:
-            if self._warm_steps < 3:
+            if self._warm_steps < WARM_STEPS:
                 self._warm_steps += 1
                 stream = torch.cuda.Stream()
                 stream.wait_stream(torch.cuda.current_stream())
@@ -394,7 +477,6 @@ class FusedGroup:
                 torch.cuda.current_stream().wait_stream(stream)
                 return out
             self._static_idx = order[:, start:stop].clone()
-            self._static_order = order
             self._static_rows = None if rows is None else rows[:, start:stop].clone()
             self._static_cols = None if cols is None else cols[:, start:stop].clone()
             self._graph, self._graph_inputs = torch.cuda.CUDAGraph(), inputs
@@ -418,14 +500,14 @@ class FusedGroup:
         G = len(self.members)
         if not G:
             return []
-        self.module.eval()
-        call = vmap(self._call, in_dims=(0, 0, None))
+        batch_size = max(128, batch_size // G)  # every member's activations at once
         loss_sum = torch.zeros(G, device=x.device)
         correct = torch.zeros(G, dtype=torch.int64, device=x.device)
         loss_fn = trainable.LOSSES[dict(self.key).get("output", "softmax")]
         for start in range(0, len(y), batch_size):
             xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-            logits = call(self.params, self.buffers, xb)  # (G, B, 10)
+            with loops.onednn(self.onednn):
+                logits = self._logits(xb, {}, training=False)  # (G, B, 10)
             B = len(yb)
             loss_sum += loss_fn(logits.reshape(G * B, -1), yb.repeat(G), reduction="none").view(G, B).sum(1)
             correct += (logits.argmax(-1) == yb).sum(1)

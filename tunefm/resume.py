@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from tunefm import cluster, evaluate, search, store
+from tunefm import cluster, evaluate, placement, search, store
 from tunefm.errors import UserError
 
 CHANGEABLE = ("address", "data_dir", "max_failures")  # where and how robustly it runs, not what it runs
@@ -185,6 +185,7 @@ def run(name: str, results_dir: str = "results", changes: Mapping[str, Any] | No
     import ray
 
     started_ray, dashboard = cluster.start_ray(settings.address)
+    fusion = None
     try:
         nodes = cluster.connect(settings.cpus_per_trial, settings.gpus_per_trial)
         writer = store.RunWriter(run_dir, study.max_epochs, study.config_keys(), settings.flush_interval_s)
@@ -192,15 +193,20 @@ def run(name: str, results_dir: str = "results", changes: Mapping[str, Any] | No
         earlier_trials, earlier_epochs = writer.tables()
         search.quiet_tune_output()
         restore_missing_checkpoints(tune_dir)
+        decision = placement.Decision(**info["fusion"]) if info.get("fusion") else placement.Decision(
+            False, 1, "a run from before fused execution")  # its trials trained alone: they go on so
+        fusion = search.start_fusion(decision, run_dir.name, splits, settings, study)
         tuner = restore_tuner(
-            tune_dir, search.make_trainable(study, settings, splits, nodes.has_gpus),
-            search.make_callbacks(study, settings, writer, run_dir, echo, earlier_trials),
+            tune_dir, search.make_trainable(study, settings, splits, nodes.has_gpus, fusion),
+            search.make_callbacks(study, settings, writer, run_dir, echo, earlier_trials, fusion),
             search.make_scheduler(study, settings, earlier_epochs), settings.max_failures)
     except BaseException:
+        search.stop_fusion(fusion)
         if started_ray:
             ray.shutdown()
         raise
     cluster.announce(nodes, dashboard, settings.address, settings.storage, echo)
+    echo(placement.describe(decision))
     events = info.setdefault("events", [])
     if info.get("status") == "running":  # and its process is gone (check_resumable)
         events.append({"event": "lost", "at": info.get("finished_at") or search.now(),
@@ -212,4 +218,4 @@ def run(name: str, results_dir: str = "results", changes: Mapping[str, Any] | No
                          "max_failures": settings.max_failures}, dashboard_url=dashboard)
     info.pop("error", None)
     echo(f"Resuming run {run_dir.name}: {done} of {study.num_trials} trials finished before")
-    return search.execute(tuner, writer, info, study, splits, settings, run_dir, tune_dir, started_ray, echo)
+    return search.execute(tuner, writer, info, study, splits, settings, run_dir, tune_dir, started_ray, echo, fusion)

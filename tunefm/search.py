@@ -66,6 +66,9 @@ class SearchSettings:
     sets: tuple[str, ...] = field(default_factory=tuple)
     test_top: int | None = None  # configs per model evaluated on the test set afterwards (the study's); 0: none
     flush_interval_s: float = 5.0
+    loop: str = "auto"  # how trials' steps run (loops.py): measured per machine and shape, or pinned
+    fuse: str = "auto"  # train same-shape trials as one stacked model (placement.py): auto | on | off
+    group_size: int | None = None  # fused: trials per CPU slot or GPU (default: calibrated / 16 per GPU)
 
     def validate(self) -> None:
         checks = [
@@ -80,12 +83,17 @@ class SearchSettings:
             (self.reduction_factor >= 2, f"--reduction-factor must be >= 2, got {self.reduction_factor}"),
             (self.seed >= 0, f"--seed must be >= 0, got {self.seed}"),
             (self.test_top is None or self.test_top >= 0, f"--test-top must be >= 0, got {self.test_top}"),
+            (self.group_size is None or self.group_size >= 2, f"--group-size must be >= 2, got {self.group_size}"),
             (self.name is None or (self.name and "/" not in self.name and self.name not in (".", "..")),
              f"--name must be a plain folder name, got {self.name!r}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
+        from tunefm import loops, placement
+
+        loops.check(self.loop)
+        placement.check_mode(self.fuse)
 
 
 @dataclass
@@ -111,7 +119,8 @@ def build_study(settings: SearchSettings) -> studies.Study:
         num_samples = settings.num_samples or 1
         if "seed" in overrides and num_samples > 1:
             raise UserError("give either --set seed=... or --num-samples, not both")
-        if "seed" not in overrides and "seed" not in study.grid:
+        study_seeds = "seed" in study.grid or "seed" in study.fixed or any("seed" in v for v in study.variants)
+        if "seed" not in overrides and (not study_seeds or num_samples > 1):  # a study's own seeds stay
             overrides["seed"] = [settings.seed + i for i in range(num_samples)]
         study = study.with_overrides(overrides)
     if settings.max_epochs is not None:
@@ -214,8 +223,9 @@ def trial_order(configs: list[dict], seed: int) -> list[dict]:
     return [configs[i] for i in order]
 
 
-def search_algorithm(study: studies.Study, settings: SearchSettings) -> tuple[dict, object, int]:
-    """(param_space, search algorithm, num_samples) for the study's searcher."""
+def search_algorithm(study: studies.Study, settings: SearchSettings, fused: bool = False) -> tuple[dict, object, int]:
+    """(param_space, search algorithm, num_samples) for the study's searcher. `fused`: a grid's
+    trials ordered so that each shape's trials run together (`placement.fused_order`)."""
     from ray import tune
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
@@ -229,7 +239,12 @@ def search_algorithm(study: studies.Study, settings: SearchSettings) -> tuple[di
         # TPE learns from finished trials: running all at once would make it random search.
         limit = settings.concurrency or study.concurrency or HYPEROPT_CONCURRENCY
         return {**base, **study.space}, ConcurrencyLimiter(algorithm, max_concurrent=limit), study.num_samples
-    configs = trial_order(study.configs(), settings.seed)
+    if fused:
+        from tunefm import placement
+
+        configs = placement.fused_order(study.configs(), settings.seed)
+    else:
+        configs = trial_order(study.configs(), settings.seed)
     # Each config pins every key, so each is exactly one trial, started in this order;
     # the space only declares each varied key's values.
     varied = {k: list(dict.fromkeys(c[k] for c in configs if k in c))
@@ -240,16 +255,24 @@ def search_algorithm(study: studies.Study, settings: SearchSettings) -> tuple[di
             len(configs))
 
 
-def make_trainable(study: studies.Study, settings: SearchSettings, splits: data.Splits, cluster_has_gpus: bool):
-    """The trial function with the data (into the object store once) and its resources."""
+def make_trainable(study: studies.Study, settings: SearchSettings, splits: data.Splits, cluster_has_gpus: bool,
+                   fusion: "Fusion | None" = None):
+    """The trial function with the data (into the object store once) and its resources; a
+    fused trial's function and share of a slot where the search fuses."""
     from ray import tune
 
     from tunefm.trainable import tune_trainable
 
+    if fusion is not None:
+        from tunefm import placement
+
+        return placement.member_trainable_for(fusion.running.name, settings.cpus_per_trial, fusion.decision,
+                                              cluster_has_gpus)
+
     arrays = {"train_x": splits.train_x, "train_y": splits.train_y,
               "val_x": splits.val_x, "val_y": splits.val_y}  # the test set never reaches a trial
     return tune.with_resources(
-        tune.with_parameters(tune_trainable, arrays=arrays, max_epochs=study.max_epochs),
+        tune.with_parameters(tune_trainable, arrays=arrays, max_epochs=study.max_epochs, loop=settings.loop),
         cluster.trial_resources(settings.cpus_per_trial, settings.gpus_per_trial, cluster_has_gpus),
     )
 
@@ -281,7 +304,8 @@ def make_scheduler(study: studies.Study, settings: SearchSettings, earlier_epoch
 
 
 def make_callbacks(study: studies.Study, settings: SearchSettings, writer: store.RunWriter, run_dir: Path,
-                   echo: Callable[[str], None], earlier_trials: pd.DataFrame | None = None) -> list:
+                   echo: Callable[[str], None], earlier_trials: pd.DataFrame | None = None,
+                   fusion: "Fusion | None" = None) -> list:
     """Parquet, the progress line and TensorBoard, all fed by the driver as results arrive;
     plus Tune's own JSON and CSV loggers (each trial's result.json and progress.csv), but
     not its TensorBoard logger, which would write every scalar a second time."""
@@ -291,10 +315,15 @@ def make_callbacks(study: studies.Study, settings: SearchSettings, writer: store
     from tunefm.recorder import ParquetRecorder
     from tunefm.tensorboard import TensorBoardWriter
 
-    return [ParquetRecorder(writer),
-            ProgressLine(study.num_trials, study.max_epochs, echo, max_failures=settings.max_failures,
-                         earlier=earlier_trials),
-            TensorBoardWriter(run_dir / store.TENSORBOARD_DIR), JsonLoggerCallback(), CSVLoggerCallback()]
+    callbacks = [ParquetRecorder(writer),
+                 ProgressLine(study.num_trials, study.max_epochs, echo, max_failures=settings.max_failures,
+                              earlier=earlier_trials),
+                 TensorBoardWriter(run_dir / store.TENSORBOARD_DIR), JsonLoggerCallback(), CSVLoggerCallback()]
+    if fusion is not None:
+        from tunefm import placement
+
+        callbacks.append(placement.Membership(fusion.running.name))
+    return callbacks
 
 
 def quiet_tune_output() -> None:
@@ -313,14 +342,15 @@ def quiet_tune_output() -> None:
 
 
 def make_tuner(study: studies.Study, settings: SearchSettings, splits: data.Splits, run_dir: Path,
-               storage_path: str, cluster_has_gpus: bool, writer: store.RunWriter, echo: Callable[[str], None]):
+               storage_path: str, cluster_has_gpus: bool, writer: store.RunWriter, echo: Callable[[str], None],
+               fusion: "Fusion | None" = None):
     """The Tuner: trainable with data and resources, scheduler, trial order, callbacks, storage."""
     from ray import tune
 
-    param_space, search_alg, num_samples = search_algorithm(study, settings)
+    param_space, search_alg, num_samples = search_algorithm(study, settings, fused=fusion is not None)
     quiet_tune_output()
     return tune.Tuner(
-        make_trainable(study, settings, splits, cluster_has_gpus),
+        make_trainable(study, settings, splits, cluster_has_gpus, fusion),
         param_space=param_space,
         tune_config=tune.TuneConfig(
             scheduler=make_scheduler(study, settings),
@@ -332,7 +362,7 @@ def make_tuner(study: studies.Study, settings: SearchSettings, splits: data.Spli
         run_config=tune.RunConfig(
             name=store.TUNE_DIR,
             storage_path=storage_path,
-            callbacks=make_callbacks(study, settings, writer, run_dir, echo),
+            callbacks=make_callbacks(study, settings, writer, run_dir, echo, fusion=fusion),
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute="checkpoint_score", checkpoint_score_order="max"),
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
@@ -358,22 +388,31 @@ def run(settings: SearchSettings, echo: Callable[[str], None] = print) -> Search
         # A local Ray would detect these; refusing now spares its start-up and logs.
         cluster.check_resources_fit(settings.cpus_per_trial, settings.gpus_per_trial, cluster.local_node())
     started_ray, dashboard = cluster.start_ray(settings.address)
+    fusion = None
     try:
         nodes = cluster.connect(settings.cpus_per_trial, settings.gpus_per_trial)
+        from tunefm import placement
+
+        decision = placement.decide(settings.fuse, study.configs() if study.searcher == "grid" else None,
+                                    nodes.has_gpus, settings.cpus_per_trial, settings.gpus_per_trial,
+                                    settings.group_size, len(splits.train_y), study.max_epochs, settings.loop)
         create_run_dir(run_dir)
         writer = store.RunWriter(run_dir, study.max_epochs, study.config_keys(), settings.flush_interval_s)
+        fusion = start_fusion(decision, run_dir.name, splits, settings, study)
         try:
-            tuner = make_tuner(study, settings, splits, run_dir, storage_path, nodes.has_gpus, writer, echo)
+            tuner = make_tuner(study, settings, splits, run_dir, storage_path, nodes.has_gpus, writer, echo, fusion)
         except Exception as e:  # Tune creates its experiment folder here, in the run folder or the storage
             shutil.rmtree(run_dir, ignore_errors=True)  # made a moment ago by this command, nothing in it yet
             if settings.storage is None:
                 raise
             raise UserError(f"cannot use --storage {settings.storage}: {str(e).splitlines()[0]}") from None
     except BaseException:
+        stop_fusion(fusion)
         if started_ray:
             ray.shutdown()
         raise
     cluster.announce(nodes, dashboard, settings.address, settings.storage, echo)
+    echo(placement.describe(decision))
     run_info = {
         "study": study.record(),
         "options": asdict(settings),
@@ -384,11 +423,38 @@ def run(settings: SearchSettings, echo: Callable[[str], None] = print) -> Search
         "dashboard_url": dashboard,
         "storage": tune_dir if settings.storage else None,  # None: <run folder>/tune
         "nodes": len(nodes.nodes),
+        "fusion": decision.record(),
         "started_at": now(),
         "status": "running",
         "events": [event("started")],
     }
-    return execute(tuner, writer, run_info, study, splits, settings, run_dir, tune_dir, started_ray, echo)
+    return execute(tuner, writer, run_info, study, splits, settings, run_dir, tune_dir, started_ray, echo, fusion)
+
+
+@dataclass
+class Fusion:
+    """A fused search's decision and its running coordinator (placement.py)."""
+
+    decision: object  # placement.Decision
+    running: object  # placement.Running
+
+
+def start_fusion(decision, run_name: str, splits: data.Splits, settings: SearchSettings,
+                 study: studies.Study) -> Fusion | None:
+    """The coordinator of a fused search (None where trials train alone)."""
+    if not decision.fuse:
+        return None
+    from tunefm import placement
+
+    arrays = {"train_x": splits.train_x, "train_y": splits.train_y, "val_x": splits.val_x, "val_y": splits.val_y}
+    return Fusion(decision, placement.start(run_name, arrays, settings, decision, study.max_epochs))
+
+
+def stop_fusion(fusion: Fusion | None) -> None:
+    if fusion is not None:
+        from tunefm import placement
+
+        placement.stop(fusion.running)
 
 
 def now() -> str:
@@ -402,7 +468,7 @@ def event(name: str, **details) -> dict:
 
 def execute(tuner, writer: store.RunWriter, run_info: dict, study: studies.Study, splits: data.Splits,
             settings: SearchSettings, run_dir: Path, tune_dir: str, started_ray: bool,
-            echo: Callable[[str], None]) -> SearchOutcome:
+            echo: Callable[[str], None], fusion: Fusion | None = None) -> SearchOutcome:
     """Run the Tuner (new or restored), then evaluate the winners; keep run.json current.
 
     Ctrl-C or SIGTERM: Tune stops the trials and saves its state, the Parquet files are
@@ -453,6 +519,7 @@ def execute(tuner, writer: store.RunWriter, run_info: dict, study: studies.Study
     finally:
         run_info["finished_at"] = now()
         store.write_json(run_info, run_dir / store.RUN_FILE)
+        stop_fusion(fusion)
         if started_ray:
             ray.shutdown()
 

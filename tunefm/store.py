@@ -47,14 +47,17 @@ CONFUSION_FILE = "confusion.parquet"
 TUNE_DIR = "tune"  # Ray Tune's experiment folder: checkpoints (unless --storage puts them elsewhere)
 TENSORBOARD_DIR = "tensorboard"  # one TensorBoard event folder per trial
 EPOCH_METRICS = ["train_loss", "train_acc", "val_loss", "val_acc", "epoch_time_s", "train_time_s", "time_total_s"]
-# Constant per trial: where and on what it ran (started_at: Unix time its training began).
-TRIAL_FACTS = ["params", "device", "node_id", "node_ip", "gpu_fraction", "gpu_ids", "threads", "started_at"]
+# Per trial, from its latest epoch: where and on what it ran (started_at: Unix time its training
+# began; execution: its loop, or fused:<kernels> in a fused group; fused_group: that group's id, ""
+# alone; group_size: the members the group trained that epoch).
+TRIAL_FACTS = ["params", "device", "node_id", "node_ip", "gpu_fraction", "gpu_ids", "threads", "started_at",
+               "execution", "fused_group", "group_size"]
 TRAIN_ACC_TARGET = 0.9  # seed 004 compares trials by the time to reach 90% train accuracy
 SUMMARY_COLUMNS = [
     "params", "best_val_acc", "best_epoch", "val_loss_at_best", "min_train_loss",
     "min_train_loss_epoch", "final_train_loss", "final_val_loss", "overfit_gap",
     "time_per_epoch_s", "total_time_s", "time_to_90_train_acc_s", "gpu_fraction", "gpu_ids", "node_id", "node_ip",
-    "device", "threads", "started_at", "test_acc", "test_loss",
+    "device", "threads", "started_at", "execution", "fused_group", "group_size", "test_acc", "test_loss",
 ]
 # Numeric per-trial figures a study may compare with what its seed reported.
 REPORTABLE = [c for c in SUMMARY_COLUMNS if c not in TRIAL_FACTS or c == "params"]
@@ -183,7 +186,7 @@ def _mean(values) -> float:
 def summary_dtypes(table: pd.DataFrame) -> pd.DataFrame:
     """The trials table's column types, whatever rows (or none) it was built from."""
     if len(table):
-        for column in ("best_epoch", "min_train_loss_epoch", "params", "threads"):
+        for column in ("best_epoch", "min_train_loss_epoch", "params", "threads", "group_size"):
             table[column] = table[column].astype("Int64")
         for column in ("test_acc", "test_loss", "gpu_fraction", "time_to_90_train_acc_s", "started_at"):
             table[column] = table[column].astype("float64")

@@ -16,9 +16,11 @@ exactly where it stopped. Tune keeps each trial's best-validation checkpoint (by
 `checkpoint_score`) and its latest; the test-set evaluation loads the best one.
 The same seed and config give the same curve on CPU.
 
-On CPU the model trains in channels-last layout, or with PyTorch's own convolution at the
-tiny batch sizes where its spec says that is faster (`place_model`, `cpu_kernels`): a
-choice fixed by the config, so the same config still gives the same curve.
+How the steps run (`loops.py`: default or channels-last layout, oneDNN or PyTorch's own
+convolution on CPU; eager or a captured CUDA graph on a GPU) is chosen per shape by measuring
+the candidates on the machine (`calibrate.py`, `--loop auto`), or pinned (`--loop plain`) for
+the same bits on every machine. A trial keeps its loop in its checkpoint, so a resumed trial
+continues with the kernels it started with.
 
 The pieces (`to_tensors`, `train_epoch`, `predict`, `evaluate`, `fit`) are plain PyTorch and are
 used directly by the tests and the benchmarks; only `tune_trainable` needs Ray.
@@ -26,7 +28,6 @@ used directly by the tests and the benchmarks; only `tune_trainable` needs Ray.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -39,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tunefm import models, store
+from tunefm import loops, models, store
 
 # Fashion-MNIST pixel statistics (training set, pixels / 255).
 PIXEL_MEAN, PIXEL_STD = 0.2860, 0.3530
@@ -127,10 +128,12 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Ten
     order = torch.randperm(n, generator=generator).to(x.device)
     if augment:
         rows, cols = crop_indices(n, generator, x.device)
-    # Sums stay on the device: one host sync per epoch instead of one per batch.
-    loss_sum = torch.zeros((), device=x.device)
-    correct = torch.zeros((), dtype=torch.int64, device=x.device)
-    for start in range(0, n, batch_size):
+    # Each step leaves its loss and predictions in preallocated buffers (one small op each,
+    # no host sync); the epoch's sums are taken once at the end.
+    steps = (n + batch_size - 1) // batch_size
+    losses = torch.empty(steps, device=x.device)
+    predicted = torch.empty(n, dtype=torch.int64, device=x.device)
+    for step, start in enumerate(range(0, n, batch_size)):
         idx = order[start:start + batch_size]
         xb, yb = x[idx], y[idx]  # (B, 1, 28, 28), (B,)
         if augment:
@@ -142,9 +145,11 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Ten
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        loss_sum += loss.detach() * len(idx)
-        correct += (logits.detach().argmax(1) == yb).sum()
-    return loss_sum.item() / n, correct.item() / n
+        losses[step] = loss.detach()
+        torch.argmax(logits.detach(), 1, out=predicted[start:start + batch_size])
+    sizes = torch.full((steps,), float(batch_size), device=x.device)
+    sizes[-1] = n - (steps - 1) * batch_size
+    return (losses @ sizes).item() / n, (predicted == y[order]).sum().item() / n
 
 
 @torch.inference_mode()
@@ -177,9 +182,11 @@ class TrainingState:
     generator: torch.Generator  # drives the batch order and augmentation
     scheduler: object = None  # lr decay per step, if any
     epoch: int = 0  # epochs completed
+    loop: str = "plain"  # how the steps run (loops.py)
 
     def state_dict(self) -> dict:
         state = {
+            "loop": self.loop,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "epoch": self.epoch,
@@ -212,41 +219,6 @@ def build_model(config: dict) -> nn.Module:
     return models.init_weights(model, config.get("init", "default"))
 
 
-def native_conv(config: dict, device: torch.device) -> bool:
-    """Whether this trial trains with PyTorch's own convolution instead of oneDNN's (CPU, tiny batches)."""
-    return device.type == "cpu" and int(config["batch_size"]) <= models.get(config["model"]).native_conv_max_batch
-
-
-def place_model(model: nn.Module, config: dict, device: torch.device) -> nn.Module:
-    """Move the model to `device`; on CPU in channels-last layout, in which oneDNN's
-    convolutions run 1.04-1.78x faster for most of these nets (results/benchmarks/layout.md),
-    unless the trial uses the native convolution, which wants the default layout.
-
-    Only the parameters change layout: a 1-channel image is the same bytes either way, and
-    oneDNN picks its channels-last kernels from the weights.
-    """
-    if device.type == "cpu" and not native_conv(config, device):
-        return model.to(device, memory_format=torch.channels_last)
-    return model.to(device)
-
-
-@contextlib.contextmanager
-def onednn(enabled: bool):
-    """oneDNN on or off inside the block; the flag is process-wide, so it is restored on exit."""
-    before = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = enabled
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = before
-
-
-def cpu_kernels(config: dict, device: torch.device):
-    """Context for the training steps: oneDNN off where `native_conv` says so (evaluation's
-    large batches keep it)."""
-    return onednn(not native_conv(config, device))
-
-
 def checkpoint_score(val_acc: float, epoch: int) -> float:
     """val_acc with ties broken towards the earlier epoch.
 
@@ -257,43 +229,91 @@ def checkpoint_score(val_acc: float, epoch: int) -> float:
     return val_acc - epoch * 1e-9
 
 
-def init_state(config: dict, device: torch.device) -> TrainingState:
-    """A fresh model and optimizer, seeded from config['seed']."""
+def init_state(config: dict, device: torch.device, loop: str = "plain") -> TrainingState:
+    """A fresh model and optimizer, seeded from config['seed'], laid out for `loop`."""
     seed = int(config.get("seed", 0))
     torch.manual_seed(seed)
-    model = place_model(build_model(config), config, device)
+    model = loops.place_model(build_model(config), loop, device)
     generator = torch.Generator().manual_seed(seed)
     optimizer = build_optimizer(config, model.parameters())
-    return TrainingState(model, optimizer, generator, build_scheduler(config, optimizer))
+    return TrainingState(model, optimizer, generator, build_scheduler(config, optimizer), loop=loop)
+
+
+def resolve_loop(loop: str, config: dict, device: torch.device, steps: int | None = None) -> str:
+    """`auto`: the loop calibration measured fastest for this shape here (`plain` for a trial of
+    too few `steps` to repay measuring); a fixed loop as it applies on `device`."""
+    if loop == loops.AUTO:
+        from tunefm import calibrate
+
+        return calibrate.choose_loop(config, device, torch.get_num_threads(), steps)
+    return loops.for_device(loop, device)
+
+
+def training_steps(config: dict, train_images: int, max_epochs: int, from_epoch: int = 0) -> int:
+    """The optimizer steps a trial has ahead of it."""
+    per_epoch = -(-train_images // int(config["batch_size"]))
+    return per_epoch * max(0, store.epoch_limit(config, max_epochs) - from_epoch)
+
+
+class GroupMember:
+    """A trial trained as the only member of a `fused.FusedGroup` (the captured loop): what
+    `fit` yields in place of a TrainingState."""
+
+    def __init__(self, group, loop: str):
+        self.group, self.loop = group, loop
+
+    @property
+    def epoch(self) -> int:
+        return self.group.epoch(0)
+
+    def state_dict(self) -> dict:
+        return {**self.group.state_dict(0), "loop": self.loop}
 
 
 def fit(config: dict, arrays: dict[str, np.ndarray], max_epochs: int, device: torch.device,
-        state: TrainingState | None = None) -> Iterator[tuple[dict, TrainingState]]:
-    """Train from `state` (or from scratch) to `max_epochs` (or the config's own `max_epochs`,
-    if fewer); yield (metrics, state) per epoch."""
-    state = state or init_state(config, device)
+        state: TrainingState | None = None, loop: str = "plain") -> Iterator[tuple[dict, TrainingState]]:
+    """Train from `state` (or from scratch, with `loop`) to `max_epochs` (or the config's own
+    `max_epochs`, if fewer); yield (metrics, state) per epoch. A given state keeps its own loop."""
+    steps = training_steps(config, len(arrays["train_y"]), max_epochs)
+    state = state or init_state(config, device, resolve_loop(loop, config, device, steps))
     train_x, train_y = to_tensors(arrays["train_x"], arrays["train_y"], device)
     val_x, val_y = to_tensors(arrays["val_x"], arrays["val_y"], device)
+    max_epochs = store.epoch_limit(config, max_epochs)
+    if state.loop == "captured":
+        yield from _fit_captured(config, state, train_x, train_y, val_x, val_y, max_epochs, device)
+        return
     batch_size = int(config["batch_size"])
     loss_fn, augment = loss_function(config), bool(config.get("augment", False))
-    max_epochs = store.epoch_limit(config, max_epochs)
     while state.epoch < max_epochs:
         started = time.perf_counter()
-        with cpu_kernels(config, device):
+        with loops.kernels(state.loop):
             train_loss, train_acc = train_epoch(state.model, state.optimizer, train_x, train_y, batch_size,
                                                 state.generator, loss_fn, augment, state.scheduler)
         trained = time.perf_counter()
         val_loss, val_acc = evaluate(state.model, val_x, val_y, loss_fn=loss_fn)
         state.epoch += 1
-        yield {
-            "epoch": state.epoch,
-            "train_loss": train_loss,
-            "train_acc": train_acc,
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-            "epoch_time_s": time.perf_counter() - started,
-            "train_time_s": trained - started,
-        }, state
+        yield epoch_metrics(state.epoch, train_loss, train_acc, val_loss, val_acc, started, trained), state
+
+
+def epoch_metrics(epoch: int, train_loss: float, train_acc: float, val_loss: float, val_acc: float,
+                  started: float, trained: float) -> dict:
+    return {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
+            "val_acc": val_acc, "epoch_time_s": time.perf_counter() - started, "train_time_s": trained - started}
+
+
+def _fit_captured(config, state, train_x, train_y, val_x, val_y, max_epochs, device):
+    """`fit` for the captured loop: the trial as a fused group of one with its step as a CUDA graph."""
+    from tunefm import fused
+
+    group = fused.FusedGroup(device, capture=True)
+    group.add(config, state.state_dict())
+    member = GroupMember(group, state.loop)
+    while member.epoch < max_epochs:
+        started = time.perf_counter()
+        [(train_loss, train_acc)] = group.train_epoch(train_x, train_y)
+        trained = time.perf_counter()
+        [(val_loss, val_acc)] = group.evaluate(val_x, val_y)
+        yield epoch_metrics(member.epoch, train_loss, train_acc, val_loss, val_acc, started, trained), member
 
 
 def pick_device(gpu_ids: list) -> torch.device:
@@ -305,8 +325,13 @@ def pick_device(gpu_ids: list) -> torch.device:
     return torch.device("cuda") if gpu_ids and torch.cuda.is_available() else torch.device("cpu")
 
 
-def tune_trainable(config: dict, arrays: dict[str, np.ndarray], max_epochs: int) -> None:
-    """Ray Tune entry point; wrap with `tune.with_parameters(arrays=..., max_epochs=...)`."""
+def checkpoint_loop(state: dict) -> str:
+    """The loop a checkpoint's trial trained with (checkpoints from before loops: plain)."""
+    return state.get("loop", "plain")
+
+
+def tune_trainable(config: dict, arrays: dict[str, np.ndarray], max_epochs: int, loop: str = loops.AUTO) -> None:
+    """Ray Tune entry point; wrap with `tune.with_parameters(arrays=..., max_epochs=..., loop=...)`."""
     import ray
     from ray import tune
 
@@ -317,11 +342,14 @@ def tune_trainable(config: dict, arrays: dict[str, np.ndarray], max_epochs: int)
     gpu_ids = [str(i) for i in ray.get_gpu_ids()]
     device = pick_device(gpu_ids)
 
-    state = init_state(config, device)
-    checkpoint = tune.get_checkpoint()
+    checkpoint, saved = tune.get_checkpoint(), None
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            state.load_state_dict(torch.load(os.path.join(folder, CHECKPOINT_FILE), weights_only=False))
+            saved = torch.load(os.path.join(folder, CHECKPOINT_FILE), weights_only=False)
+    steps = training_steps(config, len(arrays["train_y"]), max_epochs)
+    state = init_state(config, device, checkpoint_loop(saved) if saved else resolve_loop(loop, config, device, steps))
+    if saved:
+        state.load_state_dict(saved)
 
     trial_facts = {
         "params": models.count_params(state.model),
@@ -331,6 +359,9 @@ def tune_trainable(config: dict, arrays: dict[str, np.ndarray], max_epochs: int)
         "gpu_fraction": float(resources.get("GPU", 0.0)),
         "gpu_ids": ",".join(gpu_ids),  # "" without a GPU; trials sharing a GPU share its id
         "threads": torch.get_num_threads(),
+        "execution": state.loop,
+        "fused_group": "",
+        "group_size": 1,
         "started_at": time.time(),
     }
     for metrics, state in fit(config, arrays, max_epochs, device, state):

@@ -67,9 +67,6 @@ class ModelSpec:
     description: str = ""
     # A rule across options (all of them, defaults filled): None if they fit, else what is wrong.
     combination: Callable[[Mapping[str, Any]], str | None] | None = None
-    # On CPU, up to this batch size PyTorch's own convolution beats oneDNN's per-call
-    # overhead (`python benchmarks/layout.py`); above it, oneDNN in channels-last layout.
-    native_conv_max_batch: int = 0
 
     @cached_property
     def params(self) -> int:

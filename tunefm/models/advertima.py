@@ -25,6 +25,8 @@ the seed's 3,807,754.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from torch import nn
 
 SOURCE = "001_b3a5012d14491ce7.txt"
@@ -48,12 +50,12 @@ DESCRIPTIONS = {
 }
 
 
-class SeedCNN(nn.Module):
-    """Conv [-> BN] -> ReLU [-> pool] blocks, then FC layers with ReLU [and dropout]."""
+class SeedCNN(nn.Sequential):
+    """Conv [-> BN] -> ReLU [-> pool] blocks (`features`), then FC layers with ReLU [and dropout]
+    (`classifier`). A plain sequence of layers, so fused trial groups can stack it (`tunefm.fused`)."""
 
     def __init__(self, convs: list[tuple[int, int, int, bool]], hidden: list[int], batch_norm: bool,
                  dropout: float = 0.0):
-        super().__init__()
         layers: list[nn.Module] = []
         channels, side = 1, 28
         for out_channels, kernel, padding, pool in convs:
@@ -66,7 +68,6 @@ class SeedCNN(nn.Module):
                 layers.append(nn.MaxPool2d(2))
                 side //= 2
             channels = out_channels
-        self.features = nn.Sequential(*layers)
         head: list[nn.Module] = [nn.Flatten()]
         width = channels * side * side  # (N, C, side, side) flattened
         for out_width in hidden:
@@ -75,10 +76,7 @@ class SeedCNN(nn.Module):
                 head.append(nn.Dropout(dropout))
             width = out_width
         head.append(nn.Linear(width, 10))
-        self.classifier = nn.Sequential(*head)
-
-    def forward(self, x):
-        return self.classifier(self.features(x))
+        super().__init__(OrderedDict(features=nn.Sequential(*layers), classifier=nn.Sequential(*head)))
 
 
 def specs():

@@ -13,6 +13,8 @@ max-pool, as in the example the seed's Net1 implies):
 | iaro4 | conv 20@5x5 > pool > conv 64@5x5 > pool > FC 1088 > FC 1024 > FC 10 | 2,273,170 |
 """
 
+from collections import OrderedDict
+
 from torch import nn
 
 
@@ -43,16 +45,13 @@ def _classifier(in_features: int, hidden: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class IaroNet(nn.Module):
-    """Conv stack then an MLP head; (N, 1, 28, 28) -> (N, 10) logits."""
+class IaroNet(nn.Sequential):
+    """Conv stack (`features`) then an MLP head (`classifier`); (N, 1, 28, 28) -> (N, 10) logits.
+    A plain sequence of layers, so fused trial groups can stack it (`tunefm.fused`)."""
 
     def __init__(self, channels: list[int], pool_after: list[bool], hidden: list[int]):
-        super().__init__()
-        self.features, out_channels, side = _conv_stack(channels, pool_after)
-        self.classifier = _classifier(out_channels * side * side, hidden)
-
-    def forward(self, x):
-        return self.classifier(self.features(x))
+        features, out_channels, side = _conv_stack(channels, pool_after)
+        super().__init__(OrderedDict(features=features, classifier=_classifier(out_channels * side * side, hidden)))
 
 
 # name -> (conv channels, max-pool after each conv, FC hidden widths)
@@ -65,9 +64,6 @@ ARCHITECTURES = {
 
 
 GPU_FRACTIONS = {"iaro1": 0.25, "iaro2": 0.25, "iaro3": 0.5, "iaro4": 0.5}
-# Up to these batch sizes PyTorch's own convolution beats oneDNN's on CPU (results/benchmarks/layout.md:
-# iaro1 1.51x at 8 and 1.22x at 16, iaro2 1.18x at 8, against 1.11-1.17x for channels-last).
-NATIVE_CONV_MAX_BATCH = {"iaro1": 16, "iaro2": 8}
 
 
 def specs():
@@ -76,7 +72,7 @@ def specs():
     for name, (channels, pool_after, hidden) in ARCHITECTURES.items():
         yield ModelSpec(
             name=name, family="IaroHasNoFashionNet", source="000_3b33fd455f65cb7c.txt",
-            gpu_fraction=GPU_FRACTIONS[name], native_conv_max_batch=NATIVE_CONV_MAX_BATCH.get(name, 0),
+            gpu_fraction=GPU_FRACTIONS[name],
             factory=lambda c=channels, p=pool_after, h=hidden: IaroNet(c, p, h),
             description=f"IaroHasNoFashionNet{name[-1]}: {len(channels)} conv, "
                         f"{sum(pool_after)} pool, {len(hidden) + 1} FC",
