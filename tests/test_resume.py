@@ -164,10 +164,11 @@ def test_sigterm_stops_cleanly_and_the_run_resumes(tmp_path, data_dir):
     assert 4 <= done_before < 28
 
     # The race a SIGKILL can hit: Tune deleted the checkpoint its saved state names, a newer
-    # one exists. Made here on purpose for one trial; the resume puts it back.
+    # one exists. Made here on purpose for one trial the saved state names a checkpoint of
+    # (a trial that checkpointed after the state's last save is not named); the resume puts it back.
     tune_dir = results / "t" / store.TUNE_DIR
-    trial_dir = next(d for d in sorted(tune_dir.glob("*_0000*")) if list(d.glob("checkpoint_*")))
-    named = sorted(trial_dir.glob("checkpoint_*"))[-1]
+    named = Path(sorted(resume.named_checkpoints(str(tune_dir)))[0])
+    trial_dir = named.parent
     named.rename(trial_dir / "checkpoint_000099")
     assert resume.restore_missing_checkpoints(str(tune_dir)) == [str(named)]
     assert named.is_dir() and not (trial_dir / "checkpoint_000099").exists()

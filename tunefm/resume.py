@@ -106,6 +106,29 @@ def latest_state_file(tune_dir: str) -> tuple[pafs.FileSystem, str] | None:
     return (fs, max(found)) if found else None  # the name carries the time
 
 
+def named_checkpoints(tune_dir: str) -> list[str]:
+    """The checkpoint Tune's saved experiment state names as each trial's latest (trials that
+    have one), whether or not it still exists."""
+    import pickle
+
+    located = latest_state_file(tune_dir)
+    if located is None:
+        return []
+    fs, state_path = located
+    with fs.open_input_stream(state_path) as f:
+        state = json.loads(f.read())
+    named = []
+    for _, runtime in state.get("trial_data", []):
+        runtime = json.loads(runtime) if isinstance(runtime, str) else runtime
+        manager = runtime.get("checkpoint_manager") or {}
+        if manager.get("_type") != "CLOUDPICKLE_FALLBACK":
+            continue
+        latest = getattr(pickle.loads(bytes.fromhex(manager["value"])), "_latest_checkpoint_result", None)
+        if latest is not None and latest.checkpoint is not None:
+            named.append(latest.checkpoint.path)
+    return named
+
+
 def restore_missing_checkpoints(tune_dir: str) -> list[str]:
     """Put back the checkpoint each unfinished trial is to continue from, where it is gone.
 
@@ -117,24 +140,12 @@ def restore_missing_checkpoints(tune_dir: str) -> list[str]:
     A checkpoint holds its own epoch, optimizer and RNG states, so the trial continues
     from the newer epoch, exactly. Returns the paths put back.
     """
-    import pickle
-
     located = latest_state_file(tune_dir)
     if located is None:
         return []
-    fs, state_path = located
-    with fs.open_input_stream(state_path) as f:
-        state = json.loads(f.read())
+    fs = located[0]
     put_back = []
-    for _, runtime in state.get("trial_data", []):
-        runtime = json.loads(runtime) if isinstance(runtime, str) else runtime
-        manager = runtime.get("checkpoint_manager") or {}
-        if manager.get("_type") != "CLOUDPICKLE_FALLBACK":
-            continue
-        latest = getattr(pickle.loads(bytes.fromhex(manager["value"])), "_latest_checkpoint_result", None)
-        if latest is None or latest.checkpoint is None:
-            continue
-        named = latest.checkpoint.path
+    for named in named_checkpoints(tune_dir):
         if fs.get_file_info(named).type != pafs.FileType.NotFound:
             continue
         trial_dir = str(Path(named).parent)
