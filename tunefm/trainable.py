@@ -19,7 +19,7 @@ The same seed and config give the same curve on CPU.
 How the steps run (`loops.py`: default or channels-last layout, oneDNN or PyTorch's own
 convolution on CPU; eager or a captured CUDA graph on a GPU) is chosen per shape by measuring
 the candidates on the machine (`calibrate.py`, `--loop auto`), or pinned (`--loop plain`) for
-the same bits on every machine. A trial keeps its loop in its checkpoint, so a resumed trial
+the same bits on every run. A trial keeps its loop in its checkpoint, so a resumed trial
 continues with the kernels it started with.
 
 The pieces (`to_tensors`, `train_epoch`, `predict`, `evaluate`, `fit`) are plain PyTorch and are
