@@ -57,13 +57,14 @@ sync, timed = bench.sync, bench.timed  # the same timing as `tunefm bench`
 def tunefm_fit(settings) -> tuple[float, Path]:
     """Seconds of `Tuner.fit` for the Tuner `tunefm search` builds from `settings` (a
     `search.SearchSettings`; Ray already started), and the run folder it wrote."""
-    from tunefm import data, search, store
+    from tunefm import data, search
+    from tunefm.run_writer import RunWriter
 
     study = search.build_study(settings)
     splits = data.load(settings.data_dir, settings.train_size, settings.val_size, settings.test_size)
     run_dir = search.choose_run_dir(settings, study)
     search.create_run_dir(run_dir)
-    writer = store.RunWriter(run_dir, study.max_epochs, study.config_keys(), settings.flush_interval_s)
+    writer = RunWriter(run_dir, study.max_epochs, study.config_keys(), settings.flush_interval_s)
     tuner = search.make_tuner(study, settings, splits, run_dir, search.tune_parent(run_dir, None),
                               False, writer, echo=lambda line: None)
     started = time.perf_counter()

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from tunefm import data, store
+from tunefm.run_writer import RunWriter
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "fashion-mnist"
@@ -103,7 +104,7 @@ def tiny_run(run_dir: Path, started_at: str = "2026-01-01T00:00:00+00:00", finis
     """A run folder written through RunWriter by hand, without Ray: two trials of iaro1
     (one with 2 epochs, one with 1), no test evaluation; `finished=False` leaves it running."""
     run_dir.mkdir(parents=True)
-    writer = store.RunWriter(run_dir, max_epochs=3, config_keys=["model", "lr", "batch_size"])
+    writer = RunWriter(run_dir, max_epochs=3, config_keys=["model", "lr", "batch_size"])
     for epoch, (tl, vl, va) in enumerate([(1.0, 0.9, 0.6), (0.7, 0.8, 0.7)], 1):
         writer.add_epoch("a", {"model": "iaro1", "lr": 0.01, "batch_size": 8},
                          {"epoch": epoch, "train_loss": tl, "val_loss": vl, "val_acc": va, "train_acc": 0.5,

@@ -83,7 +83,9 @@ class LocalCluster:
         self.log_dir = Path(log_dir)
         # Ray's session folder holds unix sockets, whose paths must stay short: not under pytest's tmp_path.
         self.temp_dir = tempfile.mkdtemp(prefix="tfm-ray-", dir="/tmp")
-        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+        # RAY_TMPDIR: what `ray start` leaves on the machine (ray_current_cluster) lands in our temp dir,
+        # where a driver with this environment looks for it, and nowhere else.
+        self.env = {**os.environ, "RAY_TMPDIR": self.temp_dir, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
                     "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "3", "RAY_USAGE_STATS_ENABLED": "0"}
         self.nodes: list[subprocess.Popen] = []
         self.seen: set[int] = set()  # every process of ours ever observed
@@ -99,7 +101,7 @@ class LocalCluster:
     def start_head(self, cpus: int, gpus: int = 0) -> str:
         port = free_port()
         self._start("head", ["--head", f"--port={port}", f"--num-cpus={cpus}", f"--num-gpus={gpus}",
-                             "--include-dashboard=false", f"--temp-dir={self.temp_dir}"])
+                             "--include-dashboard=false", f"--temp-dir={self.temp_dir}/ray"])
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:

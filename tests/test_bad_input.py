@@ -70,7 +70,7 @@ def results(tmp_path_factory) -> Path:
     (results / "empty").mkdir()
     store.write_parquet(pd.DataFrame({"trial_id": pd.Series([], dtype=str)}), results / "empty" / store.TRIALS_FILE)
     tiny_run(results / "corrupt")
-    (results / "corrupt" / store.EPOCHS_FILE).write_bytes(b"PAR1 not really parquet")
+    next((results / "corrupt" / store.EPOCHS_FILE).glob("*.parquet")).write_bytes(b"PAR1 not really parquet")
     return results
 
 
@@ -124,6 +124,7 @@ SEARCH_MISTAKES = [
     (["--gpus-per-trial", "64"], "--gpus-per-trial 64 can never be met: the largest node has"),
     (["--fuse", "maybe"], "Invalid value for '--fuse': 'maybe' is not one of 'auto', 'on', 'off'."),
     (["--group-size", "1"], "--group-size must be >= 2, got 1"),
+    (["--keep-checkpoints", "some"], "Invalid value for '--keep-checkpoints': 'some' is not one of 'best', 'all'."),
     (["--loop", "fast"], "Invalid value for '--loop': 'fast' is not one of 'auto', 'plain', 'channels_last'"),
     (["--resume"], "--resume needs --name RUN: the interrupted run to continue"),
     (["--resume", "--name", "nope"], "no run named 'nope' to resume under {results}/ (runs there: busy, corrupt, done, "
@@ -141,8 +142,9 @@ READ_MISTAKES = [
     (["summarize", "empty"], "run {results}/empty has no trials in trials.parquet"),
     (["summarize", "{results}/empty"], "run {results}/empty has no trials in trials.parquet"),
     (["report", "{results}/empty"], "run {results}/empty has no trials in trials.parquet"),
-    (["summarize", "corrupt"], "cannot read {results}/corrupt/epochs.parquet: "),
-    (["report", "corrupt"], "cannot read {results}/corrupt/epochs.parquet: "),
+    (["summarize", "corrupt"], "cannot read {results}/corrupt/epochs.parquet/part-000000.parquet: Parquet magic "
+                               "bytes not found in footer"),
+    (["report", "corrupt"], "cannot read {results}/corrupt/epochs.parquet/part-000000.parquet: "),
     (["summarize", "--results", "{tmp}/nothing-here"], "no runs under {tmp}/nothing-here/"),
 ]
 
@@ -191,6 +193,17 @@ def test_a_summarize_or_report_mistake_is_one_error_line_and_changes_nothing(arg
     if "--results" not in filled:
         filled += ["--results", str(results)]
     check_one_error_line(filled, message.format(results=results, tmp=tmp_path), results)
+
+
+def test_resuming_on_an_untested_ray_is_one_error_line(results, data_dir, monkeypatch):
+    """Resume restores Tune's saved state through Tune internals (ray_internals.py): on a Ray
+    they were not tested with, it refuses instead of silently restarting trials."""
+    import ray
+
+    monkeypatch.setattr(ray, "__version__", "2.61.0")
+    check_one_error_line(["search", "--resume", "--name", "stateless", "--results", str(results)],
+                         "Error: resuming needs Ray 2.60.x: it restores Tune's saved state through Tune internals, "
+                         "and this is Ray 2.61.0; install the tested version", results)
 
 
 def test_the_protected_runs_are_still_readable(results):

@@ -11,13 +11,14 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from local_cluster import LocalCluster, fresh_ray_env, run_tunefm
-from tunefm import cluster, store
+from tunefm import cluster, ray_internals, store
 from tunefm.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -150,7 +151,7 @@ def test_resources_count_the_nodes_an_autoscaler_may_start(ray_session, monkeypa
     from ray._private.state import state
     from ray.core.generated import autoscaler_pb2
 
-    assert cluster.launchable_nodes() == []  # the test session's Ray has no autoscaler
+    assert ray_internals.launchable_nodes() == []  # the test session's Ray has no autoscaler
 
     # What a `ray up` cluster's autoscaler publishes: its node types and how many of each it may start.
     config = autoscaler_pb2.ClusterConfig()
@@ -158,7 +159,7 @@ def test_resources_count_the_nodes_an_autoscaler_may_start(ray_session, monkeypa
         group = config.node_group_configs.add(max_count=max_count)
         group.resources.update(resources)
     monkeypatch.setattr(state, "get_cluster_config", lambda: config)
-    to_come = cluster.launchable_nodes()
+    to_come = ray_internals.launchable_nodes()
     assert to_come == [{"CPU": 8, "GPU": 1}]  # a type it may not start (max 0) does not count
 
     live = [{"CPU": 2.0}]
@@ -211,3 +212,60 @@ def test_a_local_search_prints_the_dashboard_and_warns_when_auth_is_off(tmp_path
     else:
         assert len(dashboard) == 1 and "token" not in dashboard[0]
         assert warning in lines
+
+
+def test_without_address_a_search_starts_its_own_ray_whatever_the_machine_holds(tmp_path, data_dir):
+    """A running `ray start` cluster (recorded in ray_current_cluster), RAY_ADDRESS naming it,
+    and the record a killed one leaves behind: a bare ray.init() joins the first two and
+    hangs on the third; `tunefm search` without --address starts its own local Ray each
+    time. With --address auto, the dead record is one Error line in seconds."""
+    results = tmp_path / "results"
+
+    def search(cluster_env: dict, name: str, *extra: str, **env: str):
+        return run_tunefm({**cluster_env, **env}, "search", *QUICK, "--set", "batch_size=512", "--max-epochs", "1",
+                          "--test-top", "0", "--train-size", "600", "--val-size", "200", "--name", name,
+                          "--results", str(results), "--data-dir", str(data_dir), *extra, timeout=240)
+
+    with LocalCluster(tmp_path) as ray_cluster:
+        address = ray_cluster.start_head(cpus=1)
+        recorded = Path(ray_cluster.temp_dir) / "ray" / "ray_current_cluster"
+        for _ in range(300):  # `ray start` records its address once its node is up
+            if recorded.exists() and recorded.read_text().strip():
+                break
+            time.sleep(0.1)
+        assert recorded.read_text().strip().endswith(address.split(":")[1])  # what a bare ray.init() would join
+        for name, env in [("running", {}), ("env", {"RAY_ADDRESS": address})]:
+            done = search(ray_cluster.env, name, **env)
+            assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+            own = store.read_run_info(results / name)["ray_address"]
+            assert own and own.split(":")[1] != address.split(":")[1]  # its own Ray, not the cluster
+            assert store.read_trials(results / name).status.tolist() == ["TERMINATED"]
+        ray_cluster.kill_node(0)  # a machine that went down: the record stays
+        assert recorded.exists()
+        done = search(ray_cluster.env, "dead")
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        assert store.read_run_info(results / "dead")["status"] == "completed"
+        auto = search(ray_cluster.env, "auto", "--address", "auto")
+        assert auto.returncode == 1 and auto.stderr.count("\n") == 1, auto.stderr[-2000:]
+        assert auto.stderr.startswith(f"Error: no Ray cluster answers at --address auto (--address auto found ")
+        assert not (results / "auto").exists()
+
+
+def test_the_declared_ray_range_the_cluster_pin_and_the_tested_versions_agree():
+    """pyproject.toml's bound, cluster/constraints.txt's pin and ray_internals.TESTED_RAY
+    (which --resume checks) name the same Ray; this test session runs on it."""
+    import tomllib
+
+    import ray
+    from packaging.requirements import Requirement
+
+    root = Path(__file__).parent.parent
+    declared = next(Requirement(d) for d in tomllib.loads((root / "pyproject.toml").read_text())["project"]
+                    ["dependencies"] if d.startswith("ray["))
+    pinned = next(line.split("==")[1].strip() for line in (root / "cluster" / "constraints.txt").read_text().splitlines()
+                  if line.startswith("ray=="))
+    assert declared.specifier.contains(pinned) and declared.specifier.contains(ray.__version__)
+    assert any(str(b).startswith("<") for b in declared.specifier), "no upper bound"
+    assert ".".join(pinned.split(".")[:2]) in ray_internals.TESTED_RAY
+    for untested in ("2.59.0", "2.61.0"):
+        assert not declared.specifier.contains(untested)

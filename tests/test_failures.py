@@ -42,7 +42,7 @@ def search_killing_its_trial(settings: SearchSettings, after_epochs: int, echo=l
     search.start()
     killed = []
     while search.is_alive() and not killed:
-        if (run_dir / store.EPOCHS_FILE).exists() and len(store.read_epochs(run_dir)) >= after_epochs:
+        if store.has_results(run_dir) and len(store.read_epochs(run_dir)) >= after_epochs:
             killed = trial_processes()
             for pid in killed:
                 os.kill(pid, signal.SIGKILL)  # no warning, no cleanup: as the OOM killer does it
@@ -122,7 +122,7 @@ def test_a_lost_worker_node_moves_its_trials_to_the_head(tmp_path, data_dir):
         run_dir, deadline, on_worker = results / "lost", time.monotonic() + 240, None
         tune_dir = tmp_path / "shared" / "lost" / store.TUNE_DIR
         while on_worker is None and time.monotonic() < deadline and process.poll() is None:
-            if (run_dir / store.TRIALS_FILE).exists():
+            if store.has_results(run_dir):
                 trials = store.read_trials(run_dir)
                 for trial_id in trials[(trials.node_id == worker) & (trials.status == "RUNNING")].trial_id:
                     # Parquet lags up to 5 s; the checkpoints in the storage are current

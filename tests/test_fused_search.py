@@ -166,7 +166,7 @@ def test_a_killed_executors_trials_are_retried_from_their_checkpoints(ray_sessio
     thread.start()
     killed = []
     while thread.is_alive() and not killed:
-        if (run_dir / store.EPOCHS_FILE).exists() and len(store.read_epochs(run_dir)) >= 6:
+        if store.has_results(run_dir) and len(store.read_epochs(run_dir)) >= 6:
             killed = executor_processes()
             for pid in killed:
                 os.kill(pid, signal.SIGKILL)
@@ -191,7 +191,7 @@ def test_ctrl_c_of_a_fused_search_then_resume_loses_and_repeats_nothing(six, tmp
     process = start_tunefm(env, *args)
     run_dir, deadline = results / "f", time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
-        if (run_dir / store.EPOCHS_FILE).exists() and len(store.read_epochs(run_dir)) >= 8:
+        if store.has_results(run_dir) and len(store.read_epochs(run_dir)) >= 8:
             break
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGINT)

@@ -84,3 +84,21 @@ def test_a_failed_report_keeps_the_previous_one(quick_fourfam, tmp_path):
         report.write(run)
     assert {p.name: p.read_bytes() for p in first.index.parent.iterdir()} == before
     assert not [p for p in run_dir.iterdir() if p.name.startswith(".report")]  # no temporary folders left
+
+
+def test_the_loss_axis_names_the_loss_each_trial_trained_with(quick_fourfam):
+    """output=sigmoid trials train on binary cross-entropy: their curves must not say cross-entropy."""
+    run = store.load_run(quick_fourfam)
+    best = analysis.best(run.trials)
+    softmax = report.draw_curves(best, run.trials, run.epochs)
+    assert {ax.get_ylabel() for ax in softmax.axes if ax.get_visible()} == {"cross-entropy (nats)"}
+    sigmoid_trials = run.trials.assign(output="sigmoid")
+    sigmoid = report.draw_curves(best, sigmoid_trials, run.epochs)
+    assert {ax.get_ylabel() for ax in sigmoid.axes if ax.get_visible()} == {
+        "binary cross-entropy (mean over the 10 sigmoid outputs) (nats)"}
+    assert report.loss_name(["softmax", "sigmoid"]) == "cross-entropy or binary cross-entropy, by each trial's output"
+    gaps = analysis.overfit_grid(analysis.overfit(sigmoid_trials, run.epochs))
+    overfit = report.draw_overfit(gaps, loss=report.loss_name(sigmoid_trials.output))
+    assert "binary cross-entropy" in overfit.axes[-1].get_ylabel()
+    for fig in (softmax, sigmoid, overfit):
+        plt.close(fig)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,7 +33,7 @@ def start_tunefm(env: dict[str, str], *args: str) -> subprocess.Popen:
 def wait_for_finished_trials(run_dir: Path, count: int, process: subprocess.Popen, timeout_s: float = 300) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and process.poll() is None:
-        if (run_dir / store.TRIALS_FILE).exists():
+        if store.has_results(run_dir):
             if (store.read_trials(run_dir).status == "TERMINATED").sum() >= count:
                 return
         time.sleep(0.5)
@@ -167,11 +168,21 @@ def test_sigterm_stops_cleanly_and_the_run_resumes(tmp_path, data_dir):
     # one exists. Made here on purpose for one trial the saved state names a checkpoint of
     # (a trial that checkpointed after the state's last save is not named); the resume puts it back.
     tune_dir = results / "t" / store.TUNE_DIR
-    named = Path(sorted(resume.named_checkpoints(str(tune_dir)))[0])
-    trial_dir = named.parent
-    named.rename(trial_dir / "checkpoint_000099")
-    assert resume.restore_missing_checkpoints(str(tune_dir)) == [str(named)]
-    assert named.is_dir() and not (trial_dir / "checkpoint_000099").exists()
+    named = [Path(p) for p in sorted(resume.named_checkpoints(str(tune_dir), unfinished_only=True))]
+    trial_dir = named[0].parent
+    named[0].rename(trial_dir / "checkpoint_000099")
+    assert resume.restore_missing_checkpoints(str(tune_dir)) == [str(named[0])]
+    assert named[0].is_dir() and not (trial_dir / "checkpoint_000099").exists()
+    # The state is older than the trial's end, and the trial kept only its best, older checkpoint:
+    # a copy of that goes where the state points (the best stays where evaluation finds it).
+    if len(named) > 1:
+        trial_dir = named[1].parent
+        for other in trial_dir.glob("checkpoint_*"):
+            if other != named[1]:
+                shutil.rmtree(other)
+        named[1].rename(trial_dir / "checkpoint_-best")  # sorts before every numbered one
+        assert resume.restore_missing_checkpoints(str(tune_dir)) == [str(named[1])]
+        assert (named[1] / "state.pt").read_bytes() == (trial_dir / "checkpoint_-best" / "state.pt").read_bytes()
     assert resume.restore_missing_checkpoints(str(tune_dir)) == []  # nothing else is missing
 
     resumed = subprocess.run([sys.executable, "-c", "from tunefm.cli import main; main()", *args, "--resume"],

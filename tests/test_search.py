@@ -40,7 +40,7 @@ def asha_run(tmp_path_factory, data_dir):
     worker = threading.Thread(target=lambda: outcome.setdefault("value", run(config, echo=lambda s: None)))
     worker.start()
     while worker.is_alive():  # `tunefm summarize` the files, and read them, while the search writes them
-        if (run_dir / store.TRIALS_FILE).exists():
+        if store.has_results(run_dir):
             status = store.read_json(run_dir / store.RUN_FILE)["status"]
             summarized = CliRunner().invoke(main, ["summarize", str(run_dir), "--format", "json"])
             assert summarized.exit_code == 0, summarized.output

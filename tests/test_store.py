@@ -6,6 +6,8 @@ import pandas as pd
 import pytest
 
 from tunefm import store
+from tunefm import run_writer
+from tunefm.run_writer import RunWriter
 
 
 def _result(epoch, train_loss, val_loss, val_acc, t=1.0):
@@ -15,7 +17,7 @@ def _result(epoch, train_loss, val_loss, val_acc, t=1.0):
 
 
 def test_trial_summary_from_epochs(tmp_path):
-    writer = store.RunWriter(tmp_path, max_epochs=4, config_keys=["model", "lr"])
+    writer = RunWriter(tmp_path, max_epochs=4, config_keys=["model", "lr"])
     config = {"model": "iaro1", "lr": 0.01, "batch_size": 8}
     for epoch, (tl, vl, va) in enumerate([(1.0, 0.9, 0.6), (0.6, 0.7, 0.8), (0.3, 0.8, 0.8), (0.2, 1.0, 0.7)], 1):
         writer.add_epoch("a", config, _result(epoch, tl, vl, va, t=2.0))
@@ -44,7 +46,7 @@ def test_trial_summary_from_epochs(tmp_path):
 
 
 def test_time_to_90_train_acc_and_a_trials_own_epoch_limit(tmp_path):
-    writer = store.RunWriter(tmp_path, max_epochs=4, config_keys=["model", "max_epochs"])
+    writer = RunWriter(tmp_path, max_epochs=4, config_keys=["model", "max_epochs"])
     short = {"model": "kahn", "max_epochs": 2}  # a trial that is meant to stop at 2 of 4 epochs
     for epoch, train_acc in [(1, 0.85), (2, 0.92)]:
         writer.add_epoch("short", short, {**_result(epoch, 0.5, 0.6, 0.8, t=3.0), "train_acc": train_acc})
@@ -60,7 +62,7 @@ def test_time_to_90_train_acc_and_a_trials_own_epoch_limit(tmp_path):
 
 
 def test_repeated_epoch_replaces_instead_of_duplicating(tmp_path):
-    writer = store.RunWriter(tmp_path, max_epochs=2)
+    writer = RunWriter(tmp_path, max_epochs=2)
     writer.add_epoch("a", {"model": "m"}, _result(1, 1.0, 1.0, 0.5))
     writer.add_epoch("a", {"model": "m"}, _result(1, 0.9, 0.9, 0.6))  # a retried epoch
     writer.flush()
@@ -69,18 +71,22 @@ def test_repeated_epoch_replaces_instead_of_duplicating(tmp_path):
 
 
 def test_a_trial_back_at_an_older_checkpoint_drops_its_later_rows(tmp_path):
-    writer = store.RunWriter(tmp_path, max_epochs=4)
+    writer = RunWriter(tmp_path, max_epochs=4)
     for epoch in (1, 2, 3):
         writer.add_epoch("a", {"model": "m"}, _result(epoch, 1.0, 1.0, 0.5))
     writer.add_epoch("b", {"model": "m"}, _result(3, 1.0, 1.0, 0.5))
+    writer.flush()
     writer.add_epoch("a", {"model": "m"}, _result(2, 0.8, 0.8, 0.6))  # restored from epoch 1's checkpoint
-    _, epochs = writer.tables()
+    writer.flush()
+    epochs = store.read_epochs(tmp_path)
+    assert pd.read_parquet(tmp_path / store.EPOCHS_FILE).sort_values(["trial_id", "epoch"]).val_acc.tolist() == [
+        0.5, 0.6, 0.5]  # a plain reader of the folder sees the same rows
     assert list(zip(epochs.trial_id, epochs.epoch)) == [("a", 1), ("a", 2), ("b", 3)]
     assert epochs.val_acc.tolist() == [0.5, 0.6, 0.5]
 
 
 def test_a_resumed_writer_starts_from_the_files_and_keeps_rows_unique(tmp_path):
-    first = store.RunWriter(tmp_path, max_epochs=3, config_keys=["model", "lr"])
+    first = RunWriter(tmp_path, max_epochs=3, config_keys=["model", "lr"])
     config = {"model": "iaro1", "lr": 0.01}
     for epoch in (1, 2):
         first.add_epoch("a", config, {**_result(epoch, 1.0, 1.0, 0.5 + epoch / 10), "started_at": 100.0})
@@ -94,7 +100,7 @@ def test_a_resumed_writer_starts_from_the_files_and_keeps_rows_unique(tmp_path):
     assert interrupted.status.to_dict() == {"a": "INTERRUPTED", "b": "TERMINATED", "c": "PENDING"}
     assert interrupted.retries.to_dict() == {"a": 1, "b": 0, "c": 0}
 
-    second = store.RunWriter(tmp_path, max_epochs=3, config_keys=["model", "lr"])
+    second = RunWriter(tmp_path, max_epochs=3, config_keys=["model", "lr"])
     second.load()
     second.add_epoch("a", config, {**_result(2, 0.9, 0.9, 0.75), "started_at": 200.0})  # epoch 2 again
     second.add_epoch("a", config, {**_result(3, 0.8, 0.8, 0.8), "started_at": 200.0})
@@ -111,14 +117,15 @@ def test_a_resumed_writer_starts_from_the_files_and_keeps_rows_unique(tmp_path):
 
 
 def test_flush_is_periodic_and_atomic(tmp_path):
-    writer = store.RunWriter(tmp_path, max_epochs=2, flush_interval_s=3600)
+    writer = RunWriter(tmp_path, max_epochs=2, flush_interval_s=3600)
     writer.add_epoch("a", {"model": "m"}, _result(1, 1.0, 1.0, 0.5))
     writer.maybe_flush()
     assert not (tmp_path / store.EPOCHS_FILE).exists()  # interval not reached
     writer.flush_interval_s = 0
     writer.maybe_flush()
     assert len(store.read_epochs(tmp_path)) == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["epochs.parquet", "trials.parquet"]  # no temp files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epochs.parquet", "parts.json", "trials.parquet"]
+    assert [p.name for p in (tmp_path / "epochs.parquet").iterdir()] == ["part-000000.parquet"]  # no temp files
 
 
 def test_failed_write_keeps_the_previous_file(tmp_path):
@@ -168,7 +175,7 @@ def test_reading_while_a_writer_replaces_the_file_never_fails(tmp_path):
 
 def _flush_forever(run_dir, stop):
     """A writer that adds one epoch per trial and flushes, 50 times a second (a child process)."""
-    writer = store.RunWriter(run_dir, max_epochs=10_000, config_keys=["model"], flush_interval_s=0)
+    writer = RunWriter(run_dir, max_epochs=10_000, config_keys=["model"], flush_interval_s=0)
     epoch = 0
     while not stop.is_set():
         epoch += 1
@@ -187,7 +194,7 @@ def test_a_run_read_while_it_is_written_is_one_consistent_snapshot(tmp_path):
     writer = multiprocessing.get_context("spawn").Process(target=_flush_forever, args=(tmp_path, stop))
     writer.start()
     try:
-        while not (tmp_path / store.TRIALS_FILE).exists():
+        while not store.has_results(tmp_path):
             time.sleep(0.01)
         reads = [store.load_run(tmp_path) for _ in range(200)]
     finally:
@@ -206,7 +213,7 @@ def test_flushes_recompute_only_changed_trials_and_match_a_full_summary(tmp_path
     """The writer keeps each trial's summary row until the trial changes; after any mix of
     epochs, statuses, retries, stale rows, a new config key and an interrupt, what it writes
     equals summarizing everything from scratch."""
-    writer = store.RunWriter(tmp_path, max_epochs=3, config_keys=["model", "lr"])
+    writer = RunWriter(tmp_path, max_epochs=3, config_keys=["model", "lr"])
     summarized, calls = [], []
     real = store.summary_row
 
@@ -242,13 +249,14 @@ def test_flushes_recompute_only_changed_trials_and_match_a_full_summary(tmp_path
     writer.add_epoch("c", {**config, "lr": 0.03, "momentum": 0.9}, _result(1, 1.1, 1.0, 0.4))  # a new key
     writer.mark_interrupted()
     flush()
-    assert summarized[-1] == list("abcd")  # the new column: every row again
+    assert summarized[-1] == list("abc")  # a new column rewrites every part, but only changed rows are recomputed
     writer.add_epoch("d", {**config, "lr": 0.04}, _result(1, 1.2, 1.1, 0.3))
     writer.set_status("c", {**config, "lr": 0.03, "momentum": 0.9}, "ERROR")
     flush()
     assert summarized[-1] == ["c", "d"]
     cached = store.read_trials(tmp_path)
-    writer._summaries.clear()  # from scratch
+    writer._summaries.clear()  # from scratch (a finished trial's rows read back from its parts)
+    writer._changed.update("abcd")
     flush()
     assert summarized[-1] == list("abcd")
     from_scratch = store.read_trials(tmp_path)
@@ -260,3 +268,83 @@ def test_flushes_recompute_only_changed_trials_and_match_a_full_summary(tmp_path
                                   check_dtype=False)
     assert list(from_scratch["status"]) == ["TERMINATED", store.INTERRUPTED, "ERROR", "RUNNING"]
     assert list(from_scratch["epochs"]) == [3, 1, 1, 1]
+
+
+def test_append_only_parts_stay_unique_few_and_readable_by_plain_readers(tmp_path):
+    """Hundreds of flushes with retried epochs, trials sent back to older checkpoints and a
+    config value of a new type: every read equals a reference dict, the folder holds a few
+    dozen parts at most, and pandas reads each folder as the same table."""
+    import random
+
+    rng = random.Random(0)
+    writer = RunWriter(tmp_path, max_epochs=100, config_keys=["model", "lr"], flush_interval_s=0)
+    expected, latest = {}, {}
+    for step in range(400):
+        trial = f"t{rng.randrange(40):03d}"
+        config = {"model": "m", "lr": 1 if trial == "t000" and step < 200 else 0.5}  # t000: int, then float
+        epoch = latest.get(trial, 0) + 1
+        if rng.random() < 0.1 and latest.get(trial, 0) > 2:
+            epoch = rng.randrange(1, latest[trial])  # a retry back at an older checkpoint
+            expected = {k: v for k, v in expected.items() if not (k[0] == trial and k[1] > epoch)}
+        latest[trial] = epoch
+        val_acc = rng.random()
+        expected[(trial, epoch)] = val_acc
+        writer.add_epoch(trial, config, _result(epoch, 1.0, 1.0, val_acc))
+        writer.flush()
+        parts = list((tmp_path / store.EPOCHS_FILE).glob("*.parquet"))
+        assert len(parts) < 3 * run_writer.COMPACT_FANOUT
+    epochs = store.read_epochs(tmp_path)
+    assert dict(zip(zip(epochs.trial_id, epochs.epoch), epochs.val_acc)) == expected
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert epochs.lr.dtype == "float64" and epochs.set_index("trial_id").lr.loc["t000"].eq(0.5).any()
+    plain = pd.read_parquet(tmp_path / store.EPOCHS_FILE).sort_values(["trial_id", "epoch"], ignore_index=True)
+    pd.testing.assert_frame_equal(plain, epochs, check_dtype=False)
+    trials = store.read_trials(tmp_path).set_index("trial_id")
+    assert (trials.epochs == epochs.groupby("trial_id").size()).all()
+    assert len(pd.read_parquet(tmp_path / store.TRIALS_FILE)) == len(latest)
+
+    writer.compact()  # the search's end: one part, sorted
+    assert [p.name for p in (tmp_path / store.EPOCHS_FILE).iterdir()] == ["part-%06d.parquet" % (writer._next_part - 1)]
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / store.EPOCHS_FILE), epochs, check_dtype=False)
+
+    resumed = RunWriter(tmp_path, max_epochs=100, config_keys=["model", "lr"])
+    resumed.load()
+    trial = next(iter(latest))
+    resumed.add_epoch(trial, {"model": "m", "lr": 0.5}, _result(1, 0.1, 0.1, 0.99))  # back at epoch 1
+    resumed.flush()
+    again = store.read_epochs(tmp_path)
+    assert again[again.trial_id == trial].epoch.tolist() == [1]
+    assert again[again.trial_id == trial].val_acc.tolist() == [0.99]
+    assert len(again) == len(epochs) - latest[trial] + 1
+
+
+def test_a_run_of_the_one_file_layout_is_read_and_continued(tmp_path):
+    """Runs written before part files keep working: read as they are, and a resumed
+    search's first flush writes them as folders."""
+    epochs = pd.DataFrame([{"trial_id": "a", **_result(1, 1.0, 1.0, 0.5), "model": "m", "lr": 0.1}])
+    state = pd.DataFrame({"trial_id": ["a"], "status": ["INTERRUPTED"], "retries": [0], "model": ["m"], "lr": [0.1],
+                          **{k: [None] for k in store.TRIAL_FACTS}})
+    trials = store.summarize_trials(epochs[["trial_id", "epoch", *store.EPOCH_METRICS]], state, 3)
+    store.write_parquet(epochs, tmp_path / store.EPOCHS_FILE, "g1")
+    store.write_parquet(trials, tmp_path / store.TRIALS_FILE, "g1")
+    assert store.load_run(tmp_path).trials.best_val_acc.tolist() == [0.5]
+    writer = RunWriter(tmp_path, max_epochs=3, config_keys=["model", "lr"])
+    writer.load()
+    writer.add_epoch("a", {"model": "m", "lr": 0.1}, _result(2, 0.5, 0.5, 0.7))
+    writer.flush()
+    assert (tmp_path / store.EPOCHS_FILE).is_dir() and (tmp_path / store.TRIALS_FILE).is_dir()
+    run = store.load_run(tmp_path)
+    assert run.epochs.epoch.tolist() == [1, 2] and run.trials.best_val_acc.tolist() == [0.7]
+
+
+def test_a_config_key_that_changes_type_is_rewritten_as_one_column(tmp_path):
+    """An int then a string under one key (a study's own choice): every part and bucket is
+    written again with a text column, so a plain reader of the folder sees one schema."""
+    writer = RunWriter(tmp_path, max_epochs=2, config_keys=["model", "width"])
+    writer.add_epoch("a", {"model": "m", "width": 64}, _result(1, 1.0, 1.0, 0.5))
+    writer.flush()
+    writer.add_epoch("b", {"model": "m", "width": "wide"}, _result(1, 1.0, 1.0, 0.6))
+    writer.flush()
+    for table in (pd.read_parquet(tmp_path / store.TRIALS_FILE), pd.read_parquet(tmp_path / store.EPOCHS_FILE)):
+        assert sorted(table.width) == ["64", "wide"]
+    assert store.read_trials(tmp_path).set_index("trial_id").width.to_dict() == {"a": "64", "b": "wide"}

@@ -3,6 +3,7 @@
 import io
 import json
 import re
+import shutil
 import subprocess
 import sys
 
@@ -15,6 +16,7 @@ from conftest import REPO, tiny_run
 from tunefm import store, summary
 from tunefm.cli import main
 from tunefm.data import CLASSES
+from tunefm.run_writer import RunWriter
 
 JSON_KEYS = {"best", "reference", "grid", "pareto", "overfit", "overfit_grid", "confusion", "confusion_pairs"}
 
@@ -226,12 +228,12 @@ def test_a_run_in_progress_without_test_results_still_summarizes(tmp_path):
      "Error: run '{tmp}/plain' is not a run folder (no run.json or trials.parquet); runs under {results}/: run"),
     (lambda r: None, ["summarize", "--results", "{tmp}/empty"], "Error: no runs under {tmp}/empty/; start one "
                                                                "with `tunefm search`, or give a run folder"),
-    (lambda r: (r / store.TRIALS_FILE).unlink(), ["summarize", "run"],
+    (lambda r: shutil.rmtree(r / store.TRIALS_FILE), ["summarize", "run"],
      "Error: run {results}/run has no results yet (trials.parquet is missing); a search writes it after its "
      "first epochs"),
-    (lambda r: (r / store.TRIALS_FILE).write_bytes(b"PAR1 not really"), ["summarize", "run"],
-     "Error: cannot read {results}/run/trials.parquet: "),
-    (lambda r: store.write_parquet(pd.DataFrame({"trial_id": []}), r / store.TRIALS_FILE), ["summarize", "run"],
+    (lambda r: (r / store.TRIALS_FILE / "bucket-00000.parquet").write_bytes(b"PAR1 not really"), ["summarize", "run"],
+     "Error: cannot read {results}/run/trials.parquet/bucket-00000.parquet: "),
+    (lambda r: store.write_trials(r, pd.DataFrame({"trial_id": pd.Series([], dtype=str)})), ["summarize", "run"],
      "Error: run {results}/run has no trials in trials.parquet"),
     (lambda r: None, ["summarize", "run", "--rows", "width"],
      "Error: --rows 'width' is not a config key of this run; valid: model, lr, batch_size"),
@@ -239,8 +241,8 @@ def test_a_run_in_progress_without_test_results_still_summarizes(tmp_path):
      "Error: no trial of this run has a test-set evaluation; run `tunefm evaluate RUN` first"),
     (lambda r: None, ["summarize", "run", "--metric", "nope"], "Error: --metric 'nope' is not a numeric column"),
     (lambda r: None, ["report", "nope"], "Error: run 'nope' does not exist"),
-    (lambda r: (r / store.EPOCHS_FILE).write_text("garbage"), ["report", "run"],
-     "Error: cannot read {results}/run/epochs.parquet: "),
+    (lambda r: next((r / store.EPOCHS_FILE).glob("*.parquet")).write_text("garbage"), ["report", "run"],
+     "Error: cannot read {results}/run/epochs.parquet/part-"),
     (lambda r: None, ["evaluate", "nope"], "Error: run 'nope' does not exist"),
 ])
 def test_bad_runs_and_options_are_one_error_line(tmp_path, setup, args, message):
@@ -260,7 +262,7 @@ def test_bad_runs_and_options_are_one_error_line(tmp_path, setup, args, message)
 
 
 def test_repeated_seeds_show_mean_std_and_n_within_80_columns(tmp_path):
-    writer = store.RunWriter(tmp_path, max_epochs=2, config_keys=["model", "lr", "batch_size", "seed"])
+    writer = RunWriter(tmp_path, max_epochs=2, config_keys=["model", "lr", "batch_size", "seed"])
     for lr, seed in [(0.01, 0), (0.01, 1), (0.01, 2), (0.1, 0), (0.1, 1), (0.1, 2)]:
         config = {"model": "iaro1", "lr": lr, "batch_size": 8, "seed": seed}
         for epoch in (1, 2):

@@ -130,6 +130,10 @@ def main(debug: bool) -> None:
 @click.option("--group-size", type=int, default=None,
               help="Fused: trials per CPU slot or GPU, and the largest group.  [default: calibrated on CPUs, "
                    "16 per GPU]")
+@click.option("--keep-checkpoints", type=click.Choice(["best", "all"]), default="best",
+              help="best: an ended trial keeps only its best checkpoint, and after the test evaluation only each "
+                   "model's top 5 configurations keep theirs (enough for `tunefm evaluate --test-top 5`). "
+                   "all: every trial's best and latest.")
 @user_errors
 def search(**options) -> None:
     """Run a study's grid on Ray Tune and write results/<run>/ (Parquet + run.json).

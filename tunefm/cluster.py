@@ -18,13 +18,13 @@ import socket
 from dataclasses import dataclass
 from typing import Callable
 
-from tunefm import models
+from tunefm import models, ray_internals
 from tunefm.errors import UserError
 
 
 def trial_resources(cpus: float, gpus_per_trial: float | None, cluster_has_gpus: bool) -> Callable[[dict], object]:
     """config -> PlacementGroupFactory: each model's GPU share unless --gpus-per-trial says otherwise."""
-    from ray.tune.execution.placement_groups import PlacementGroupFactory
+    from ray.tune import PlacementGroupFactory
 
     def resources(config: dict):
         gpu = gpus_per_trial if gpus_per_trial is not None else models.get(config["model"]).gpu_fraction
@@ -41,22 +41,6 @@ def cluster_nodes() -> list[dict[str, float]]:
     import ray
 
     return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-
-
-def launchable_nodes() -> list[dict[str, float]]:
-    """Resources of each node type the cluster's autoscaler may still launch (none without one).
-
-    A `ray up` cluster starts its GPU workers on demand: a search must count them as
-    nodes to come, not refuse to run. Ray publishes them only through a private API,
-    so anything unexpected there means "no autoscaler".
-    """
-    try:
-        from ray._private.state import state
-
-        config = state.get_cluster_config()
-        return [dict(group.resources) for group in config.node_group_configs if group.max_count != 0]
-    except Exception:
-        return []
 
 
 def local_node() -> list[dict[str, float]]:
@@ -78,22 +62,33 @@ def check_resources_fit(cpus: float, gpus: float | None, nodes: list[dict[str, f
 
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:
     """Fail in seconds on a host:port with nothing listening; ray.init would retry for minutes."""
+    given = address
+    if address == "auto":
+        address = ray_internals.auto_address()
+        if address is None:
+            raise UserError("--address auto found no Ray cluster on this machine (RAY_ADDRESS is unset and no "
+                            "`ray start` is running); start one with `ray start --head`, or leave out --address "
+                            "to run on a local Ray")
     host, sep, port = address.rpartition(":")
-    if address == "auto" or "://" in address or not sep or not port.isdigit():
-        return  # ray.init itself fails fast on 'auto' with no cluster; ray:// is Ray Client's
+    if "://" in address or not sep or not port.isdigit():
+        return  # ray:// is Ray Client's; anything else ray.init checks itself
     try:
         socket.create_connection((host, int(port)), timeout=timeout_s).close()
     except OSError as e:
-        raise UserError(f"no Ray cluster answers at --address {address} ({e.strerror or e}); "
+        found = f" (--address auto found {address})" if given == "auto" else ""
+        raise UserError(f"no Ray cluster answers at --address {given}{found} ({e.strerror or e}); "
                         f"start one with `ray start --head` or give its head node's address") from None
 
 
 def start_ray(address: str | None) -> tuple[bool, str | None]:
     """Join `address`, or start a local Ray; returns (we started it, dashboard URL).
 
-    A local Ray gets its dashboard on 127.0.0.1 only, with token authentication on
-    (Ray's local default since 2.59 when RAY_AUTH_MODE is unset; `run` warns when it is
-    off); the token is in ~/.ray/auth_token and `ray get-auth-token` prints it.
+    Without an address the Ray is always a new local one: `address="local"` makes
+    ray.init ignore RAY_ADDRESS, a `ray start` cluster running on this machine, and
+    the address a dead one left behind (each of which a bare ray.init() would try to
+    join). It gets its dashboard on 127.0.0.1 only, with token authentication on
+    (Ray's local default since 2.59 when RAY_AUTH_MODE is unset; `announce` warns when
+    it is off); the token is in ~/.ray/auth_token and `ray get-auth-token` prints it.
     """
     import ray
 
@@ -104,17 +99,27 @@ def start_ray(address: str | None) -> tuple[bool, str | None]:
     try:
         # Ray's own "Connected"/"Started" lines and its "token authentication is enabled"
         # notice repeat what tunefm prints itself, and would make a user error two lines.
-        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+        ray_internals.quiet_auth_notice()
         quiet = dict(log_to_driver=True, logging_level=logging.WARNING)
         if address:
             context = ray.init(address=address, **quiet)
         else:
-            context = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
+            context = ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
     except (ConnectionError, ValueError, RuntimeError) as e:
         where = f"the Ray cluster at {address}" if address else "a local Ray"
         raise UserError(f"could not start or join {where}: {str(e).splitlines()[0]}") from None
     url = getattr(context, "dashboard_url", None)
     return True, (f"http://{url}" if url and not url.startswith("http") else url)
+
+
+def gcs_address() -> str | None:
+    """The address of the Ray cluster this process is connected to (recorded in run.json)."""
+    import ray
+
+    try:
+        return ray.get_runtime_context().gcs_address
+    except Exception:
+        return None
 
 
 @dataclass
@@ -135,7 +140,7 @@ class Cluster:
 
 def connect(cpus_per_trial: float, gpus_per_trial: float | None) -> Cluster:
     """The cluster Ray is connected to, after checking that one trial fits on some node."""
-    cluster = Cluster(cluster_nodes(), launchable_nodes())
+    cluster = Cluster(cluster_nodes(), ray_internals.launchable_nodes())
     check_resources_fit(cpus_per_trial, gpus_per_trial, cluster.nodes + cluster.launchable)
     return cluster
 
@@ -143,7 +148,7 @@ def connect(cpus_per_trial: float, gpus_per_trial: float | None) -> Cluster:
 def announce(cluster: Cluster, dashboard: str | None, address: str | None, storage: str | None,
              echo: Callable[[str], None]) -> None:
     """The dashboard line and the warnings about this cluster, before the search starts."""
-    token_auth = auth_mode() == "token"
+    token_auth = ray_internals.auth_mode() == "token"
     if dashboard:
         echo(f"Ray dashboard: {dashboard}" + ("   (token: `ray get-auth-token`)" if token_auth else ""))
     if not token_auth and not address:
@@ -152,13 +157,3 @@ def announce(cluster: Cluster, dashboard: str | None, address: str | None, stora
         echo(f"Warning: a cluster of {len(cluster.nodes)} node(s) and no --storage: trials on other nodes keep their "
              f"checkpoints on their own disks, where resuming and the test evaluation cannot find them; "
              f"give --storage s3://bucket/path or a folder every node shares (docs/cluster.md)")
-
-
-def auth_mode() -> str:
-    """Ray's token authentication for this process: 'token' or 'disabled'."""
-    try:
-        from ray._raylet import AuthenticationMode, get_authentication_mode
-
-        return "token" if get_authentication_mode() == AuthenticationMode.TOKEN else "disabled"
-    except ImportError:  # a Ray without token authentication
-        return "disabled"

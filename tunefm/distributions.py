@@ -16,17 +16,10 @@ from typing import Any
 
 from ray.tune.search.sample import Categorical, Domain, Float, Integer
 
+from tunefm import ray_internals
 from tunefm.errors import UserError
 
 KINDS = "tune.uniform/loguniform/quniform/qloguniform, tune.randint/lograndint or tune.choice"
-
-
-def _sampler_name(domain: Domain) -> str:
-    sampler = domain.get_sampler()
-    name = type(sampler).__name__.lstrip("_").lower()  # Ray's classes: _Uniform, _LogUniform, Quantized
-    if name == "quantized":
-        return "q" + type(sampler.sampler).__name__.lstrip("_").lower()
-    return name
 
 
 def domain_values(key: str, domain: Any) -> list[Any]:
@@ -63,7 +56,7 @@ def describe(domain: Any) -> str:
     """'loguniform(1e-05, 0.01)', 'choice([32, 64])', 'randint(1, 5)'."""
     if isinstance(domain, Categorical):
         return f"choice({list(domain.categories)})"
-    kind = _sampler_name(domain)
+    kind = ray_internals.sampler_name(domain)
     if isinstance(domain, Integer):
         kind = {"uniform": "randint", "loguniform": "lograndint"}.get(kind, kind)
     return f"{kind}({domain.lower:g}, {domain.upper:g})"

@@ -10,7 +10,7 @@ the checkpoint of its best validation epoch (`tune/<trial_id>/checkpoint_*/`, or
 same under the run's `--storage`, read through pyarrow's file systems), and run once
 over the test split. Results replace any earlier evaluation:
 
-    trials.parquet      test_acc, test_loss filled for the evaluated trials (null elsewhere)
+    trials.parquet/     test_acc, test_loss filled for the evaluated trials (null elsewhere)
     confusion.parquet   trial_id, true_label, pred_label, count (100 rows per trial)
     run.json            "evaluation": which trials, K, device, test size, checkpoints skipped
 
@@ -33,7 +33,7 @@ import pyarrow.fs as pafs
 import torch
 from torch import nn
 
-from tunefm import analysis, calibrate, data, loops, store, trainable
+from tunefm import analysis, calibrate, data, loops, retention, store, trainable
 from tunefm.errors import UserError
 
 DEFAULT_TOP_K = 3
@@ -119,16 +119,22 @@ def confusion_rows(trial_id: str, true: np.ndarray, predicted: np.ndarray) -> pd
 
 def evaluate_trials(run_dir: Path, test_x: np.ndarray, test_y: np.ndarray, top_k: int = DEFAULT_TOP_K,
                     echo: Callable[[str], None] = print, device: torch.device | None = None,
-                    tune_dir: str | None = None) -> Evaluation:
+                    tune_dir: str | None = None, kept: dict | None = None) -> Evaluation:
     """Evaluate the run's top configurations on (test_x, test_y); write trials and confusion.
 
     `tune_dir` is where Tune kept the checkpoints: a path or URI (default: <run>/tune).
-    The caller records `Evaluation.record()` in run.json.
+    `kept`: run.json's "checkpoints"; a chosen trial whose checkpoints that policy deleted
+    is a UserError before anything is evaluated or written. The caller records
+    `Evaluation.record()` in run.json.
     """
     run_dir = Path(run_dir)
     fs, tune_path = pafs.FileSystem.from_uri(tune_dir or str((run_dir / store.TUNE_DIR).resolve()))
     trials = store.read_trials(run_dir)
     chosen = analysis.top_configs(trials, top_k)  # from validation numbers only
+    for trial_id in chosen:
+        gone = retention.gone_message(trial_id, kept or {})
+        if gone:
+            raise UserError(gone)
     outcome = Evaluation(top_k, len(test_y))
     trials["test_acc"], trials["test_loss"] = np.nan, np.nan
     tables = []
@@ -166,8 +172,7 @@ def evaluate_trials(run_dir: Path, test_x: np.ndarray, test_y: np.ndarray, top_k
     confusion = pd.concat(tables, ignore_index=True) if tables else no_rows
     # Confusion first: a reader that sees new test columns also finds their matrices.
     store.write_parquet(confusion, run_dir / store.CONFUSION_FILE)
-    # the same stamp as the epochs it summarizes, so readers take the two as one snapshot
-    store.write_parquet(trials, run_dir / store.TRIALS_FILE, store.generation(run_dir / store.EPOCHS_FILE))
+    store.write_trials(run_dir, trials)
     return outcome
 
 
@@ -208,7 +213,8 @@ def run(run_dir: Path, top_k: int | None = None, data_dir: str | None = None,
     check_not_running(run_dir, tables.info)
     splits = load_run_data(tables.info, data_dir)
     outcome = evaluate_trials(run_dir, splits.test_x, splits.test_y, top_k, echo,
-                              tune_dir=tables.info.get("storage"))  # None: the run folder's own tune/
+                              tune_dir=tables.info.get("storage"),  # None: the run folder's own tune/
+                              kept=tables.info.get("checkpoints"))
     if (Path(run_dir) / store.RUN_FILE).exists():
         store.write_json({**tables.info, "evaluation": outcome.record()}, Path(run_dir) / store.RUN_FILE)
     return outcome

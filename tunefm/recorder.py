@@ -1,7 +1,8 @@
 """A Ray Tune callback that streams every reported epoch into the run's Parquet files.
 
 It runs in the driver, so one writer sees every trial: rows are buffered, flushed
-every few seconds, and always flushed when a trial ends and when the search ends. A
+every few seconds, and always flushed when a trial ends; when the search ends its epoch
+parts are merged into one (`RunWriter.compact`). A
 trial that Tune restarts from its checkpoint after a failure counts one retry.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from ray.tune import Callback
 
-from tunefm.store import RunWriter
+from tunefm.run_writer import RunWriter
 
 
 class ParquetRecorder(Callback):
@@ -44,4 +45,4 @@ class ParquetRecorder(Callback):
         for trial in trials:
             if not self.writer.knows(trial.trial_id):
                 self.writer.set_status(trial.trial_id, trial.config, "PENDING")
-        self.writer.flush()
+        self.writer.compact()

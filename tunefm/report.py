@@ -60,6 +60,24 @@ def _grid_shape(n: int, columns: int = 2) -> tuple[int, int]:
     return math.ceil(n / cols), cols
 
 
+LOSS_NAMES = {"softmax": "cross-entropy", "sigmoid": "binary cross-entropy (mean over the 10 sigmoid outputs)"}
+
+
+def loss_name(outputs) -> str:
+    """What the loss is for trials with these `output` values (softmax where a trial has none)."""
+    kinds = {"softmax" if pd.isna(o) else o for o in outputs} or {"softmax"}
+    if len(kinds) == 1:
+        return LOSS_NAMES.get(kinds.pop(), "loss")
+    return "cross-entropy or binary cross-entropy, by each trial's output"
+
+
+def _outputs(trials: pd.DataFrame, trial_ids=None) -> list:
+    if "output" not in trials.columns:
+        return ["softmax"]
+    chosen = trials if trial_ids is None else trials[trials["trial_id"].isin(list(trial_ids))]
+    return chosen["output"].tolist()
+
+
 def draw_curves(best: pd.DataFrame, trials: pd.DataFrame, epochs: pd.DataFrame) -> Figure:
     """Loss per epoch of each model's best trial (`best` is `analysis.best(trials)`)."""
     ids = [tid.split(",")[0] for tid in best["trial_ids"]]  # first seed of the best configuration
@@ -75,7 +93,7 @@ def draw_curves(best: pd.DataFrame, trials: pd.DataFrame, epochs: pd.DataFrame) 
         ax.set_title(f"{model_best['model']}: lr {summary.fmt_value(model_best.get('lr'))}, "
                      f"batch {summary.fmt_value(model_best.get('batch_size'))} (trial {trial_id})", fontsize=10)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("cross-entropy loss (nats)")
+        ax.set_ylabel(f"{loss_name(_outputs(trials, [trial_id]))} (nats)", fontsize=9)
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -154,13 +172,14 @@ def draw_pareto(trials: pd.DataFrame, front: pd.DataFrame, metric: str = "best_v
     return fig
 
 
-def draw_overfit(gap_cells: pd.DataFrame, rows: str = "lr", cols: str = "batch_size") -> Figure:
-    """The mean gap of `analysis.overfit_grid` cells as a diverging heatmap."""
+def draw_overfit(gap_cells: pd.DataFrame, rows: str = "lr", cols: str = "batch_size",
+                 loss: str = LOSS_NAMES["softmax"]) -> Figure:
+    """The mean gap of `analysis.overfit_grid` cells as a diverging heatmap; `loss` names the loss."""
     table = gap_cells.pivot(index=rows, columns=cols, values="mean_gap")
     fig, ax = plt.subplots(figsize=(7, 3.8), layout="constrained")
     limit = np.nanmax(np.abs(table.to_numpy(dtype=float))) or 1.0
     image = _heatmap(ax, table, -limit, limit, "coolwarm", table.map(summary.fmt_gap))
-    fig.colorbar(image, ax=ax, label="val loss - train loss (nats)")
+    fig.colorbar(image, ax=ax, label=f"val loss - train loss (nats)\n{loss}")
     ax.set_xlabel(_axis_label(cols))
     ax.set_ylabel(_axis_label(rows))
     ax.set_title("Mean overfitting gap at each trial's last epoch, all models")
@@ -280,7 +299,8 @@ def _draw(run: store.RunTables, folder: Path, cost: str) -> tuple[Written, list]
     gaps = analysis.overfit(trials, epochs)
     overfit_table = ("<details><summary>Every trial</summary>" + _table_html(summary.overfit_display(gaps), False)
                      + "</details>")
-    sections.append(("Overfitting", figure("overfit.png", draw_overfit(analysis.overfit_grid(gaps))),
+    sections.append(("Overfitting", figure("overfit.png", draw_overfit(
+        analysis.overfit_grid(gaps), loss=loss_name(_outputs(trials, gaps["trial_id"] if "trial_id" in gaps else None)))),
                      [overfit_table]))
     if run.confusion.empty:
         written.notes.append("confusion.png and f1.png: no trial has a test-set evaluation yet "

@@ -28,8 +28,9 @@ from typing import Any, Callable, Mapping
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from tunefm import cluster, evaluate, placement, search, store
+from tunefm import cluster, evaluate, placement, ray_internals, search, store
 from tunefm.errors import UserError
+from tunefm.run_writer import RunWriter
 
 CHANGEABLE = ("address", "data_dir", "max_failures")  # where and how robustly it runs, not what it runs
 LOCATORS = ("name", "results_dir")  # which run
@@ -106,73 +107,50 @@ def latest_state_file(tune_dir: str) -> tuple[pafs.FileSystem, str] | None:
     return (fs, max(found)) if found else None  # the name carries the time
 
 
-def named_checkpoints(tune_dir: str) -> list[str]:
+def named_checkpoints(tune_dir: str, unfinished_only: bool = False) -> list[str]:
     """The checkpoint Tune's saved experiment state names as each trial's latest (trials that
-    have one), whether or not it still exists."""
-    import pickle
-
+    have one; only those it does not hold finished, with `unfinished_only`), whether or not
+    it still exists."""
     located = latest_state_file(tune_dir)
     if located is None:
         return []
     fs, state_path = located
     with fs.open_input_stream(state_path) as f:
-        state = json.loads(f.read())
-    named = []
-    for _, runtime in state.get("trial_data", []):
-        runtime = json.loads(runtime) if isinstance(runtime, str) else runtime
-        manager = runtime.get("checkpoint_manager") or {}
-        if manager.get("_type") != "CLOUDPICKLE_FALLBACK":
-            continue
-        latest = getattr(pickle.loads(bytes.fromhex(manager["value"])), "_latest_checkpoint_result", None)
-        if latest is not None and latest.checkpoint is not None:
-            named.append(latest.checkpoint.path)
-    return named
+        return ray_internals.latest_checkpoints_in_state(f.read().decode(), unfinished_only)
 
 
 def restore_missing_checkpoints(tune_dir: str) -> list[str]:
     """Put back the checkpoint each unfinished trial is to continue from, where it is gone.
 
-    Tune deletes a trial's previous checkpoint (CheckpointConfig num_to_keep) as soon as
-    a newer one arrives, and saves the experiment state that names the newer one only at
-    the end of that step. A search killed in between leaves a state that names a deleted
-    checkpoint; Tune would fail to restore that trial every time and end it in ERROR.
-    The trial's newer checkpoint is still there: it is moved to the path the state names.
-    A checkpoint holds its own epoch, optimizer and RNG states, so the trial continues
-    from the newer epoch, exactly. Returns the paths put back.
+    Tune saves the experiment state every so often (at least 10 seconds apart, more for a
+    large study), while tunefm deletes a trial's checkpoints as newer ones arrive and when
+    it ends (retention.Pruning). A search killed in between leaves a state that names a
+    deleted checkpoint, and Tune would fail to restore that trial every time and end it in
+    ERROR. Where the trial has a newer checkpoint, it is moved to the path the state names;
+    else (the trial ended and kept only its best, older one) the newest it has is copied
+    there. A checkpoint holds its own epoch, optimizer and RNG states, so the trial
+    continues from that epoch and trains the same curve. Returns the paths put back.
     """
     located = latest_state_file(tune_dir)
     if located is None:
         return []
     fs = located[0]
     put_back = []
-    for named in named_checkpoints(tune_dir):
+    for named in named_checkpoints(tune_dir, unfinished_only=True):
         if fs.get_file_info(named).type != pafs.FileType.NotFound:
             continue
         trial_dir = str(Path(named).parent)
-        newer = sorted(f.path for f in fs.get_file_info(pafs.FileSelector(trial_dir, allow_not_found=True))
-                       if Path(f.path).name.startswith("checkpoint_") and f.path > named)
+        kept = sorted(f.path for f in fs.get_file_info(pafs.FileSelector(trial_dir, allow_not_found=True))
+                      if Path(f.path).name.startswith("checkpoint_"))
+        newer = [path for path in kept if path > named]
         if newer:
             fs.move(newer[-1], named)
-            put_back.append(named)
+        elif kept:  # its best: copied, since the test evaluation may need it where it is
+            pafs.copy_files(kept[-1], named, source_filesystem=fs, destination_filesystem=fs)
+        else:
+            continue
+        put_back.append(named)
     return put_back
-
-
-def restore_tuner(tune_dir: str, trainable, callbacks: list, scheduler, max_failures: int):
-    """Tune's saved experiment with this process's callbacks, scheduler and retry limit.
-
-    `Tuner.restore` brings back the RunConfig and TuneConfig pickled when the run began,
-    callbacks and scheduler included; Ray has no public argument to replace them, so
-    they are set on the restored Tuner's internals, the one place that knows them.
-    """
-    from ray import tune
-
-    tuner = tune.Tuner.restore(tune_dir, trainable, resume_unfinished=True, resume_errored=True)
-    internal = tuner._local_tuner
-    run_config = internal.get_run_config()
-    run_config.callbacks = callbacks
-    run_config.failure_config = tune.FailureConfig(max_failures=max_failures)
-    internal._tune_config.scheduler = scheduler
-    return tuner
 
 
 def run(name: str, results_dir: str = "results", changes: Mapping[str, Any] | None = None,
@@ -183,6 +161,7 @@ def run(name: str, results_dir: str = "results", changes: Mapping[str, Any] | No
     run_dir = find_run(name, results_dir)
     info = store.read_run_info(run_dir)
     check_resumable(run_dir, info)
+    ray_internals.check_resume_supported()
     settings = recorded_settings(run_dir, info, changes or {})
     study = search.build_study(settings)
     check_same_study(run_dir, study, info)
@@ -199,17 +178,19 @@ def run(name: str, results_dir: str = "results", changes: Mapping[str, Any] | No
     fusion = None
     try:
         nodes = cluster.connect(settings.cpus_per_trial, settings.gpus_per_trial)
-        writer = store.RunWriter(run_dir, study.max_epochs, study.config_keys(), settings.flush_interval_s)
+        writer = RunWriter(run_dir, study.max_epochs, study.config_keys(), settings.flush_interval_s)
         writer.load()
-        earlier_trials, earlier_epochs = writer.tables()
+        earlier = store.read_tables(run_dir)  # empty tables where the run wrote none yet
+        earlier_trials, earlier_epochs = earlier[store.TRIALS], earlier[store.EPOCHS]
         search.quiet_tune_output()
         restore_missing_checkpoints(tune_dir)
         decision = placement.Decision(**info["fusion"]) if info.get("fusion") else placement.Decision(
             False, 1, "a run from before fused execution")  # its trials trained alone: they go on so
         fusion = search.start_fusion(decision, run_dir.name, splits, settings, study)
-        tuner = restore_tuner(
+        pruning = search.make_pruning(settings, tune_dir, study)
+        tuner = ray_internals.restore_tuner(
             tune_dir, search.make_trainable(study, settings, splits, nodes.has_gpus, fusion),
-            search.make_callbacks(study, settings, writer, run_dir, echo, earlier_trials, fusion),
+            search.make_callbacks(study, settings, writer, run_dir, echo, earlier_trials, fusion, pruning),
             search.make_scheduler(study, settings, earlier_epochs), settings.max_failures)
     except BaseException:
         search.stop_fusion(fusion)
@@ -226,7 +207,9 @@ def run(name: str, results_dir: str = "results", changes: Mapping[str, Any] | No
     events.append(search.event("resumed", trials_done=done))
     info.update(status="running", pid=os.getpid(), host=socket.gethostname(),
                 options={**info.get("options", {}), "address": settings.address, "data_dir": settings.data_dir,
-                         "max_failures": settings.max_failures}, dashboard_url=dashboard)
+                         "max_failures": settings.max_failures}, dashboard_url=dashboard,
+                ray_address=cluster.gcs_address())
     info.pop("error", None)
     echo(f"Resuming run {run_dir.name}: {done} of {study.num_trials} trials finished before")
-    return search.execute(tuner, writer, info, study, splits, settings, run_dir, tune_dir, started_ray, echo, fusion)
+    return search.execute(tuner, writer, info, study, splits, settings, run_dir, tune_dir, started_ray, echo, fusion,
+                          pruning)

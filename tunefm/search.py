@@ -38,6 +38,7 @@ import pyarrow.fs as pafs
 from tunefm import cluster, data, interrupt, store
 from tunefm import study as studies
 from tunefm.errors import Interrupted, UserError
+from tunefm.run_writer import RunWriter
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class SearchSettings:
     loop: str = "auto"  # how trials' steps run (loops.py): measured per machine and shape, or pinned
     fuse: str = "auto"  # train same-shape trials as one stacked model (placement.py): auto | on | off
     group_size: int | None = None  # fused: trials per CPU slot or GPU (default: calibrated / 16 per GPU)
+    keep_checkpoints: str = "best"  # retention.py: best | all
 
     def validate(self) -> None:
         checks = [
@@ -90,10 +92,11 @@ class SearchSettings:
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
-        from tunefm import loops, placement
+        from tunefm import loops, placement, retention
 
         loops.check(self.loop)
         placement.check_mode(self.fuse)
+        retention.check_policy(self.keep_checkpoints)
 
 
 @dataclass
@@ -303,12 +306,14 @@ def make_scheduler(study: studies.Study, settings: SearchSettings, earlier_epoch
     return scheduler
 
 
-def make_callbacks(study: studies.Study, settings: SearchSettings, writer: store.RunWriter, run_dir: Path,
+def make_callbacks(study: studies.Study, settings: SearchSettings, writer: RunWriter, run_dir: Path,
                    echo: Callable[[str], None], earlier_trials: pd.DataFrame | None = None,
-                   fusion: "Fusion | None" = None) -> list:
+                   fusion: "Fusion | None" = None, pruning=None) -> list:
     """Parquet, the progress line and TensorBoard, all fed by the driver as results arrive;
     plus Tune's own JSON and CSV loggers (each trial's result.json and progress.csv), but
-    not its TensorBoard logger, which would write every scalar a second time."""
+    not its TensorBoard logger, which would write every scalar a second time; and the
+    deletion of checkpoints that are not kept (`pruning`, a retention.Pruning; after the
+    Parquet writer, which knows each trial's best epoch)."""
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from tunefm.progress import ProgressLine
@@ -323,14 +328,13 @@ def make_callbacks(study: studies.Study, settings: SearchSettings, writer: store
         from tunefm import placement
 
         callbacks.append(placement.Membership(fusion.running.name))
+    if pruning is not None:  # retention.Pruning
+        callbacks.append(pruning.callback(writer.best_epoch))
     return callbacks
 
 
 def quiet_tune_output() -> None:
     """Environment for Tune's console output: tunefm prints its own progress and errors."""
-    # Keeping only the best and latest checkpoint forces a state snapshot per checkpoint;
-    # Tune warns about that each time, which is expected here.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Tune's newer console output prints a settings box, and a TensorBoard path into its
     # staging folder, even at verbose=0; the older one is silent at 0.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -342,8 +346,8 @@ def quiet_tune_output() -> None:
 
 
 def make_tuner(study: studies.Study, settings: SearchSettings, splits: data.Splits, run_dir: Path,
-               storage_path: str, cluster_has_gpus: bool, writer: store.RunWriter, echo: Callable[[str], None],
-               fusion: "Fusion | None" = None):
+               storage_path: str, cluster_has_gpus: bool, writer: RunWriter, echo: Callable[[str], None],
+               fusion: "Fusion | None" = None, pruning=None):
     """The Tuner: trainable with data and resources, scheduler, trial order, callbacks, storage."""
     from ray import tune
 
@@ -362,9 +366,10 @@ def make_tuner(study: studies.Study, settings: SearchSettings, splits: data.Spli
         run_config=tune.RunConfig(
             name=store.TUNE_DIR,
             storage_path=storage_path,
-            callbacks=make_callbacks(study, settings, writer, run_dir, echo, fusion=fusion),
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute="checkpoint_score", checkpoint_score_order="max"),
+            callbacks=make_callbacks(study, settings, writer, run_dir, echo, fusion=fusion,
+                                     pruning=pruning or make_pruning(settings, f"{storage_path}/{store.TUNE_DIR}", study)),
+            # Tune keeps every checkpoint; retention.Pruning deletes what is not kept (see there why).
+            checkpoint_config=tune.CheckpointConfig(),
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
             verbose=0,  # ProgressLine prints one line instead of Tune's per-trial tables
         ),
@@ -397,10 +402,12 @@ def run(settings: SearchSettings, echo: Callable[[str], None] = print) -> Search
                                     nodes.has_gpus, settings.cpus_per_trial, settings.gpus_per_trial,
                                     settings.group_size, len(splits.train_y), study.max_epochs, settings.loop)
         create_run_dir(run_dir)
-        writer = store.RunWriter(run_dir, study.max_epochs, study.config_keys(), settings.flush_interval_s)
+        writer = RunWriter(run_dir, study.max_epochs, study.config_keys(), settings.flush_interval_s)
         fusion = start_fusion(decision, run_dir.name, splits, settings, study)
+        pruning = make_pruning(settings, tune_dir, study)
         try:
-            tuner = make_tuner(study, settings, splits, run_dir, storage_path, nodes.has_gpus, writer, echo, fusion)
+            tuner = make_tuner(study, settings, splits, run_dir, storage_path, nodes.has_gpus, writer, echo, fusion,
+                               pruning)
         except Exception as e:  # Tune creates its experiment folder here, in the run folder or the storage
             shutil.rmtree(run_dir, ignore_errors=True)  # made a moment ago by this command, nothing in it yet
             if settings.storage is None:
@@ -421,6 +428,7 @@ def run(settings: SearchSettings, echo: Callable[[str], None] = print) -> Search
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "dashboard_url": dashboard,
+        "ray_address": cluster.gcs_address(),
         "storage": tune_dir if settings.storage else None,  # None: <run folder>/tune
         "nodes": len(nodes.nodes),
         "fusion": decision.record(),
@@ -428,7 +436,16 @@ def run(settings: SearchSettings, echo: Callable[[str], None] = print) -> Search
         "status": "running",
         "events": [event("started")],
     }
-    return execute(tuner, writer, run_info, study, splits, settings, run_dir, tune_dir, started_ray, echo, fusion)
+    return execute(tuner, writer, run_info, study, splits, settings, run_dir, tune_dir, started_ray, echo, fusion,
+                   pruning)
+
+
+def make_pruning(settings: SearchSettings, tune_dir: str, study: studies.Study):
+    """The checkpoints this search deletes (retention.py). What the search's own test
+    evaluation uses is always kept."""
+    from tunefm import retention
+
+    return retention.Pruning(tune_dir, settings.keep_checkpoints, max(retention.KEEP_TOP, study.test_top or 0))
 
 
 @dataclass
@@ -466,10 +483,11 @@ def event(name: str, **details) -> dict:
     return {"event": name, "at": now(), "pid": os.getpid(), "host": socket.gethostname(), **details}
 
 
-def execute(tuner, writer: store.RunWriter, run_info: dict, study: studies.Study, splits: data.Splits,
+def execute(tuner, writer: RunWriter, run_info: dict, study: studies.Study, splits: data.Splits,
             settings: SearchSettings, run_dir: Path, tune_dir: str, started_ray: bool,
-            echo: Callable[[str], None], fusion: Fusion | None = None) -> SearchOutcome:
-    """Run the Tuner (new or restored), then evaluate the winners; keep run.json current.
+            echo: Callable[[str], None], fusion: Fusion | None = None, pruning=None) -> SearchOutcome:
+    """Run the Tuner (new or restored), then evaluate the winners, then delete the checkpoints
+    `pruning` (retention.Pruning) does not keep; keep run.json current.
 
     Ctrl-C or SIGTERM: Tune stops the trials and saves its state, the Parquet files are
     flushed with the running trials marked INTERRUPTED, run.json records the
@@ -495,6 +513,11 @@ def execute(tuner, writer: store.RunWriter, run_info: dict, study: studies.Study
                 evaluation = evaluate.evaluate_trials(run_dir, splits.test_x, splits.test_y, study.test_top, echo,
                                                       tune_dir=tune_dir)
                 run_info["evaluation"] = evaluation.record()
+            if pruning is not None:
+                if pruning.policy == "best":
+                    pruning.after_search(store.read_trials(run_dir))
+                    echo(pruning.describe())
+                run_info["checkpoints"] = pruning.record()
             run_info["events"].append(event(run_info["status"]))
             return SearchOutcome(run_dir, store.read_trials(run_dir))
     except KeyboardInterrupt:

@@ -1,23 +1,19 @@
-"""Parquet layout of a run folder: writing rows as trials report, reading a run back.
+"""Layout of a run folder and reading a run back; per-trial summaries of epoch rows.
 
     results/<run>/
-      trials.parquet   one row per trial (status, config columns, summary metrics)
-      epochs.parquet   one row per (trial_id, epoch), config columns included
+      trials.parquet/    one row per trial (status, config columns, summary metrics): bucket-NNNNN.parquet parts
+      epochs.parquet/    one row per (trial_id, epoch), config columns included: part-NNNNNN.parquet parts
+      parts.json         the manifest: which parts make up the latest flush
       confusion.parquet  trial_id, true_label, pred_label, count (test-evaluated trials)
-      run.json         study, options, versions, data checksums, times, host
-      tune/            Ray Tune's experiment folder (checkpoints, TensorBoard events)
+      run.json           study, options, versions, data checksums, times, host
+      tune/              Ray Tune's experiment folder (checkpoints)
 
-`RunWriter` keeps every row in memory (a study's epochs are a few MB at most),
-rewrites both Parquet files on `flush()` under a temporary name and renames them into
-place, so a reader that opens a file once (`read_parquet`) never sees a half-written
-one, and a crash loses at most the rows since the last flush. Both files of one flush
-carry the same generation stamp in their Parquet metadata; `load_run` reads until the
-two agree, so a summary never mixes one flush's trials with another's epochs.
-
-Rows are keyed by (trial_id, epoch): a reported epoch that arrives again (a retried or
-resumed trial) replaces the old row instead of duplicating it, and a trial that went
-back to an older checkpoint drops its rows after it. A resumed search's writer starts
-from the files already there (`RunWriter.load`).
+`run_writer.RunWriter` writes the two tables as the search runs, at a cost per flush
+that does not grow with the study; `partfiles.py` says how a reader gets one flush's
+state. `pandas.read_parquet(run / "epochs.parquet")` (or Polars, or DuckDB's
+`read_parquet('run/epochs.parquet/*.parquet')`) reads a folder as one table; `load_run`
+reads both tables as of one flush, while the search writes. Runs written before part
+files (`trials.parquet` and `epochs.parquet` as single files) are read as they are.
 
 This module is pure pandas/pyarrow and never imports Ray.
 """
@@ -31,7 +27,6 @@ import math
 import os
 import socket
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -40,8 +35,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tunefm import partfiles
 from tunefm.errors import UserError
 
+TRIALS, EPOCHS = "trials", "epochs"  # the run's tables: folders of part files (partfiles.py)
 TRIALS_FILE, EPOCHS_FILE, RUN_FILE = "trials.parquet", "epochs.parquet", "run.json"
 CONFUSION_FILE = "confusion.parquet"
 TUNE_DIR = "tune"  # Ray Tune's experiment folder: checkpoints (unless --storage puts them elsewhere)
@@ -66,6 +63,19 @@ REPORTABLE = [c for c in SUMMARY_COLUMNS if c not in TRIAL_FACTS or c == "params
 TRIAL_STATE = ["trial_id", "status", "stopped_early", "epochs", "retries"]
 INTERRUPTED = "INTERRUPTED"
 GENERATION_KEY = b"tunefm.generation"  # Parquet metadata: which flush wrote the file
+
+
+INT_COLUMNS = {"epochs", "retries", "epoch", "best_epoch", "min_train_loss_epoch", "params", "threads", "group_size"}
+TEXT_COLUMNS = {"trial_id", "status", "device", "node_id", "node_ip", "gpu_ids", "execution", "fused_group"}
+
+
+def column_type(name: str) -> pa.DataType:
+    """The Parquet type of a column of the trials or epochs table that is not a config key."""
+    if name in INT_COLUMNS:
+        return pa.int64()
+    if name in TEXT_COLUMNS:
+        return pa.string()
+    return pa.bool_() if name == "stopped_early" else pa.float64()
 
 
 def config_columns(trials: pd.DataFrame) -> list[str]:
@@ -193,152 +203,6 @@ def summary_dtypes(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-class RunWriter:
-    """Collects reported epochs and trial states; flushes both Parquet files atomically."""
-
-    def __init__(self, run_dir: Path, max_epochs: int, config_keys: list[str] = (),
-                 flush_interval_s: float = 5.0):
-        self.run_dir = Path(run_dir)
-        self.max_epochs = max_epochs
-        self.flush_interval_s = flush_interval_s
-        self._epochs: dict[tuple[str, int], dict[str, Any]] = {}
-        self._latest: dict[str, int] = {}  # trial id -> its highest epoch row
-        self._trials: dict[str, dict[str, Any]] = {}
-        self._config_keys: list[str] = list(config_keys)  # column order; unseen keys are appended
-        self._last_flush = time.monotonic()
-        self._dirty = False
-        # Each trial's summary row is kept until that trial changes: a flush then costs
-        # the changed trials, not the whole run (it was the search's biggest driver cost).
-        self._summaries: dict[str, dict[str, Any]] = {}
-        self._summarized_columns: list[str] = []  # the trials columns the cached rows were made from
-        self._changed: set[str] = set()
-
-    def load(self) -> None:
-        """Start from the run folder's Parquet files (a resumed search): every trial, its
-        state, config and facts, and every epoch row already written."""
-        if not (self.run_dir / TRIALS_FILE).exists():
-            return
-        trials = read_trials(self.run_dir)
-        epochs = read_epochs(self.run_dir) if (self.run_dir / EPOCHS_FILE).exists() else pd.DataFrame()
-        keys = config_columns(trials)
-        self._config_keys += [k for k in keys if k not in self._config_keys]
-        for row in trials.to_dict("records"):
-            config = {k: row[k] for k in keys if not _is_null(row[k])}
-            record = self._trial(row["trial_id"], config)
-            record.update(status=row["status"], retries=int(row.get("retries") or 0),
-                          **{k: row[k] for k in TRIAL_FACTS if k in row and not _is_null(row[k])})
-        for row in epochs.to_dict("records"):
-            trial_id, epoch = row["trial_id"], int(row["epoch"])
-            self._epochs[(trial_id, epoch)] = {"trial_id": trial_id, "epoch": epoch,
-                                               **{k: row.get(k) for k in EPOCH_METRICS}}
-            self._latest[trial_id] = max(self._latest.get(trial_id, 0), epoch)
-
-    def _trial(self, trial_id: str, config: Mapping[str, Any]) -> dict[str, Any]:
-        if trial_id not in self._trials:
-            self._trials[trial_id] = {"trial_id": trial_id, "status": "PENDING", "retries": 0, "config": {}}
-        record = self._trials[trial_id]
-        self._changed.add(trial_id)
-        if config:  # Tune's config is the authority; one read back from Parquet may lack types
-            record["config"] = dict(config)
-            self._config_keys += [k for k in config if k not in self._config_keys]
-        return record
-
-    def knows(self, trial_id: str) -> bool:
-        return trial_id in self._trials
-
-    def set_status(self, trial_id: str, config: Mapping[str, Any], status: str) -> None:
-        self._trial(trial_id, config)["status"] = status
-        self._dirty = True
-
-    def add_retry(self, trial_id: str, config: Mapping[str, Any]) -> None:
-        """The trial failed and Tune restarts it from its last checkpoint."""
-        self._trial(trial_id, config)["retries"] += 1
-        self._dirty = True
-
-    def mark_interrupted(self) -> None:
-        """The search was stopped: running trials become INTERRUPTED (resumable)."""
-        for trial_id, record in self._trials.items():
-            if record["status"] == "RUNNING":
-                record["status"] = INTERRUPTED
-                self._changed.add(trial_id)
-        self._dirty = True
-
-    def statuses(self) -> dict[str, int]:
-        """How many trials are in each status."""
-        counts: dict[str, int] = {}
-        for record in self._trials.values():
-            counts[record["status"]] = counts.get(record["status"], 0) + 1
-        return counts
-
-    def add_epoch(self, trial_id: str, config: Mapping[str, Any], result: Mapping[str, Any]) -> None:
-        """Record one reported result (the trainable's metrics plus Tune's time_total_s)."""
-        trial = self._trial(trial_id, config)
-        if trial["status"] in ("PENDING", INTERRUPTED):
-            trial["status"] = "RUNNING"
-        first_start = trial.get("started_at")
-        trial.update({k: result[k] for k in TRIAL_FACTS if k in result})
-        if first_start is not None and "started_at" in result:  # a retry or resume: keep when training began
-            trial["started_at"] = min(first_start, result["started_at"])
-        epoch = int(result["epoch"])
-        # A trial restored from an older checkpoint trains those epochs again: its later rows are stale.
-        for stale in range(epoch + 1, self._latest.get(trial_id, 0) + 1):
-            self._epochs.pop((trial_id, stale), None)
-        self._latest[trial_id] = epoch
-        self._epochs[(trial_id, epoch)] = {
-            "trial_id": trial_id, "epoch": epoch, **{k: result.get(k) for k in EPOCH_METRICS},
-        }
-        self._dirty = True
-
-    def maybe_flush(self) -> None:
-        if self._dirty and time.monotonic() - self._last_flush >= self.flush_interval_s:
-            self.flush()
-
-    def tables(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """(trials, epochs) as they would be written now."""
-        keys = self._config_keys
-        trial_rows = [
-            {"trial_id": t["trial_id"], "status": t["status"], "retries": t["retries"],
-             **{k: t["config"].get(k) for k in keys}, **{k: t.get(k) for k in TRIAL_FACTS}}
-            for _, t in sorted(self._trials.items())
-        ]
-        trials = pd.DataFrame(trial_rows, columns=["trial_id", "status", "retries", *keys, *TRIAL_FACTS])
-        epoch_rows = [
-            {**row, **{k: self._trials[row["trial_id"]]["config"].get(k) for k in keys}}
-            for _, row in sorted(self._epochs.items())
-        ]
-        epochs = pd.DataFrame(epoch_rows, columns=["trial_id", "epoch", *EPOCH_METRICS, *keys])
-        return self._summarize(trials), epochs
-
-    def _summarize(self, trials: pd.DataFrame) -> pd.DataFrame:
-        """`summarize_trials` of this writer's epochs and `trials`, recomputing only the
-        trials changed since the last call (straight from the in-memory rows)."""
-        if list(trials.columns) != self._summarized_columns:  # a new config key: every row needs it
-            self._summaries, self._summarized_columns = {}, list(trials.columns)
-        config_columns = [c for c in trials.columns if c not in ("trial_id", "status", "retries", *TRIAL_FACTS)]
-        histories: dict[str, list[dict[str, Any]]] = {}
-        stale = {t for t in trials["trial_id"] if t in self._changed or t not in self._summaries}
-        if stale:
-            for (trial_id, _), row in self._epochs.items():
-                if trial_id in stale:
-                    histories.setdefault(trial_id, []).append(row)
-            for history in histories.values():
-                history.sort(key=lambda row: row["epoch"])
-            for trial in trials[trials["trial_id"].isin(stale)].to_dict("records"):
-                self._summaries[trial["trial_id"]] = summary_row(trial, histories.get(trial["trial_id"], []),
-                                                                 config_columns, self.max_epochs)
-        self._changed.clear()
-        rows = [self._summaries[t] for t in trials["trial_id"]]
-        return summary_dtypes(pd.DataFrame(rows))
-
-    def flush(self) -> None:
-        trials, epochs = self.tables()
-        generation = uuid.uuid4().hex
-        write_parquet(epochs, self.run_dir / EPOCHS_FILE, generation)
-        write_parquet(trials, self.run_dir / TRIALS_FILE, generation)
-        self._last_flush = time.monotonic()
-        self._dirty = False
-
-
 def _is_null(value: Any) -> bool:
     return value is None or (not isinstance(value, (list, tuple, dict, str)) and bool(pd.isna(value)))
 
@@ -372,15 +236,84 @@ def generation(path: Path) -> str | None:
 
 
 def read_trials(run_dir: Path) -> pd.DataFrame:
-    return read_parquet(Path(run_dir) / TRIALS_FILE)
+    """The trials table (one row per trial, by trial_id), in either layout."""
+    return read_tables(run_dir, (TRIALS,))[TRIALS]
 
 
 def read_epochs(run_dir: Path) -> pd.DataFrame:
-    return read_parquet(Path(run_dir) / EPOCHS_FILE)
+    """The epochs table (one row per trial and epoch, by trial_id and epoch), in either layout."""
+    return read_tables(run_dir, (EPOCHS,))[EPOCHS]
+
+
+def has_results(run_dir: Path) -> bool:
+    """The run has committed its first flush (or is a run of the one-file layout)."""
+    trials = Path(run_dir) / TRIALS_FILE
+    return trials.is_file() or (trials.is_dir() and partfiles.has_manifest(run_dir))
+
+
+def read_tables(run_dir: Path, tables: tuple[str, ...] = (TRIALS, EPOCHS)) -> dict[str, pd.DataFrame]:
+    """`tables` as of one flush, as DataFrames in a stable order (an absent table is empty).
+
+    A run folder with a manifest is read through it (`partfiles.read_snapshot`); one
+    written before part files has one file per table, each stamped with the flush that
+    wrote it, and they are read again until the stamps agree.
+    """
+    run_dir = Path(run_dir)
+    if partfiles.has_manifest(run_dir):
+        try:
+            snapshot = partfiles.read_snapshot(run_dir, tables)
+        except partfiles.DamagedPart as e:
+            raise UserError(f"cannot read {e.path}: {e.reason}") from None
+        read = {name: table.to_pandas() for name, table in snapshot.items()}
+    elif (run_dir / TRIALS_FILE).is_dir():
+        read = {}  # the first flush is being written
+    else:
+        read = _read_legacy(run_dir, tables)
+    out = {}
+    for name in tables:
+        frame = read.get(name)
+        if frame is None or not len(frame.columns):
+            frame = pd.DataFrame(columns=["trial_id", "epoch", *EPOCH_METRICS] if name == EPOCHS else ["trial_id"])
+        keys = ["trial_id", "epoch"] if name == EPOCHS else ["trial_id"]
+        if len(frame) and set(keys) <= set(frame.columns):
+            frame = frame.sort_values(keys, kind="stable", ignore_index=True)
+        out[name] = summary_dtypes(frame) if name == TRIALS and "best_epoch" in frame.columns else frame
+    return out
+
+
+def _read_legacy(run_dir: Path, tables: tuple[str, ...]) -> dict[str, pd.DataFrame]:
+    paths = {TRIALS: run_dir / TRIALS_FILE, EPOCHS: run_dir / EPOCHS_FILE}
+    read = {name: _read_table(paths[name]) for name in tables if paths[name].exists()}
+    for _ in range(SNAPSHOT_TRIES):
+        stamps = {name: stamp for name, (_, stamp) in read.items()}
+        if None in stamps.values() or len(set(stamps.values())) <= 1:
+            break
+        # The writer renamed epochs into place first, trials a moment later: read both again.
+        time.sleep(0.01)
+        read = {name: _read_table(paths[name]) for name in read}
+    return {name: frame for name, (frame, _) in read.items()}
+
+
+def write_trials(run_dir: Path, trials: pd.DataFrame) -> None:
+    """Replace the trials table (the test evaluation's columns), as one commit."""
+    run_dir = Path(run_dir)
+    if not partfiles.has_manifest(run_dir):
+        write_parquet(trials, run_dir / TRIALS_FILE, generation(run_dir / EPOCHS_FILE))
+        return
+    from tunefm.run_writer import TRIALS_PER_BUCKET
+
+    parts = partfiles.PartFiles.open(run_dir)
+    table = pa.Table.from_pandas(trials, preserve_index=False)  # one schema for every bucket
+    for name in list(parts.names(TRIALS)):
+        parts.remove(TRIALS, name)
+    for bucket, start in enumerate(range(0, max(table.num_rows, 1), TRIALS_PER_BUCKET)):
+        name = f"bucket-{bucket:05d}.parquet"
+        parts.put(TRIALS, name, table.slice(start, TRIALS_PER_BUCKET))
+    parts.commit()
 
 
 def is_run(folder: Path) -> bool:
-    return (folder / RUN_FILE).is_file() or (folder / TRIALS_FILE).is_file()
+    return (folder / RUN_FILE).is_file() or (folder / TRIALS_FILE).exists()
 
 
 def list_runs(results_dir: Path) -> list[Path]:
@@ -435,12 +368,15 @@ def resolve_run(run: str | None, results_dir: Path) -> Path:
     raise UserError(f"run {run!r} {what}; {known}")
 
 
+def _reason(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
 def _read_table(path: Path) -> tuple[pd.DataFrame, str | None]:
     try:
         return read_stamped(path)
     except Exception as e:  # pyarrow raises several types for a damaged file
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot read {path}: {reason}") from None
+        raise UserError(f"cannot read {path}: {_reason(e)}") from None
 
 
 SNAPSHOT_TRIES = 20  # a writer flushes every few seconds: two reads in a row almost always agree
@@ -460,28 +396,20 @@ class RunTables:
 def load_run(run_dir: Path) -> RunTables:
     """Read a run for analysis; a missing, empty or damaged run is a one-line UserError.
 
-    Works while the search is still writing: every file is replaced atomically, so each
-    read sees a whole file, and trials and epochs are read again until both come from
-    the same flush (their generation stamps agree; files without stamps are taken as
-    they are).
+    Works while the search is still writing: trials and epochs come from one flush
+    (`read_tables`).
     """
     run_dir = Path(run_dir)
-    if not (run_dir / TRIALS_FILE).is_file():
+    if not has_results(run_dir):
         raise UserError(f"run {run_dir} has no results yet ({TRIALS_FILE} is missing); "
                         f"a search writes it after its first epochs")
-    trials, trials_stamp = _read_table(run_dir / TRIALS_FILE)
-    if (run_dir / EPOCHS_FILE).exists():
-        epochs, epochs_stamp = _read_table(run_dir / EPOCHS_FILE)
-        for _ in range(SNAPSHOT_TRIES):
-            if trials_stamp is None or epochs_stamp is None or trials_stamp == epochs_stamp:
-                break
-            # The writer renames epochs into place first, trials a moment later: read the one behind again.
-            time.sleep(0.01)
-            trials, trials_stamp = _read_table(run_dir / TRIALS_FILE)
-            if trials_stamp != epochs_stamp:
-                epochs, epochs_stamp = _read_table(run_dir / EPOCHS_FILE)
-    else:
-        epochs = pd.DataFrame(columns=["trial_id", "epoch", *EPOCH_METRICS])
+    try:
+        tables = read_tables(run_dir)
+    except UserError:
+        raise
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise UserError(f"cannot read {run_dir}: {_reason(e)}") from None
+    trials, epochs = tables[TRIALS], tables[EPOCHS]
     if trials.empty or "trial_id" not in trials.columns:
         raise UserError(f"run {run_dir} has no trials in {TRIALS_FILE}")
     confusion = _read_table(run_dir / CONFUSION_FILE)[0] if (run_dir / CONFUSION_FILE).exists() else pd.DataFrame(

@@ -1,0 +1,80 @@
+"""--keep-checkpoints: what a run keeps on disk, and what `tunefm evaluate` says when a checkpoint is gone."""
+
+import json
+from types import SimpleNamespace
+
+import pyarrow.fs as pafs
+from click.testing import CliRunner
+
+from conftest import linked_copy
+from tunefm import analysis, retention, store
+from tunefm.cli import main
+
+
+def checkpoints(tune_dir, trial_id):
+    """epoch -> size of each checkpoint the trial has on disk."""
+    found = retention.trial_checkpoints(pafs.LocalFileSystem(), str(tune_dir / trial_id))
+    return {epoch: size for epoch, size in found.values()}
+
+
+def test_the_quick_search_keeps_only_the_best_checkpoint_of_each_models_top_configurations(quick_fourfam):
+    trials = store.read_trials(quick_fourfam)
+    info = store.read_json(quick_fourfam / store.RUN_FILE)
+    kept = analysis.top_configs(trials, retention.KEEP_TOP)
+    assert info["checkpoints"]["policy"] == "best" and info["checkpoints"]["keep_top"] == retention.KEEP_TOP
+    assert info["checkpoints"]["kept_trials"] == kept and len(kept) == 4 * retention.KEEP_TOP
+    tune_dir = quick_fourfam / store.TUNE_DIR
+    for trial in trials.itertuples():
+        on_disk = checkpoints(tune_dir, trial.trial_id)
+        if trial.trial_id in kept:
+            assert list(on_disk) == [trial.best_epoch], trial.trial_id  # the best only, not the latest
+        else:
+            assert on_disk == {}, trial.trial_id
+    kept_bytes = sum(sum(checkpoints(tune_dir, t).values()) for t in kept)
+    assert info["checkpoints"]["kept_mb"] == round(kept_bytes / 2**20, 1)
+    assert info["checkpoints"]["freed_mb"] > info["checkpoints"]["kept_mb"]
+
+
+def test_evaluate_says_which_checkpoints_the_policy_deleted(quick_fourfam, tmp_path):
+    run_dir = linked_copy(quick_fourfam, tmp_path / "copy")
+    before = sorted(p.name for p in (run_dir / store.TRIALS_FILE).iterdir())
+    result = CliRunner().invoke(main, ["evaluate", str(run_dir), "--test-top", str(retention.KEEP_TOP + 1)])
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: trial ")
+    assert lines[0].endswith("'s checkpoints were deleted after the search: --keep-checkpoints best keeps only "
+                             "each model's top 5 configuration(s); evaluate with --test-top 5 or less, or run the "
+                             "search with --keep-checkpoints all")
+    assert sorted(p.name for p in (run_dir / store.TRIALS_FILE).iterdir()) == before
+    again = CliRunner().invoke(main, ["evaluate", str(run_dir), "--test-top", str(retention.KEEP_TOP)])
+    assert again.exit_code == 0, again.output  # the kept ones are enough for --test-top 5
+
+
+def test_an_ended_trial_keeps_its_best_checkpoint_and_drops_the_latest(tmp_path):
+    """The trial-end callback, on checkpoint folders laid out as Tune writes them."""
+    tune_dir = tmp_path / "tune"
+    for trial_id, epochs in [("a", [2, 3]), ("b", [3])]:
+        for epoch in epochs:
+            folder = tune_dir / trial_id / f"checkpoint_{epoch:06d}"
+            folder.mkdir(parents=True)
+            (folder / "state.pt").write_bytes(b"x" * 1000 * epoch)
+            (folder / "meta.json").write_text(json.dumps({"epoch": epoch, "val_acc": 0.5}))
+    pruning = retention.Pruning(str(tune_dir))
+    callback = pruning.callback({"a": 2, "b": 3}.get)
+    for trial_id in "ab":
+        callback.on_trial_complete(0, [], SimpleNamespace(trial_id=trial_id))
+    assert list(checkpoints(tune_dir, "a")) == [2] and list(checkpoints(tune_dir, "b")) == [3]
+    assert pruning.freed.checkpoints == 1 and pruning.freed.bytes == 3000 + len('{"epoch": 3, "val_acc": 0.5}')
+
+
+def test_keep_checkpoints_all_keeps_every_trials_checkpoints(tmp_path, data_dir, ray_session):
+    from tunefm.search import SearchSettings, run
+
+    settings = SearchSettings(space="fourfam", sets=("model=iaro1", "lr=0.01,0.001", "batch_size=256"),
+                              max_epochs=2, train_size=512, val_size=256, test_size=256, test_top=1,
+                              keep_checkpoints="all", results_dir=str(tmp_path), data_dir=str(data_dir), name="all")
+    trials = run(settings, echo=lambda line: None).trials
+    assert store.read_json(tmp_path / "all" / store.RUN_FILE)["checkpoints"] == {"policy": "all"}
+    for trial in trials.itertuples():
+        assert trial.best_epoch in checkpoints(tmp_path / "all" / store.TUNE_DIR, trial.trial_id)
+        assert trial.epochs in checkpoints(tmp_path / "all" / store.TUNE_DIR, trial.trial_id)  # the latest too

@@ -1,0 +1,126 @@
+"""Every use of Ray's and Ray Tune's private attributes, modules and formats, in one place.
+
+Each function says why the public API does not suffice. They were written against the
+Ray versions in `TESTED_RAY` (pyproject.toml's bound, cluster/constraints.txt's pin);
+`check_resume_supported` refuses a resume on any other, since resume is where a changed
+internal would break silently (a trial restarted from scratch, a callback lost).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+from typing import Any
+
+from tunefm.errors import UserError
+
+TESTED_RAY = ("2.60",)  # major.minor versions the test suite has passed on
+
+
+def ray_version() -> str:
+    import ray
+
+    return ray.__version__
+
+
+def check_resume_supported() -> None:
+    """Refuse to resume on a Ray whose Tune internals were not tested (see `restore_tuner`)."""
+    version = ray_version()
+    if ".".join(version.split(".")[:2]) not in TESTED_RAY:
+        raise UserError(f"resuming needs Ray {' or '.join(v + '.x' for v in TESTED_RAY)}: it restores Tune's saved "
+                        f"state through Tune internals, and this is Ray {version}; install the tested version "
+                        f"(pip install -c cluster/constraints.txt 'ray[tune]') to resume, or start a new search")
+
+
+def quiet_auth_notice() -> None:
+    """Drop Ray's "token authentication is enabled" notice: tunefm prints its own dashboard
+    line. Ray logs it from a private module, under that module's name."""
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+
+
+def auth_mode() -> str:
+    """'token' or 'disabled' for this process. Ray has no public getter for the mode it settled on
+    (RAY_AUTH_MODE may be unset, and then Ray decides)."""
+    try:
+        from ray._raylet import AuthenticationMode, get_authentication_mode
+
+        return "token" if get_authentication_mode() == AuthenticationMode.TOKEN else "disabled"
+    except ImportError:  # a Ray without token authentication
+        return "disabled"
+
+
+def launchable_nodes() -> list[dict[str, float]]:
+    """Resources of each node type the cluster's autoscaler may still launch (none without one).
+    Ray publishes the autoscaler's node types only through its private GCS state client;
+    anything unexpected there means "no autoscaler"."""
+    try:
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+        return [dict(group.resources) for group in config.node_group_configs if group.max_count != 0]
+    except Exception:
+        return []
+
+
+def auto_address() -> str | None:
+    """What `ray.init(address="auto")` would join: RAY_ADDRESS, else the address the last
+    `ray start` on this machine recorded (None: no cluster recorded). Resolved here so a
+    recorded cluster that has died is one error in seconds, not minutes of Ray retrying;
+    Ray exposes the lookup only in a private module."""
+    from ray._private.services import get_ray_address_from_environment
+
+    try:
+        return get_ray_address_from_environment("auto", None)
+    except Exception:
+        return None
+
+
+def restore_tuner(tune_dir: str, trainable, callbacks: list, scheduler, max_failures: int):
+    """`Tuner.restore` with this process's callbacks, scheduler and retry limit.
+
+    Tune brings back the RunConfig and TuneConfig pickled when the run began, callbacks
+    and scheduler included (they would write to the old process's writer); its public
+    `restore` takes no replacements, so they are set on the restored Tuner's internals.
+    """
+    from ray import tune
+
+    tuner = tune.Tuner.restore(tune_dir, trainable, resume_unfinished=True, resume_errored=True)
+    internal = tuner._local_tuner
+    run_config = internal.get_run_config()
+    run_config.callbacks = callbacks
+    run_config.failure_config = tune.FailureConfig(max_failures=max_failures)
+    internal._tune_config.scheduler = scheduler
+    return tuner
+
+
+def latest_checkpoints_in_state(state_text: str, unfinished_only: bool = False) -> list[str]:
+    """The checkpoint path Tune's saved experiment state (`experiment_state-*.json`) names as
+    each trial's latest (only of trials not TERMINATED there, with `unfinished_only`). The
+    state is Tune's private format: per trial, its attributes as JSON and the checkpoint
+    manager pickled with cloudpickle; no public API reads it without restoring the run."""
+    state: dict[str, Any] = json.loads(state_text)
+    named = []
+    for trial_state, runtime in state.get("trial_data", []):
+        if unfinished_only:
+            attributes = json.loads(trial_state) if isinstance(trial_state, str) else trial_state
+            if attributes.get("status") == "TERMINATED":
+                continue
+        runtime = json.loads(runtime) if isinstance(runtime, str) else runtime
+        manager = runtime.get("checkpoint_manager") or {}
+        if manager.get("_type") != "CLOUDPICKLE_FALLBACK":
+            continue
+        latest = getattr(pickle.loads(bytes.fromhex(manager["value"])), "_latest_checkpoint_result", None)
+        if latest is not None and latest.checkpoint is not None:
+            named.append(latest.checkpoint.path)
+    return named
+
+
+def sampler_name(domain) -> str:
+    """A Ray Tune distribution's kind ('uniform', 'loguniform', 'qloguniform', ...). Ray keeps
+    the kind only in its private sampler classes (_Uniform, _LogUniform, Quantized)."""
+    sampler = domain.get_sampler()
+    name = type(sampler).__name__.lstrip("_").lower()
+    if name == "quantized":
+        return "q" + type(sampler.sampler).__name__.lstrip("_").lower()
+    return name

@@ -1,0 +1,185 @@
+"""Which checkpoints a run keeps on disk: `--keep-checkpoints best` (the default) or `all`.
+
+    best  while a trial runs: its best checkpoint (by val_acc) and its latest, as Tune
+          keeps them and resume needs them;
+          when it ends: its best only (the latest goes unless it is the best);
+          after the search's test evaluation: the best of each model's top KEEP_TOP
+          configurations (every seed of each, ranked as `tunefm evaluate --test-top`
+          ranks them: by mean val_acc), so `tunefm evaluate --test-top 5` still works,
+          and nothing of the other trials (but a failed trial's, which a resume
+          retries from its latest checkpoint).
+    all   every trial's best and latest, as Tune keeps them.
+
+run.json's "checkpoints" records the policy, the trials whose checkpoint was kept and
+the megabytes freed; `tunefm evaluate` names the policy when a checkpoint is gone.
+Checkpoints are read and deleted through pyarrow's file systems, so `--storage s3://...`
+is pruned the same way. Needs neither torch nor Ray, except `TrialEndPruning`, a Tune
+callback in the driver.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pyarrow.fs as pafs
+
+from tunefm.errors import UserError
+
+POLICIES = ("best", "all")
+KEEP_TOP = 5  # configurations per model whose best checkpoint outlives the search
+CHECKPOINT_META = "meta.json"  # = trainable.CHECKPOINT_META (not imported: that would import torch)
+
+
+def check_policy(policy: str) -> None:
+    if policy not in POLICIES:
+        raise UserError(f"--keep-checkpoints must be {' or '.join(POLICIES)}, got {policy!r}")
+
+
+def trial_checkpoints(fs: pafs.FileSystem, trial_dir: str) -> dict[str, tuple[int | None, int]]:
+    """checkpoint folder -> (its epoch, or None if unreadable; its bytes), for one trial."""
+    selector = pafs.FileSelector(trial_dir, allow_not_found=True, recursive=True)
+    folders: dict[str, list] = {}
+    for info in fs.get_file_info(selector):
+        if info.type != pafs.FileType.File:
+            continue
+        relative = info.path[len(trial_dir.rstrip("/")) + 1:]
+        top = relative.split("/", 1)[0]
+        if top.startswith("checkpoint_") and "/" in relative:
+            entry = folders.setdefault(f"{trial_dir.rstrip('/')}/{top}", [None, 0])
+            entry[1] += info.size or 0
+            if relative.endswith("/" + CHECKPOINT_META):
+                with fs.open_input_stream(info.path) as stream:
+                    entry[0] = int(json.loads(stream.read())["epoch"])
+    return {folder: (epoch, size) for folder, (epoch, size) in folders.items()}
+
+
+@dataclass
+class Freed:
+    """What a pruning deleted and kept."""
+
+    checkpoints: int = 0
+    bytes: int = 0
+    kept_checkpoints: int = 0
+    kept_bytes: int = 0
+    kept_trials: list[str] = field(default_factory=list)
+
+    def add(self, other: "Freed") -> None:
+        self.checkpoints += other.checkpoints
+        self.bytes += other.bytes
+
+
+def prune_trial(fs: pafs.FileSystem, tune_path: str, trial_id: str, keep_epoch: int | None) -> Freed:
+    """Delete the trial's checkpoints other than the one of epoch `keep_epoch` (all if None)."""
+    freed = Freed()
+    for folder, (epoch, size) in trial_checkpoints(fs, f"{tune_path}/{trial_id}").items():
+        if keep_epoch is not None and epoch == keep_epoch:
+            freed.kept_checkpoints += 1
+            freed.kept_bytes += size
+            continue
+        fs.delete_dir(folder)
+        freed.checkpoints += 1
+        freed.bytes += size
+    return freed
+
+
+def _missing(value) -> bool:
+    import pandas as pd
+
+    return value is None or bool(pd.isna(value))
+
+
+def gone_message(trial_id: str, kept: dict) -> str | None:
+    """The error for a trial whose checkpoint the run's policy deleted (None if it did not)."""
+    if kept.get("policy") != "best" or "kept_trials" not in kept or trial_id in kept["kept_trials"]:
+        return None
+    top = kept.get("keep_top", KEEP_TOP)
+    return (f"trial {trial_id}'s checkpoints were deleted after the search: --keep-checkpoints best keeps only "
+            f"each model's top {top} configuration(s); evaluate with --test-top {top} or less, or run the search "
+            f"with --keep-checkpoints all")
+
+
+def mb(size: int) -> str:
+    return f"{size / 2**20:.1f} MB"
+
+
+class Pruning:
+    """The checkpoints one search deletes: as trials checkpoint and end (`callback`, a Tune
+    callback) and, with policy "best", after the test evaluation (`after_search`).
+
+    Tune itself deletes nothing (no CheckpointConfig.num_to_keep): with num_to_keep set it
+    saves the whole experiment state after every trial checkpoint, a cost that grows with
+    the study (tunefm's own deletion keeps the state's usual period; `resume.py` puts back
+    a checkpoint a stale state names)."""
+
+    def __init__(self, tune_dir: str, policy: str = "best", keep_top: int = KEEP_TOP):
+        check_policy(policy)
+        self.fs, self.tune_path = pafs.FileSystem.from_uri(tune_dir)
+        self.policy = policy
+        self.keep_top = keep_top
+        self.freed = Freed()
+
+    def keep_best_and(self, trial_id: str, best_epoch: int | None, latest: str | None) -> None:
+        """Delete the trial's checkpoints but the newest of its best epoch and the folder `latest`."""
+        found = trial_checkpoints(self.fs, f"{self.tune_path}/{trial_id}")
+        best = max((f for f, (epoch, _) in found.items() if best_epoch is not None and epoch == best_epoch),
+                   default=None)  # a retried epoch checkpoints again: the newest copy
+        for folder, (epoch, size) in found.items():
+            if folder == best or (latest is not None and folder.rsplit("/", 1)[-1] == latest.rsplit("/", 1)[-1]):
+                continue
+            try:
+                self.fs.delete_dir(folder)
+            except OSError:  # gone already: nothing to free
+                continue
+            self.freed.checkpoints += 1
+            self.freed.bytes += size
+
+    def callback(self, best_epoch: Callable[[str], int | None]):
+        """A Tune callback: at each checkpoint, the trial keeps its best and this one (as resume
+        needs); with policy "best", an ended trial keeps its best only. `best_epoch(trial_id)`:
+        the first epoch at the trial's best val_acc so far (the Parquet writer's, which has
+        seen this result: it is an earlier callback)."""
+        from ray.tune import Callback
+
+        pruning = self
+
+        class CheckpointPruning(Callback):
+            def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+                pruning.keep_best_and(trial.trial_id, best_epoch(trial.trial_id), checkpoint.path)
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                best = best_epoch(trial.trial_id)
+                if pruning.policy == "best" and best is not None:
+                    pruning.keep_best_and(trial.trial_id, best, None)
+
+        return CheckpointPruning()
+
+    def after_search(self, trials) -> Freed:
+        """Keep only the best checkpoint of each model's top `keep_top` configurations (`trials`:
+        the run's trials table); delete every other checkpoint of the run."""
+        from tunefm import analysis
+
+        kept = set(analysis.top_configs(trials, self.keep_top))
+        self.freed.kept_trials = sorted(kept)
+        for row in trials.itertuples(index=False):
+            if row.status == "ERROR":
+                continue  # a resume retries it from its latest checkpoint
+            best = None if row.trial_id not in kept or _missing(row.best_epoch) else int(row.best_epoch)
+            pruned = prune_trial(self.fs, self.tune_path, row.trial_id, best)
+            self.freed.add(pruned)
+            self.freed.kept_checkpoints += pruned.kept_checkpoints
+            self.freed.kept_bytes += pruned.kept_bytes
+        return self.freed
+
+    def describe(self) -> str:
+        freed = self.freed
+        return (f"Checkpoints: kept {freed.kept_checkpoints} ({mb(freed.kept_bytes)}), the best of each model's top "
+                f"{self.keep_top} configuration(s); freed {mb(freed.bytes)} ({freed.checkpoints} checkpoints)")
+
+    def record(self) -> dict:
+        """run.json's "checkpoints"."""
+        if self.policy != "best":
+            return {"policy": self.policy}
+        return {"policy": self.policy, "keep_top": self.keep_top, "kept_trials": self.freed.kept_trials,
+                "kept_mb": round(self.freed.kept_bytes / 2**20, 1), "freed_mb": round(self.freed.bytes / 2**20, 1)}
