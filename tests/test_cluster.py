@@ -242,12 +242,12 @@ def test_without_address_a_search_starts_its_own_ray_whatever_the_machine_holds(
             assert store.read_trials(results / name).status.tolist() == ["TERMINATED"]
         ray_cluster.kill_node(0)  # a machine that went down: the record stays
         assert recorded.exists()
-        done = search(ray_cluster.env, "dead")
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-        assert store.read_run_info(results / "dead")["status"] == "completed"
         auto = search(ray_cluster.env, "auto", "--address", "auto")
         assert auto.returncode == 1 and auto.stderr.count("\n") == 1, auto.stderr[-2000:]
         assert auto.stderr.startswith(f"Error: no Ray cluster answers at --address auto (--address auto found ")
+        done = search(ray_cluster.env, "dead")
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        assert store.read_run_info(results / "dead")["status"] == "completed"
         assert not (results / "auto").exists()
 
 

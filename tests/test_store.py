@@ -348,3 +348,31 @@ def test_a_config_key_that_changes_type_is_rewritten_as_one_column(tmp_path):
     for table in (pd.read_parquet(tmp_path / store.TRIALS_FILE), pd.read_parquet(tmp_path / store.EPOCHS_FILE)):
         assert sorted(table.width) == ["64", "wide"]
     assert store.read_trials(tmp_path).set_index("trial_id").width.to_dict() == {"a": "64", "b": "wide"}
+
+
+def test_tunefm_compact_merges_a_killed_searchs_parts(tmp_path):
+    """A search merges its epoch parts when it ends; one killed leaves them for `tunefm compact`."""
+    import json
+    import os
+
+    from click.testing import CliRunner
+
+    from tunefm.cli import main
+
+    writer = RunWriter(tmp_path, max_epochs=5, config_keys=["model"])
+    for epoch in range(1, 6):
+        for trial in "ab":
+            writer.add_epoch(trial, {"model": "m"}, _result(epoch, 1.0, 1.0, 0.1 * epoch))
+        writer.flush()
+    store.write_json({"status": "running", "pid": os.getpid(), "host": __import__("socket").gethostname(),
+                      "study": {"max_epochs": 5}}, tmp_path / store.RUN_FILE)
+    busy = CliRunner().invoke(main, ["compact", str(tmp_path)])
+    assert busy.exit_code == 1 and busy.output.startswith(f"Error: run {tmp_path} is still running (process ")
+    store.write_json({"status": "interrupted", "study": {"max_epochs": 5}}, tmp_path / store.RUN_FILE)
+    before = store.load_run(tmp_path)
+    done = CliRunner().invoke(main, ["compact", str(tmp_path)])
+    assert done.exit_code == 0 and done.output == f"{tmp_path}: 5 epoch part file(s) -> 1\n", done.output
+    after = store.load_run(tmp_path)
+    pd.testing.assert_frame_equal(after.epochs, before.epochs)
+    pd.testing.assert_frame_equal(after.trials, before.trials)
+    assert len(json.loads((tmp_path / "parts.json").read_text())["tables"]["epochs"]) == 1

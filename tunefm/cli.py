@@ -200,6 +200,20 @@ def evaluate(run: str, results_dir: str, test_top: int | None, data_dir: str | N
 
 
 @main.command()
+@click.argument("run")
+@click.option("--results", "results_dir", default="results", metavar="DIR", help="Folder holding run folders.")
+@user_errors
+def compact(run: str, results_dir: str) -> None:
+    """Merge a run's epoch part files into one (a search does this when it ends; a killed one
+    leaves them). RUN is a run folder, or a run name under --results."""
+    from tunefm import run_writer, store
+
+    run_dir = store.resolve_run(run, results_dir)
+    before, after = run_writer.compact_run(run_dir)
+    click.echo(f"{run_dir}: {before} epoch part file(s) -> {after}")
+
+
+@main.command()
 @click.argument("run", required=False)
 @click.option("--results", "results_dir", default="results", metavar="DIR", help="Folder holding run folders.")
 @click.option("--section", "sections", multiple=True, type=click.Choice(SECTIONS),

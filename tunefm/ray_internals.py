@@ -64,14 +64,24 @@ def launchable_nodes() -> list[dict[str, float]]:
 
 
 def auto_address() -> str | None:
-    """What `ray.init(address="auto")` would join: RAY_ADDRESS, else the address the last
-    `ray start` on this machine recorded (None: no cluster recorded). Resolved here so a
-    recorded cluster that has died is one error in seconds, not minutes of Ray retrying;
-    Ray exposes the lookup only in a private module."""
-    from ray._private.services import get_ray_address_from_environment
+    """The cluster `--address auto` means: RAY_ADDRESS, else the address the last `ray start`
+    on this machine recorded, else a running Ray found among this machine's processes (None:
+    none of these). Resolved here so that a recorded cluster that has died is one error in
+    seconds, not minutes of Ray retrying; and the record comes first, where Ray itself would
+    take any other Ray it finds running over a dead record. Ray exposes these lookups only
+    in a private module."""
+    import os
 
+    from ray._private import services
+
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
     try:
-        return get_ray_address_from_environment("auto", None)
+        recorded = services.find_bootstrap_address(None)
+        if recorded:
+            return recorded
+        running = services.find_gcs_addresses()
+        return next(iter(running)) if running else None
     except Exception:
         return None
 

@@ -146,6 +146,7 @@ def restore_missing_checkpoints(tune_dir: str) -> list[str]:
         if newer:
             fs.move(newer[-1], named)
         elif kept:  # its best: copied, since the test evaluation may need it where it is
+            fs.create_dir(named, recursive=True)
             pafs.copy_files(kept[-1], named, source_filesystem=fs, destination_filesystem=fs)
         else:
             continue

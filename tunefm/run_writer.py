@@ -413,3 +413,27 @@ def _latest_epochs(table: pa.Table) -> dict[str, int]:
         if epoch > latest.get(trial_id, 0):
             latest[trial_id] = epoch
     return latest
+
+
+def compact_run(run_dir) -> tuple[int, int]:
+    """`tunefm compact`: merge a run's epoch parts into one, sorted (a search does this when it
+    ends; a killed one leaves its parts). Refuses a run whose search is still writing.
+    Returns (parts before, parts after)."""
+    from pathlib import Path
+
+    from tunefm.errors import UserError
+
+    run_dir = Path(run_dir)
+    info = store.read_run_info(run_dir) if (run_dir / store.RUN_FILE).exists() else {}
+    pid = store.live_search_pid(info)
+    if pid is not None:
+        raise UserError(f"run {run_dir} is still running (process {pid}); its search compacts the parts "
+                        f"itself when it ends")
+    if not partfiles.has_manifest(run_dir):
+        raise UserError(f"run {run_dir} has no part files to compact (a run of the one-file layout, or "
+                        f"no results yet)")
+    before = len(partfiles.PartFiles.open(run_dir).names(EPOCHS))
+    writer = RunWriter(run_dir, max_epochs=int(info.get("study", {}).get("max_epochs") or 1))
+    writer.load()
+    writer.compact()
+    return before, len(writer._parts.names(EPOCHS))

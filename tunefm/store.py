@@ -300,10 +300,13 @@ def write_trials(run_dir: Path, trials: pd.DataFrame) -> None:
     if not partfiles.has_manifest(run_dir):
         write_parquet(trials, run_dir / TRIALS_FILE, generation(run_dir / EPOCHS_FILE))
         return
-    from tunefm.run_writer import TRIALS_PER_BUCKET
+    from tunefm.run_writer import TRIALS_PER_BUCKET, conform
 
     parts = partfiles.PartFiles.open(run_dir)
-    table = pa.Table.from_pandas(trials, preserve_index=False)  # one schema for every bucket
+    table = pa.Table.from_pandas(trials, preserve_index=False)
+    known = {*TRIAL_STATE, *SUMMARY_COLUMNS}  # the writer's types for these, so every bucket has one schema
+    schema = pa.schema([(f.name, column_type(f.name) if f.name in known else f.type) for f in table.schema])
+    table = conform(table, schema)
     for name in list(parts.names(TRIALS)):
         parts.remove(TRIALS, name)
     for bucket, start in enumerate(range(0, max(table.num_rows, 1), TRIALS_PER_BUCKET)):
