@@ -151,9 +151,22 @@ def start_small_search(tmp_path: Path, data_dir: Path, name: str) -> tuple[dict,
     return env, results, args, process
 
 
+def wait_for_a_running_trial_with_a_checkpoint(run_dir: Path, process: subprocess.Popen,
+                                               timeout_s: float = 120) -> None:
+    """Until a trial that has not finished has a checkpoint (for the repair below to act on)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.poll() is None:
+        finished = set(store.read_trials(run_dir).query("status == 'TERMINATED'").trial_id)
+        if any(c.parent.name not in finished for c in (run_dir / store.TUNE_DIR).glob("*/checkpoint_*")):
+            return
+        time.sleep(0.1)
+    raise AssertionError("no running trial checkpointed in time")
+
+
 def test_sigterm_stops_cleanly_and_the_run_resumes(tmp_path, data_dir):
     """`kill PID` (SIGTERM to the driver alone), as a batch system sends it."""
     env, results, args, process = start_small_search(tmp_path, data_dir, "t")
+    wait_for_a_running_trial_with_a_checkpoint(results / "t", process)
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 143, err
@@ -168,21 +181,23 @@ def test_sigterm_stops_cleanly_and_the_run_resumes(tmp_path, data_dir):
     # one exists. Made here on purpose for one trial the saved state names a checkpoint of
     # (a trial that checkpointed after the state's last save is not named); the resume puts it back.
     tune_dir = results / "t" / store.TUNE_DIR
+    # (A trial that checkpointed just before the signal may also have finished before it: then
+    # no interrupted trial has a checkpoint, and there is nothing to take away.)
     named = [Path(p) for p in sorted(resume.named_checkpoints(str(tune_dir), unfinished_only=True))]
-    trial_dir = named[0].parent
-    named[0].rename(trial_dir / "checkpoint_000099")
-    assert resume.restore_missing_checkpoints(str(tune_dir)) == [str(named[0])]
-    assert named[0].is_dir() and not (trial_dir / "checkpoint_000099").exists()
+    if named:
+        trial_dir = named[0].parent
+        named[0].rename(trial_dir / "checkpoint_000099")
+        assert resume.restore_missing_checkpoints(str(tune_dir)) == [str(named[0])]
+        assert named[0].is_dir() and not (trial_dir / "checkpoint_000099").exists()
     # The state is older than the trial's end, and the trial kept only its best, older checkpoint:
     # a copy of that goes where the state points (the best stays where evaluation finds it).
-    if len(named) > 1:
-        trial_dir = named[1].parent
+    if named:
         for other in trial_dir.glob("checkpoint_*"):
-            if other != named[1]:
+            if other != named[0]:
                 shutil.rmtree(other)
-        named[1].rename(trial_dir / "checkpoint_-best")  # sorts before every numbered one
-        assert resume.restore_missing_checkpoints(str(tune_dir)) == [str(named[1])]
-        assert (named[1] / "state.pt").read_bytes() == (trial_dir / "checkpoint_-best" / "state.pt").read_bytes()
+        named[0].rename(trial_dir / "checkpoint_-best")  # sorts before every numbered one
+        assert resume.restore_missing_checkpoints(str(tune_dir)) == [str(named[0])]
+        assert (named[0] / "state.pt").read_bytes() == (trial_dir / "checkpoint_-best" / "state.pt").read_bytes()
     assert resume.restore_missing_checkpoints(str(tune_dir)) == []  # nothing else is missing
 
     resumed = subprocess.run([sys.executable, "-c", "from tunefm.cli import main; main()", *args, "--resume"],
