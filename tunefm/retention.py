@@ -1,19 +1,19 @@
 """Which checkpoints a run keeps on disk: `--keep-checkpoints best` (the default) or `all`.
 
-    best  while a trial runs: its best checkpoint (by val_acc) and its latest, as Tune
-          keeps them and resume needs them;
+    best  while a trial runs: its best checkpoint (by val_acc) and its latest, as
+          resume needs them;
           when it ends: its best only (the latest goes unless it is the best);
           after the search's test evaluation: the best of each model's top KEEP_TOP
           configurations (every seed of each, ranked as `tunefm evaluate --test-top`
           ranks them: by mean val_acc), so `tunefm evaluate --test-top 5` still works,
           and nothing of the other trials (but a failed trial's, which a resume
           retries from its latest checkpoint).
-    all   every trial's best and latest, as Tune keeps them.
+    all   every trial's best and latest.
 
 run.json's "checkpoints" records the policy, the trials whose checkpoint was kept and
 the megabytes freed; `tunefm evaluate` names the policy when a checkpoint is gone.
 Checkpoints are read and deleted through pyarrow's file systems, so `--storage s3://...`
-is pruned the same way. Needs neither torch nor Ray, except `TrialEndPruning`, a Tune
+is pruned the same way. Needs neither torch nor Ray, except `Pruning.callback`, a Tune
 callback in the driver.
 """
 
