@@ -65,24 +65,6 @@ class Freed:
     kept_bytes: int = 0
     kept_trials: list[str] = field(default_factory=list)
 
-    def add(self, other: "Freed") -> None:
-        self.checkpoints += other.checkpoints
-        self.bytes += other.bytes
-
-
-def prune_trial(fs: pafs.FileSystem, tune_path: str, trial_id: str, keep_epoch: int | None) -> Freed:
-    """Delete the trial's checkpoints other than the one of epoch `keep_epoch` (all if None)."""
-    freed = Freed()
-    for folder, (epoch, size) in trial_checkpoints(fs, f"{tune_path}/{trial_id}").items():
-        if keep_epoch is not None and epoch == keep_epoch:
-            freed.kept_checkpoints += 1
-            freed.kept_bytes += size
-            continue
-        fs.delete_dir(folder)
-        freed.checkpoints += 1
-        freed.bytes += size
-    return freed
-
 
 def _missing(value) -> bool:
     import pandas as pd
@@ -121,12 +103,15 @@ class Pruning:
         self.freed = Freed()
 
     def keep_best_and(self, trial_id: str, best_epoch: int | None, latest: str | None) -> None:
-        """Delete the trial's checkpoints but the newest of its best epoch and the folder `latest`."""
+        """Delete the trial's checkpoints but the newest of its best epoch and the folder `latest`
+        (every one, with neither); what is kept is counted in `freed.kept_*`."""
         found = trial_checkpoints(self.fs, f"{self.tune_path}/{trial_id}")
         best = max((f for f, (epoch, _) in found.items() if best_epoch is not None and epoch == best_epoch),
                    default=None)  # a retried epoch checkpoints again: the newest copy
         for folder, (epoch, size) in found.items():
             if folder == best or (latest is not None and folder.rsplit("/", 1)[-1] == latest.rsplit("/", 1)[-1]):
+                self.freed.kept_checkpoints += 1
+                self.freed.kept_bytes += size
                 continue
             try:
                 self.fs.delete_dir(folder)
@@ -162,14 +147,12 @@ class Pruning:
 
         kept = set(analysis.top_configs(trials, self.keep_top))
         self.freed.kept_trials = sorted(kept)
+        self.freed.kept_checkpoints = self.freed.kept_bytes = 0  # what stays after this pass
         for row in trials.itertuples(index=False):
             if row.status == "ERROR":
                 continue  # a resume retries it from its latest checkpoint
             best = None if row.trial_id not in kept or _missing(row.best_epoch) else int(row.best_epoch)
-            pruned = prune_trial(self.fs, self.tune_path, row.trial_id, best)
-            self.freed.add(pruned)
-            self.freed.kept_checkpoints += pruned.kept_checkpoints
-            self.freed.kept_bytes += pruned.kept_bytes
+            self.keep_best_and(row.trial_id, best, None)
         return self.freed
 
     def describe(self) -> str:

@@ -338,7 +338,7 @@ class RunWriter:
         """Flush, then merge every epochs part into one, sorted by (trial_id, epoch)."""
         self.flush()
         parts = self._parts.names(EPOCHS)
-        if len(parts) > 1 or any(info.get("level", 0) < 0 for info in parts.values()):
+        if len(parts) > 1:
             top = max(info.get("level", 0) for info in parts.values())
             self._merge(sorted(parts), top + 1, sort=True)
             self._parts.commit()

@@ -203,10 +203,6 @@ def summary_dtypes(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _is_null(value: Any) -> bool:
-    return value is None or (not isinstance(value, (list, tuple, dict, str)) and bool(pd.isna(value)))
-
-
 def read_parquet(path: Path) -> pd.DataFrame:
     """Read a Parquet file that may be replaced while we read it.
 
