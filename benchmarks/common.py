@@ -11,7 +11,6 @@ import os
 import platform
 import shlex
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -55,21 +54,12 @@ sync, timed = bench.sync, bench.timed  # the same timing as `tunefm bench`
 
 
 def tunefm_fit(settings) -> tuple[float, Path]:
-    """Seconds of `Tuner.fit` for the Tuner `tunefm search` builds from `settings` (a
-    `search.SearchSettings`; Ray already started), and the run folder it wrote."""
-    from tunefm import data, search
-    from tunefm.run_writer import RunWriter
+    """Seconds in `Tuner.fit` of `tunefm search` with `settings` (a `search.SearchSettings`,
+    run whole, on the Ray of the caller's `lifecycle.ray_session`), and the run folder it wrote."""
+    from tunefm import search
 
-    study = search.build_study(settings)
-    splits = data.load(settings.data_dir, settings.train_size, settings.val_size, settings.test_size)
-    run_dir = search.choose_run_dir(settings, study)
-    search.create_run_dir(run_dir)
-    writer = RunWriter(run_dir, study.max_epochs, study.config_keys(), settings.flush_interval_s)
-    tuner = search.make_tuner(study, settings, splits, run_dir, search.tune_parent(run_dir, None),
-                              False, writer, echo=lambda line: None)
-    started = time.perf_counter()
-    tuner.fit()
-    return time.perf_counter() - started, run_dir
+    outcome = search.run(settings, echo=lambda line: None)
+    return outcome.fit_seconds, outcome.run_dir
 
 
 def command_line() -> str:

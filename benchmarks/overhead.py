@@ -7,8 +7,8 @@
 A trivial trial is tunefm's own trainable on 64 training and 64 validation images for
 one epoch of `iaro1`: milliseconds of training, so the wall time is almost all
 overhead. Three runs on one local Ray, each at the concurrency its resources allow:
-  - tunefm:   the Tuner `tunefm search` builds (`search.make_tuner`): actor reuse, the
-              Parquet writer, the progress line, TensorBoard, checkpoints kept by score;
+  - tunefm:   `tunefm search` itself (`search.run`; the time in its Tuner.fit): actor
+              reuse, the Parquet writer, the progress line, TensorBoard, checkpoint retention;
   - defaults: the same trainable and grid in a Tuner with Ray Tune's defaults: a new
               actor per trial (which imports torch again), Tune's default loggers;
   - floor:    a function that only reports, with actor reuse: Ray Tune's own cost.
@@ -30,11 +30,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import ray
 from ray import tune
 
 import common
-from tunefm import data, search, store
+from tunefm import data, lifecycle, search, store
 from tunefm.trainable import tune_trainable
 
 LRS_FROM, LRS_STEP = 0.001, 0.0001  # a grid of distinct learning rates: one trial each
@@ -43,7 +42,7 @@ LRS_FROM, LRS_STEP = 0.001, 0.0001  # a grid of distinct learning rates: one tri
 def settings_for(trials: int, results: Path, data_dir: str | None) -> search.SearchSettings:
     lrs = ",".join(f"{LRS_FROM + i * LRS_STEP:.4f}" for i in range(trials))
     return search.SearchSettings(space="fourfam", name="overhead", results_dir=str(results), data_dir=data_dir,
-                                 train_size=64, val_size=64, test_size=10, max_epochs=1, test_top=0,
+                                 train_size=64, val_size=64, test_size=10, max_epochs=1, test_top=0, fuse="off",
                                  sets=("model=iaro1", "batch_size=64", f"lr={lrs}"))
 
 
@@ -79,7 +78,7 @@ def defaults_run(settings: search.SearchSettings, storage: Path) -> tuple[float,
     study = search.build_study(settings)
     splits = data.load(settings.data_dir, settings.train_size, settings.val_size, settings.test_size)
     arrays = {"train_x": splits.train_x, "train_y": splits.train_y, "val_x": splits.val_x, "val_y": splits.val_y}
-    param_space, _, _ = search.search_algorithm(study, settings)
+    param_space, _, _ = study.search.search_alg(study, settings.seed, settings.concurrency)
     tuner = tune.Tuner(tune.with_parameters(tune_trainable, arrays=arrays, max_epochs=1), param_space=param_space,
                        run_config=tune.RunConfig(name="defaults", storage_path=str(storage), verbose=0))
     wall, results = fit_seconds(tuner)
@@ -137,13 +136,13 @@ def main() -> None:
     args = parser.parse_args()
 
     slots = os.cpu_count()  # one CPU per trial, as both tunefm and Tune's defaults ask
-    ray.init(num_cpus=slots, include_dashboard=False, log_to_driver=False)
     rows = []
-    with tempfile.TemporaryDirectory() as workdir:
+    with lifecycle.ray_session(None, num_cpus=slots, include_dashboard=False, log_to_driver=False), \
+            tempfile.TemporaryDirectory() as workdir:
         root = Path(workdir)
         search.quiet_tune_output()
         setups = [
-            ("tunefm", "tunefm", "`search.make_tuner`: actor reuse, Parquet, progress, TensorBoard",
+            ("tunefm", "tunefm", "`tunefm search`: actor reuse, Parquet, progress, TensorBoard",
              lambda n, tag: tunefm_run(settings_for(n, root / f"results-{tag}", args.data_dir))),
             ("defaults", "Ray Tune defaults", "same trainable and grid; new actor per trial",
              lambda n, tag: defaults_run(settings_for(n, root / f"results-{tag}", args.data_dir), root / f"d-{tag}")),
@@ -154,8 +153,7 @@ def main() -> None:
                 continue
             rows.append(row(name, what, run(args.trials, "big"), run(args.small, "small"), slots))
             print(rows[-1], flush=True)
-    info = common.machine("cpu")
-    ray.shutdown()
+        info = common.machine("cpu")
     common.write(args.out, args.name, "Per-trial overhead", info, rows, table(rows))
     print(table(rows))
 

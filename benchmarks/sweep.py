@@ -3,7 +3,7 @@
     python benchmarks/sweep.py                                  # 112 trials, 1,000 images, 27 epochs
     python benchmarks/sweep.py --train-size 500 --max-epochs 9  # quicker
 
-Both runs use the Tuner `tunefm search` builds (`search.make_tuner`) on one local Ray,
+Both runs are `tunefm search` itself (`search.run`, timed in its Tuner.fit) on one local Ray,
 with the same data slice, seeds and trial order, so a trial that runs in both trains
 the same curve. Reported per run: epochs trained, wall time of `Tuner.fit`, the best
 validation accuracy found, and utilization = the trials' time inside their epochs
@@ -18,17 +18,15 @@ import os
 import tempfile
 from pathlib import Path
 
-import ray
-
 import common
-from tunefm import search, store
+from tunefm import lifecycle, search, store
 
 
 def sweep(results: Path, name: str, early_stop: bool, args) -> dict:
     settings = search.SearchSettings(space="fourfam", name=name, results_dir=str(results), data_dir=args.data_dir,
                                      train_size=args.train_size, val_size=args.val_size, test_size=10,
                                      max_epochs=args.max_epochs, test_top=0, early_stop=early_stop,
-                                     concurrency=args.concurrency)
+                                     concurrency=args.concurrency, fuse="off")
     wall, run_dir = common.tunefm_fit(settings)
     trials, epochs = store.read_trials(run_dir), store.read_epochs(run_dir)
     best = trials.loc[trials["best_val_acc"].idxmax()]
@@ -63,19 +61,17 @@ def main() -> None:
     parser.add_argument("--out", default="results/benchmarks", help="default: results/benchmarks")
     args = parser.parse_args()
 
-    ray.init(num_cpus=args.concurrency, include_dashboard=False, log_to_driver=False)
-    search.quiet_tune_output()
-    with tempfile.TemporaryDirectory() as workdir:
+    with lifecycle.ray_session(None, num_cpus=args.concurrency, include_dashboard=False, log_to_driver=False), \
+            tempfile.TemporaryDirectory() as workdir:
         asha = sweep(Path(workdir), "asha", True, args)
         print(asha, flush=True)
         full = sweep(Path(workdir), "full-grid", False, args)
         print(full, flush=True)
+        info = common.machine("cpu")
     rows = [asha, full]
     for r in rows:
         r["share_of_full_epochs"] = round(r["epochs"] / full["epochs"], 4)
         r["regret_points"] = round(100 * (full["best_val_acc"] - r["best_val_acc"]), 3)
-    info = common.machine("cpu")
-    ray.shutdown()
     notes = (f"fourfam (iaro1..iaro4 x 4 learning rates x 7 batch sizes), {args.train_size:,} training and "
              f"{args.val_size:,} validation images, {args.max_epochs} epochs, {args.concurrency} trials at once; "
              "ASHA as `tunefm search` sets it (val_acc per epoch, grace period 1, reduction factor 3). "

@@ -19,6 +19,13 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "fashion-mnist"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Every test that needs the README's quick search (minutes) is in the slow tier."""
+    for item in items:
+        if "quick_fourfam" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_configure(config):
     """A calibration cache of the session's own (before Ray starts, so its workers inherit it):
     tests never read or change the user's ~/.cache/tunefm."""
@@ -91,6 +98,16 @@ def quick_fourfam(tmp_path_factory, data_dir, ray_session) -> Path:
     results = tmp_path_factory.mktemp("quick")
     settings = SearchSettings(**QUICK_FOURFAM, results_dir=str(results), data_dir=str(data_dir), name="quick")
     return run(settings, echo=lambda line: None).run_dir
+
+
+@pytest.fixture(scope="session")
+def small_fourfam(tmp_path_factory, data_dir) -> Path:
+    """fourfam on every model x 2 lr x 2 batch sizes, 3 epochs, trained without Ray in seconds
+    (small_runs.py): the run the fast tier's summarize, report and evaluate tests read. They
+    must not change it (copy it with `linked_copy` first)."""
+    from small_runs import small_fourfam as build
+
+    return build(tmp_path_factory.mktemp("small") / "small", data_dir)
 
 
 def linked_copy(run_dir: Path, target: Path) -> Path:

@@ -102,6 +102,7 @@ def _choose_in_another_process(cache_dir: str, results) -> None:
     results.put(entry["measured_at"] + json.dumps(entry["solo"], sort_keys=True))
 
 
+@pytest.mark.slow
 def test_racing_processes_share_one_measurement(cache):
     context = mp.get_context("spawn")
     results = context.Queue()

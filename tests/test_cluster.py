@@ -80,6 +80,7 @@ QUICK = ["--space", "fourfam", "--set", "model=iaro1", "--set", "lr=0.01", "--tr
          "--val-size", "500", "--test-size", "500"]
 
 
+@pytest.mark.slow
 def test_a_study_runs_on_two_nodes_and_leaves_no_ray_process(tmp_path, data_dir):
     cluster = LocalCluster(tmp_path)
     try:
@@ -103,6 +104,7 @@ def test_a_study_runs_on_two_nodes_and_leaves_no_ray_process(tmp_path, data_dir)
     assert trials.test_acc.notna().sum() == 1  # the head and the worker share this disk, so the checkpoint is found
 
 
+@pytest.mark.slow
 def test_logical_gpu_packs_four_trials_and_falls_back_to_cpu(tmp_path, data_dir):
     cluster = LocalCluster(tmp_path)
     try:
@@ -184,6 +186,7 @@ import ray; ray.shutdown()
 """
 
 
+@pytest.mark.slow
 def test_local_dashboard_is_on_loopback_and_needs_the_token(tmp_path):
     env = fresh_ray_env(tmp_path)  # the token is made for this run
     done = subprocess.run([sys.executable, "-c", DASHBOARD_PROBE], env=env, capture_output=True, text=True,
@@ -195,6 +198,7 @@ def test_local_dashboard_is_on_loopback_and_needs_the_token(tmp_path):
     assert (tmp_path / ".ray" / "auth_token").stat().st_size > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("auth_mode", [None, "disabled"])
 def test_a_local_search_prints_the_dashboard_and_warns_when_auth_is_off(tmp_path, data_dir, auth_mode):
     env = fresh_ray_env(tmp_path)
@@ -214,6 +218,7 @@ def test_a_local_search_prints_the_dashboard_and_warns_when_auth_is_off(tmp_path
         assert warning in lines
 
 
+@pytest.mark.slow
 def test_without_address_a_search_starts_its_own_ray_whatever_the_machine_holds(tmp_path, data_dir):
     """A running `ray start` cluster (recorded in ray_current_cluster), RAY_ADDRESS naming it,
     and the record a killed one leaves behind: a bare ray.init() joins the first two and
@@ -244,7 +249,7 @@ def test_without_address_a_search_starts_its_own_ray_whatever_the_machine_holds(
         assert recorded.exists()
         auto = search(ray_cluster.env, "auto", "--address", "auto")
         assert auto.returncode == 1 and auto.stderr.count("\n") == 1, auto.stderr[-2000:]
-        assert auto.stderr.startswith(f"Error: no Ray cluster answers at --address auto (--address auto found ")
+        assert auto.stderr.startswith("Error: no Ray cluster answers at --address auto (--address auto found ")
         done = search(ray_cluster.env, "dead")
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         assert store.read_run_info(results / "dead")["status"] == "completed"

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import linked_copy, write_idx
-from tunefm import analysis, data, evaluate, store, trainable
+from tunefm import analysis, data, evaluate, store, trainable, trial_summary
 from tunefm.errors import UserError
 from tunefm.run_writer import RunWriter
 
@@ -91,51 +91,52 @@ def test_a_trial_without_its_best_checkpoint_is_skipped_and_said(tmp_path, split
     assert pd.read_parquet(tmp_path / store.CONFUSION_FILE).empty
 
 
-def test_search_evaluated_each_models_top_configurations(quick_fourfam, data_dir):
-    trials = store.read_trials(quick_fourfam)
+def test_the_winners_are_evaluated_from_their_best_validation_checkpoints(small_fourfam, data_dir):
+    """small_fourfam ran evaluate_trials as a search does when it ends (test_top 3 per model)."""
+    trials = store.read_trials(small_fourfam)
     evaluated = trials[trials.test_acc.notna()]
     assert sorted(evaluated.trial_id) == analysis.top_configs(trials, 3)
     assert evaluated.groupby("model").size().to_dict() == {f"iaro{i}": 3 for i in range(1, 5)}
     assert trials.test_loss.notna().sum() == 12
 
-    confusion = pd.read_parquet(quick_fourfam / store.CONFUSION_FILE)
+    confusion = pd.read_parquet(small_fourfam / store.CONFUSION_FILE)
     assert set(confusion.trial_id) == set(evaluated.trial_id)
     per_trial = confusion.groupby("trial_id")
-    assert (per_trial.size() == 100).all() and (per_trial["count"].sum() == 10_000).all()
+    assert (per_trial.size() == 100).all() and (per_trial["count"].sum() == 256).all()
     diagonal = confusion[confusion.true_label == confusion.pred_label].groupby("trial_id")["count"].sum()
-    assert np.allclose(diagonal.sort_index() / 10_000, evaluated.set_index("trial_id").test_acc.sort_index())
-    info = store.read_json(quick_fourfam / store.RUN_FILE)
+    assert np.allclose(diagonal.sort_index() / 256, evaluated.set_index("trial_id").test_acc.sort_index())
+    info = store.read_json(small_fourfam / store.RUN_FILE)
     assert info["evaluation"]["trials"] == sorted(evaluated.trial_id) and info["evaluation"]["top_k"] == 3
 
     # One trial again by hand, from the checkpoint of its best validation epoch.
     trial = evaluated.iloc[0]
     fs = pafs.LocalFileSystem()
-    folder = evaluate.checkpoint_epochs(fs, str(quick_fourfam / store.TUNE_DIR / trial.trial_id))[trial.best_epoch]
+    folder = evaluate.checkpoint_epochs(fs, str(small_fourfam / store.TUNE_DIR / trial.trial_id))[trial.best_epoch]
     assert json.loads((Path(folder) / trainable.CHECKPOINT_META).read_text())["val_acc"] == trial.best_val_acc
-    config = evaluate.trial_config(trial, store.config_columns(trials))
+    config = evaluate.trial_config(trial, trial_summary.config_columns(trials))
     model = evaluate.load_model(config, fs, folder, torch.device("cpu"))
-    test = data.load(data_dir, 3000, 1000)
+    test = data.load(data_dir, 512, 256, 256)
     loss, accuracy = trainable.evaluate(model, *trainable.to_tensors(test.test_x, test.test_y, torch.device("cpu")))
     assert accuracy == trial.test_acc and loss == pytest.approx(trial.test_loss, rel=1e-5)
 
 
-def test_evaluate_an_existing_run_again_with_another_k(quick_fourfam, tmp_path):
-    run_dir = linked_copy(quick_fourfam, tmp_path / "copy")
-    before = {p.name: p.read_bytes() for p in (quick_fourfam / store.TRIALS_FILE).iterdir()}
+def test_evaluate_an_existing_run_again_with_another_k(small_fourfam, tmp_path):
+    run_dir = linked_copy(small_fourfam, tmp_path / "copy")
+    before = {p.name: p.read_bytes() for p in (small_fourfam / store.TRIALS_FILE).iterdir()}
     outcome = evaluate.run(run_dir, top_k=1, echo=lambda s: None)
     trials = store.read_trials(run_dir)
     assert sorted(outcome.evaluated) == sorted(trials[trials.test_acc.notna()].trial_id)
     assert len(outcome.evaluated) == 4  # one configuration per model, replacing the earlier 12
     assert set(pd.read_parquet(run_dir / store.CONFUSION_FILE).trial_id) == set(outcome.evaluated)
     assert store.read_json(run_dir / store.RUN_FILE)["evaluation"]["top_k"] == 1
-    original = store.read_trials(quick_fourfam).set_index("trial_id").test_acc
+    original = store.read_trials(small_fourfam).set_index("trial_id").test_acc
     assert (trials.set_index("trial_id").test_acc.dropna() == original[outcome.evaluated]).all()  # deterministic
-    after = {p.name: p.read_bytes() for p in (quick_fourfam / store.TRIALS_FILE).iterdir()}
+    after = {p.name: p.read_bytes() for p in (small_fourfam / store.TRIALS_FILE).iterdir()}
     assert after == before  # the original run is untouched
 
 
-def test_evaluate_refuses_a_running_search_other_test_files_and_bad_k(quick_fourfam, tmp_path, copy_of_data):
-    run_dir = linked_copy(quick_fourfam, tmp_path / "copy")
+def test_evaluate_refuses_a_running_search_other_test_files_and_bad_k(small_fourfam, tmp_path, copy_of_data):
+    run_dir = linked_copy(small_fourfam, tmp_path / "copy")
     with pytest.raises(UserError, match="--test-top must be >= 1, got 0"):
         evaluate.run(run_dir, top_k=0)
     info = store.read_json(run_dir / store.RUN_FILE)
@@ -149,5 +150,5 @@ def test_evaluate_refuses_a_running_search_other_test_files_and_bad_k(quick_four
     write_idx(labels_file, (labels + 1) % 10)  # same name and format, other labels
     with pytest.raises(UserError, match="differs from the file this run used"):
         evaluate.run(run_dir, data_dir=str(copy_of_data))
-    assert store.read_trials(run_dir).equals(store.read_trials(quick_fourfam))
-    assert (run_dir / "parts.json").read_bytes() == (quick_fourfam / "parts.json").read_bytes()
+    assert store.read_trials(run_dir).equals(store.read_trials(small_fourfam))
+    assert (run_dir / "parts.json").read_bytes() == (small_fourfam / "parts.json").read_bytes()

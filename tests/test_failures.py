@@ -16,7 +16,7 @@ import torch
 
 from local_cluster import LocalCluster, descendants
 from test_resume import restored_from_checkpoint
-from tunefm import data, store, trainable
+from tunefm import data, store, trainable, trial_summary
 from tunefm.search import SearchSettings, run
 
 SIZES = dict(train_size=2000, val_size=500)
@@ -51,6 +51,7 @@ def search_killing_its_trial(settings: SearchSettings, after_epochs: int, echo=l
     return killed
 
 
+@pytest.mark.slow
 def test_a_killed_trial_is_retried_from_its_checkpoint_and_matches_an_uninterrupted_one(
         ray_session, tmp_path, data_dir):
     config = dict(model="iaro2", lr=0.01, batch_size=8)
@@ -72,7 +73,7 @@ def test_a_killed_trial_is_retried_from_its_checkpoint_and_matches_an_uninterrup
     splits = data.load(data_dir, **SIZES)
     arrays = {"train_x": splits.train_x, "train_y": splits.train_y, "val_x": splits.val_x, "val_y": splits.val_y}
     row = trials.iloc[0]
-    full = {k: (row[k].item() if hasattr(row[k], "item") else row[k]) for k in store.config_columns(trials)
+    full = {k: (row[k].item() if hasattr(row[k], "item") else row[k]) for k in trial_summary.config_columns(trials)
             if not (isinstance(row[k], float) and row[k] != row[k])}  # the trial's config, NaN keys left out
     assert {k: full[k] for k in config} == config
     torch.set_num_threads(1)
@@ -81,6 +82,7 @@ def test_a_killed_trial_is_retried_from_its_checkpoint_and_matches_an_uninterrup
         assert epochs[column].tolist() == pytest.approx([m[column] for m in straight], abs=1e-6, rel=0)
 
 
+@pytest.mark.slow
 def test_max_failures_zero_lets_a_killed_trial_fail(ray_session, tmp_path, data_dir):
     settings = SearchSettings(space="fourfam", sets=("model=iaro2", "lr=0.01", "batch_size=8"), max_epochs=4,
                               data_dir=str(data_dir), results_dir=str(tmp_path), name="nofail", test_top=0,

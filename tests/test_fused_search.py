@@ -84,6 +84,7 @@ def by_config(epochs: pd.DataFrame) -> pd.DataFrame:
     return epochs.set_index(KEYS + ["epoch"])[["train_loss", "train_acc", "val_loss", "val_acc"]].sort_index()
 
 
+@pytest.mark.slow
 def test_fused_members_report_like_trials_and_match_unfused_ones(fused_and_alone):
     fused, alone = fused_and_alone
     trials, epochs = store.read_trials(fused), store.read_epochs(fused)
@@ -104,6 +105,7 @@ def test_fused_members_report_like_trials_and_match_unfused_ones(fused_and_alone
     assert set(store.read_trials(alone).execution) == {"plain"}
 
 
+@pytest.mark.slow
 def test_asha_stops_members_one_by_one_and_waiting_trials_take_their_place(fused_and_alone):
     trials = store.read_trials(fused_and_alone[0]).set_index("trial_id")
     trials["ended"] = trials.started_at + trials.total_time_s
@@ -159,6 +161,7 @@ def executor_processes() -> list[int]:
     return found
 
 
+@pytest.mark.slow
 def test_a_killed_executors_trials_are_retried_from_their_checkpoints(ray_session, six, tmp_path, data_dir):
     settings = SearchSettings(space=str(six), name="kill", results_dir=str(tmp_path), data_dir=str(data_dir),
                               cpus_per_trial=2, fuse="on", group_size=4, early_stop=False, flush_interval_s=0,

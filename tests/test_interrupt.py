@@ -2,6 +2,8 @@
 
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -46,3 +48,15 @@ def test_a_stale_tune_handler_from_an_earlier_search_is_not_called():
             with pytest.raises(KeyboardInterrupt):
                 os.kill(os.getpid(), signal.SIGINT)
     assert stop.signal == "SIGINT"
+
+
+def test_a_worker_told_to_exit_in_a_destructor_prints_no_traceback():
+    """Ray stops workers with SIGTERM (SystemExit) wherever they are; in a destructor Python
+    would print it to the search's terminal. Other exceptions there are still shown."""
+    code = ("from tunefm import interrupt\ninterrupt.quiet_exit_during_garbage_collection()\n"
+            "class Exiting:\n    def __del__(self):\n        raise SystemExit(1)\n"
+            "class Broken:\n    def __del__(self):\n        raise ValueError('shown')\n"
+            "Exiting(); Broken(); print('ran on')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout == "ran on\n" and "SystemExit" not in done.stderr
+    assert "Exception ignored in" in done.stderr and "ValueError: shown" in done.stderr

@@ -21,9 +21,9 @@ def png_size(path):
     return struct.unpack(">II", header[16:24])
 
 
-def test_report_writes_every_figure_and_index_names_only_existing_files(quick_fourfam, tmp_path):
+def test_report_writes_every_figure_and_index_names_only_existing_files(small_fourfam, tmp_path):
     out = tmp_path / "report"
-    result = CliRunner().invoke(main, ["report", str(quick_fourfam), "--out", str(out)], catch_exceptions=False)
+    result = CliRunner().invoke(main, ["report", str(small_fourfam), "--out", str(out)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert result.output == f"Wrote 6 figures and {out / 'index.html'}\n"
     assert sorted(p.name for p in out.iterdir()) == sorted([*FIGURES, "index.html"])
@@ -50,8 +50,8 @@ def every_axes_is_labelled(fig):
         assert ax.get_xlabel() and ax.get_ylabel(), f"axes {ax.get_title()!r} lacks an axis label"
 
 
-def test_every_figure_has_a_title_axis_labels_and_units(quick_fourfam):
-    run = store.load_run(quick_fourfam)
+def test_every_figure_has_a_title_axis_labels_and_units(small_fourfam):
+    run = store.load_run(small_fourfam)
     result = analysis.confusion(run.confusion, run.trials)
     gaps = analysis.overfit(run.trials, run.epochs)
     figures = [report.draw_curves(analysis.best(run.trials), run.trials, run.epochs),
@@ -74,8 +74,8 @@ def test_report_without_test_results_leaves_out_the_confusion_figures(tmp_path):
     assert "no trial has a test-set evaluation yet" in written.index.read_text()
 
 
-def test_a_failed_report_keeps_the_previous_one(quick_fourfam, tmp_path):
-    run_dir = linked_copy(quick_fourfam, tmp_path / "copy")
+def test_a_failed_report_keeps_the_previous_one(small_fourfam, tmp_path):
+    run_dir = linked_copy(small_fourfam, tmp_path / "copy")
     first = report.write(store.load_run(run_dir))
     before = {p.name: p.read_bytes() for p in first.index.parent.iterdir()}
     run = store.load_run(run_dir)
@@ -86,9 +86,9 @@ def test_a_failed_report_keeps_the_previous_one(quick_fourfam, tmp_path):
     assert not [p for p in run_dir.iterdir() if p.name.startswith(".report")]  # no temporary folders left
 
 
-def test_the_loss_axis_names_the_loss_each_trial_trained_with(quick_fourfam):
+def test_the_loss_axis_names_the_loss_each_trial_trained_with(small_fourfam):
     """output=sigmoid trials train on binary cross-entropy: their curves must not say cross-entropy."""
-    run = store.load_run(quick_fourfam)
+    run = store.load_run(small_fourfam)
     best = analysis.best(run.trials)
     softmax = report.draw_curves(best, run.trials, run.epochs)
     assert {ax.get_ylabel() for ax in softmax.axes if ax.get_visible()} == {"cross-entropy (nats)"}

@@ -169,6 +169,7 @@ def wait_for_a_running_trial_with_a_checkpoint(run_dir: Path, process: subproces
     raise AssertionError("no running trial checkpointed in time")
 
 
+@pytest.mark.slow
 def test_sigterm_stops_cleanly_and_the_run_resumes(tmp_path, data_dir):
     """`kill PID` (SIGTERM to the driver alone), as a batch system sends it."""
     env, results, args, process = start_small_search(tmp_path, data_dir, "t")
@@ -214,6 +215,7 @@ def test_sigterm_stops_cleanly_and_the_run_resumes(tmp_path, data_dir):
     assert not epochs.duplicated(["trial_id", "epoch"]).any() and len(epochs) == trials.epochs.sum()
 
 
+@pytest.mark.slow
 def test_a_killed_search_process_resumes_from_tunes_last_saved_state(tmp_path, data_dir):
     """SIGKILL to the search process itself: nothing is flushed or recorded; run.json still says
     running. The resume notices its process is gone, records it, and completes the run."""

@@ -13,7 +13,7 @@ import torch
 
 from click.testing import CliRunner
 
-from tunefm import data, evaluate, store, trainable
+from tunefm import analysis, data, evaluate, store, trainable
 from tunefm.cli import main
 from tunefm.errors import UserError
 from tunefm.search import SearchSettings, run
@@ -53,6 +53,7 @@ def asha_run(tmp_path_factory, data_dir):
     return outcome["value"], run_dir, snapshots
 
 
+@pytest.mark.slow
 def test_every_trial_and_epoch_is_in_parquet(asha_run):
     outcome, run_dir, _ = asha_run
     trials, epochs = store.read_trials(run_dir), store.read_epochs(run_dir)
@@ -72,6 +73,7 @@ def test_every_trial_and_epoch_is_in_parquet(asha_run):
     pd.testing.assert_frame_equal(outcome.trials, trials)
 
 
+@pytest.mark.slow
 def test_asha_stopped_trials_early(asha_run):
     _, run_dir, _ = asha_run
     trials = store.read_trials(run_dir)
@@ -84,6 +86,7 @@ def test_asha_stopped_trials_early(asha_run):
     assert epoch1[trials[~trials.stopped_early].trial_id].median() > epoch1[stopped.trial_id].median()
 
 
+@pytest.mark.slow
 def test_rows_are_written_while_the_search_runs(asha_run):
     _, run_dir, snapshots = asha_run
     final = len(store.read_epochs(run_dir))
@@ -96,6 +99,7 @@ def test_rows_are_written_while_the_search_runs(asha_run):
     assert all(len(report["overfit"]) <= 28 for _, report in during)
 
 
+@pytest.mark.slow
 def test_run_json_records_the_run(asha_run, data_dir):
     _, run_dir, _ = asha_run
     info = store.read_json(run_dir / store.RUN_FILE)
@@ -107,6 +111,7 @@ def test_run_json_records_the_run(asha_run, data_dir):
     assert info["data"]["sha256"] == sums
 
 
+@pytest.mark.slow
 def test_trial_under_ray_equals_plain_loop_and_checkpoint_restores(asha_run, data_dir):
     _, run_dir, _ = asha_run
     trials = store.read_trials(run_dir)
@@ -145,6 +150,7 @@ def tensorboard_scalars(trial_dir: Path) -> dict[str, dict[int, float]]:
     return scalars
 
 
+@pytest.mark.slow
 def test_every_trial_writes_tensorboard_scalars_per_epoch(asha_run):
     _, run_dir, _ = asha_run
     epochs, trials = store.read_epochs(run_dir), store.read_trials(run_dir).set_index("trial_id")
@@ -159,6 +165,7 @@ def test_every_trial_writes_tensorboard_scalars_per_epoch(asha_run):
         assert scalars["hparam/best_val_acc"][0] == pytest.approx(trials.best_val_acc[trial_id], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_no_early_stop_trains_every_epoch(tmp_path, data_dir):
     outcome = run(settings(tmp_path, data_dir, sets=("model=iaro1", "lr=0.01", "batch_size=64,128"),
                            max_epochs=2, early_stop=False), echo=lambda s: None)
@@ -166,12 +173,14 @@ def test_no_early_stop_trains_every_epoch(tmp_path, data_dir):
     assert (outcome.trials.epochs == 2).all() and not outcome.trials.stopped_early.any()
 
 
+@pytest.mark.slow
 def test_torch_threads_follow_cpus_per_trial(tmp_path, data_dir):
     outcome = run(settings(tmp_path, data_dir, sets=("model=iaro1", "lr=0.01", "batch_size=64"),
                            max_epochs=1, cpus_per_trial=2), echo=lambda s: None)
     assert outcome.trials.threads.tolist() == [2]
 
 
+@pytest.mark.slow
 def test_num_samples_adds_seeds(tmp_path, data_dir):
     outcome = run(settings(tmp_path, data_dir, sets=("model=iaro1", "lr=0.01", "batch_size=64"),
                            max_epochs=1, num_samples=2, seed=5), echo=lambda s: None)
@@ -179,7 +188,7 @@ def test_num_samples_adds_seeds(tmp_path, data_dir):
     assert outcome.trials.best_val_acc.nunique() == 2
 
 
-@pytest.mark.parametrize("storage", ["folder", "file-uri"])
+@pytest.mark.parametrize("storage", ["folder", pytest.param("file-uri", marks=pytest.mark.slow)])
 def test_storage_keeps_checkpoints_outside_the_run_folder(tmp_path, data_dir, storage):
     shared = tmp_path / "shared"
     uri = str(shared) if storage == "folder" else f"file://{shared}"
@@ -248,8 +257,17 @@ def test_quick_fourfam_search_runs_the_full_grid_with_asha(quick_fourfam):
     assert trials.groupby("model").size().to_dict() == {f"iaro{i}": 28 for i in range(1, 5)}
     assert (trials.stopped_early & (trials.epochs < 3)).sum() >= 56  # ASHA stopped at least half
     assert len(epochs) == trials.epochs.sum() and not epochs.duplicated(["trial_id", "epoch"]).any()
+    # The search's own test evaluation: each model's top 3 configurations, on all 10,000 test images.
+    evaluated = trials[trials.test_acc.notna()]
+    assert sorted(evaluated.trial_id) == analysis.top_configs(trials, 3) and len(evaluated) == 12
+    confusion = pd.read_parquet(quick_fourfam / store.CONFUSION_FILE)
+    assert set(confusion.trial_id) == set(evaluated.trial_id) and (confusion.groupby("trial_id")["count"].sum()
+                                                                   == 10_000).all()
+    info = store.read_json(quick_fourfam / store.RUN_FILE)
+    assert info["evaluation"]["trials"] == sorted(evaluated.trial_id) and info["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_concurrency_limits_a_grid_studys_trials_at_once(tmp_path, data_dir):
     """--concurrency 1 on two CPUs: each trial starts only after the previous one trained.
     (Tune ignores `max_concurrent_trials` next to a search generator; the limit has to be

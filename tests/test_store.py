@@ -5,7 +5,7 @@ import time
 import pandas as pd
 import pytest
 
-from tunefm import store
+from tunefm import columns, store, trial_summary
 from tunefm import run_writer
 from tunefm.run_writer import RunWriter
 
@@ -215,7 +215,7 @@ def test_flushes_recompute_only_changed_trials_and_match_a_full_summary(tmp_path
     equals summarizing everything from scratch."""
     writer = RunWriter(tmp_path, max_epochs=3, config_keys=["model", "lr"])
     summarized, calls = [], []
-    real = store.summary_row
+    real = trial_summary.summary_row
 
     def counting(trial, history, config_columns, max_epochs):
         calls.append(trial["trial_id"])
@@ -227,7 +227,7 @@ def test_flushes_recompute_only_changed_trials_and_match_a_full_summary(tmp_path
         if calls:
             summarized.append(sorted(calls))
 
-    monkeypatch.setattr(store, "summary_row", counting)
+    monkeypatch.setattr(trial_summary, "summary_row", counting)
 
     config = {"model": "iaro1", "lr": 0.01}
     for trial in "abcd":
@@ -263,10 +263,10 @@ def test_flushes_recompute_only_changed_trials_and_match_a_full_summary(tmp_path
     pd.testing.assert_frame_equal(cached, from_scratch)
     # ... and equals the pandas path that readers use, from the written files alone
     written_epochs = store.read_epochs(tmp_path)
-    state = from_scratch[["trial_id", "status", "retries", "model", "lr", "momentum", *store.TRIAL_FACTS]]
-    pd.testing.assert_frame_equal(store.summarize_trials(written_epochs, state, 3), from_scratch,
+    state = from_scratch[["trial_id", "status", "retries", "model", "lr", "momentum", *columns.TRIAL_FACTS]]
+    pd.testing.assert_frame_equal(trial_summary.summarize_trials(written_epochs, state, 3), from_scratch,
                                   check_dtype=False)
-    assert list(from_scratch["status"]) == ["TERMINATED", store.INTERRUPTED, "ERROR", "RUNNING"]
+    assert list(from_scratch["status"]) == ["TERMINATED", columns.INTERRUPTED, "ERROR", "RUNNING"]
     assert list(from_scratch["epochs"]) == [3, 1, 1, 1]
 
 
@@ -323,8 +323,8 @@ def test_a_run_of_the_one_file_layout_is_read_and_continued(tmp_path):
     search's first flush writes them as folders."""
     epochs = pd.DataFrame([{"trial_id": "a", **_result(1, 1.0, 1.0, 0.5), "model": "m", "lr": 0.1}])
     state = pd.DataFrame({"trial_id": ["a"], "status": ["INTERRUPTED"], "retries": [0], "model": ["m"], "lr": [0.1],
-                          **{k: [None] for k in store.TRIAL_FACTS}})
-    trials = store.summarize_trials(epochs[["trial_id", "epoch", *store.EPOCH_METRICS]], state, 3)
+                          **{k: [None] for k in columns.TRIAL_FACTS}})
+    trials = trial_summary.summarize_trials(epochs[["trial_id", "epoch", *columns.EPOCH_METRICS]], state, 3)
     store.write_parquet(epochs, tmp_path / store.EPOCHS_FILE, "g1")
     store.write_parquet(trials, tmp_path / store.TRIALS_FILE, "g1")
     assert store.load_run(tmp_path).trials.best_val_acc.tolist() == [0.5]

@@ -1,10 +1,13 @@
 """Every bundled study runs: each of its configs trains one epoch on a slice of the real
-data, and each study goes through a real Ray Tune search (grid, variants, hyperopt TPE)."""
+data, and each study goes through a real Ray Tune search (grid, variants, hyperopt TPE,
+and the README's random-search study)."""
 
 from __future__ import annotations
 
 import json
+import re
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -26,12 +29,16 @@ def slice_arrays(data_dir):
 
 
 def study_configs(loaded: study.Study) -> list[dict]:
-    if loaded.searcher == "grid":
-        return loaded.configs()
-    return [{**loaded.base_config(), **point} for point in loaded.points_to_evaluate]
+    """A grid's configs; a study that draws its configs: its first points."""
+    configs = loaded.search.configs(loaded)
+    return configs if configs is not None else [{**loaded.base_config(), **p} for p in loaded.points_to_evaluate]
 
 
-@pytest.mark.parametrize("name", study.available())
+HEAVY_STUDIES = ("cnn5", "fourfam", "kernels")  # seconds each: the slow tier
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY_STUDIES else n
+                                  for n in study.available()])
 def test_every_config_of_every_study_trains_one_epoch(name, slice_arrays):
     """Plain PyTorch, no Ray: the model, its options, init, output, augmentation and lr decay
     of every config work together."""
@@ -51,6 +58,7 @@ def search(tmp_path, data_dir, space, **options):
     return outcome, store.load_run(outcome.run_dir)
 
 
+@pytest.mark.slow
 def test_cnn5_runs_table_1_and_tests_every_trial(tmp_path, data_dir, ray_session):
     outcome, loaded = search(tmp_path, data_dir, "cnn5")
     trials = outcome.trials
@@ -66,6 +74,7 @@ def test_cnn5_runs_table_1_and_tests_every_trial(tmp_path, data_dir, ray_session
     assert row.run == match.test_acc.iloc[0]
 
 
+@pytest.mark.slow
 def test_hyperopt_study_starts_at_the_seeds_choice(tmp_path, data_dir, ray_session):
     outcome, loaded = search(tmp_path, data_dir, "cnn2-tpe", num_samples=3)
     trials = outcome.trials
@@ -76,6 +85,7 @@ def test_hyperopt_study_starts_at_the_seeds_choice(tmp_path, data_dir, ray_sessi
     assert loaded.info["study"]["space"]["lr"] == "loguniform(1e-05, 0.01)"
 
 
+@pytest.mark.slow
 def test_hyperopt_proposals_stay_inside_the_declared_ranges(tmp_path, data_dir, ray_session):
     """A user's TPE study with 2 random starts: the other proposals come from TPE itself."""
     space_file = tmp_path / "tpe_space.py"
@@ -103,6 +113,7 @@ def test_hyperopt_proposals_stay_inside_the_declared_ranges(tmp_path, data_dir, 
     assert (trials.seed == 0).all()
 
 
+@pytest.mark.slow
 def test_regularize_baseline_and_better_each_run_their_own_epochs(tmp_path, data_dir, ray_session):
     outcome, loaded = search(tmp_path, data_dir, "regularize", max_epochs=3, early_stop=False)
     trials = outcome.trials.set_index("optimizer")
@@ -113,6 +124,7 @@ def test_regularize_baseline_and_better_each_run_their_own_epochs(tmp_path, data
     assert [r["note"] for r in reference] == ["baseline", "better"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("space,sets,count", [
     ("optim", ("batch_size=64", "lr=0.01"), 6),
     ("kernels", ("conv1_filters=8", "conv2_filters=8", "dense=64"), 4),
@@ -169,21 +181,32 @@ def test_a_study_file_in_the_documented_format_runs(tmp_path, data_dir, ray_sess
     assert shown.exit_code == 0 and "variant 2      init=kaiming_uniform, max_epochs=2" in shown.output
 
 
-def test_hyperopt_searcher_is_limited_and_suggests_the_seeds_choice_first():
-    """The searcher Tune gets: TPE behind a ConcurrencyLimiter, the seed's config first."""
-    from ray.tune.search import ConcurrencyLimiter
+def readme_random_study() -> str:
+    """The random-search study the README documents, as a user would copy it."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    [block] = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if b.startswith('"""iaro2-random:')]
+    return block
 
-    from tunefm.search import search_algorithm
 
-    tpe = study.load("cnn2-tpe")
-    param_space, algorithm, num_samples = search_algorithm(tpe, SearchSettings(space="cnn2-tpe"))
-    assert isinstance(algorithm, ConcurrencyLimiter) and algorithm.max_concurrent == 4 and num_samples == 30
-    assert search_algorithm(tpe, SearchSettings(space="cnn2-tpe", concurrency=2))[1].max_concurrent == 2
-    assert algorithm.set_search_properties(None, None, param_space)
-    suggested = [algorithm.suggest(f"t{i}") for i in range(5)]
-    first = suggested[0]
-    assert (first["lr"], first["weight_decay"], first["batch_size"]) == (0.0003593, 0.0003593, 64)
-    assert first["model"] == "cnn2" and first["augment"] is True and first["seed"] == 0
-    assert all(s is not None for s in suggested[:4]) and suggested[4] is None  # 4 running: the fifth waits
-    algorithm.on_trial_complete("t0", {"val_acc": 0.5, "training_iteration": 1})
-    assert algorithm.suggest("t5") is not None  # a finished trial frees a slot
+def test_the_readmes_random_search_study_runs_inside_its_space(tmp_path, data_dir, ray_session):
+    """Copied from the README and run with --seed 1 and --num-samples 6: every config inside
+    the declared distributions, each drawn once, and the draws the seed gives."""
+    from test_searchers import proposals
+
+    space_file = tmp_path / "iaro2_random.py"
+    space_file.write_text(readme_random_study())
+    outcome, loaded = search(tmp_path / "results", data_dir, str(space_file), seed=1, num_samples=6)
+    trials = outcome.trials
+    assert len(trials) == 6 and (trials.status == "TERMINATED").all() and (trials.model == "iaro2").all()
+    assert trials.lr.between(1e-3, 0.3).all() and trials.momentum.between(0.5, 0.95).all()
+    assert set(trials.batch_size) <= {32, 64, 128} and trials.lr.nunique() == 6
+    assert (trials.seed == 1).all() and (trials.optimizer == "sgd").all()
+    assert loaded.info["study"]["searcher"] == "random" and loaded.info["study"]["num_trials"] == 6
+    drawn = search_study(str(space_file), seed=1, num_samples=6)
+    assert sorted(trials.lr) == sorted(c["lr"] for c in proposals(drawn, seed=1))
+
+
+def search_study(space: str, **options) -> study.Study:
+    from tunefm.search import build_study
+
+    return build_study(SearchSettings(space=space, **options))

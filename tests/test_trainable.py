@@ -1,5 +1,8 @@
 """The training loop without Ray: determinism, exact continuation from a checkpoint, devices."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -136,3 +139,12 @@ def test_model_options_and_init_reach_the_model():
     model = trainable.build_model({"model": "twoconv", "conv1_filters": 8, "dense": 64, "init": "kaiming_uniform"})
     assert model[0].out_channels == 8 and model[5].out_features == 64
     assert all((m.bias == 0).all() for m in model if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+
+
+def test_a_ray_worker_that_trains_loads_neither_pandas_nor_pyarrow():
+    """The trainable, the fused executor and what they need of the run's columns (columns.py)
+    import no table library: every Ray worker would load it for nothing."""
+    code = ("import sys\nimport tunefm.columns, tunefm.trainable, tunefm.executor, tunefm.fused\n"
+            "print(sorted(m for m in ('pandas', 'pyarrow') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr[-2000:]

@@ -22,7 +22,7 @@ import pandas as pd
 
 from tunefm.data import CLASSES
 from tunefm.errors import UserError
-from tunefm.store import config_columns
+from tunefm.trial_summary import config_columns
 
 COSTS = ("total_time_s", "time_per_epoch_s", "time_to_90_train_acc_s", "params", "gpu_seconds")
 AGGREGATES = ("mean", "max", "min")  # how a grid cell combines its trials

@@ -3,6 +3,7 @@
     catalog.models_table()           name, family, params, source seed
     catalog.studies_table()          name, seed, trials, max epochs, searcher, description
     catalog.describe_study(study)    one study in full: its docstring, keys and figures
+    catalog.searchers_text()         the searchers a study can name
 
 The library behind `tunefm models` and `tunefm spaces`.
 """
@@ -47,28 +48,14 @@ def studies_table() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _values(values) -> str:
-    return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
-
-
 def describe_study(study: studies.Study) -> str:
     """Everything about one study: what it reproduces, its search, its fixed values and figures."""
-    from tunefm import distributions
-
     lines = [f"{study.name}: {study.description}",
              f"source: {study.source or '-'}; searcher: {study.searcher}; trials: {study.num_trials}; "
              f"max epochs: {study.max_epochs}; test set: top {study.test_top} per model"]
     if study.notes:
         lines += ["", study.notes]
-    lines += ["", "Search:"]
-    for key, values in study.grid.items():
-        lines.append(f"  {key:<14} grid: {_values(values)}")
-    for i, variant in enumerate(study.variants, 1):
-        lines.append(f"  variant {i:<6} {', '.join(f'{k}={v}' for k, v in variant.items())}")
-    for key, domain in study.space.items():
-        lines.append(f"  {key:<14} {distributions.describe(domain)}")
-    for point in study.points_to_evaluate:
-        lines.append(f"  first point    {', '.join(f'{k}={v}' for k, v in point.items())}")
+    lines += ["", "Search:", *study.search.describe(study)]
     lines += ["", "Fixed (with defaults):"]
     lines += [f"  {key:<14} {value}" for key, value in study.base_config().items()]
     if study.reported:
@@ -79,3 +66,10 @@ def describe_study(study: studies.Study) -> str:
             note = f" ({row.note})" if row.note else ""
             lines.append(f"  {', '.join(f'{k}={v}' for k, v in row.where.items())}: {figures}{chosen}{note}")
     return "\n".join(lines)
+
+
+def searchers_text() -> str:
+    """One line per registered searcher (tunefm/searchers/): what a study's `searcher=` may say."""
+    from tunefm import searchers
+
+    return "\n".join(f"  {name:<9} {searcher.summary}" for name, searcher in searchers.REGISTRY.items())

@@ -95,9 +95,9 @@ def main(debug: bool) -> None:
 @click.option("--max-epochs", type=int, default=None, help="Epochs per trial.  [default: the study's]")
 @click.option("--num-samples", type=int, default=None,
               help="Grid study: seeds per grid point (seed, seed+1, ...), default 1. "
-                   "Hyperopt study: configs to try.  [default: 1 / the study's]")
+                   "A study that draws configs (hyperopt, random): configs to try.  [default: 1 / the study's]")
 @click.option("--concurrency", type=int, default=None,
-              help="Trials at once.  [default: as resources allow; a hyperopt study's own limit]")
+              help="Trials at once.  [default: as resources allow; a study's own limit, 4 for hyperopt]")
 @click.option("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (also torch threads).")
 @click.option("--gpus-per-trial", type=float, default=None,
               help="GPU share per trial.  [default: each model's own, e.g. 0.25, where the cluster has GPUs]")
@@ -141,22 +141,19 @@ def search(**options) -> None:
     Ctrl-C (or SIGTERM) stops the trials at their last checkpoint and prints the command
     that resumes the run: `tunefm search --name RUN --resume`.
     """
-    from tunefm import resume, store, summary
-    from tunefm.search import SearchSettings, run
+    from tunefm import resume, search, store, summary
 
     context = click.get_current_context()
     given = {k for k in options if context.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+    if "no_early_stop" in given:  # the settings' name for it
+        given = given - {"no_early_stop"} | {"early_stop"}
+    given.discard("resume")
     options["early_stop"] = not options.pop("no_early_stop")
     options["sets"] = tuple(options["sets"])
+    resuming = options.pop("resume")
+    settings = search.SearchSettings(**options)
     try:
-        if options.pop("resume"):
-            if not options["name"]:
-                raise UserError("--resume needs --name RUN: the interrupted run to continue")
-            given |= {"early_stop"} if "no_early_stop" in given else set()
-            changes = {k: v for k, v in options.items() if k in given}
-            outcome = resume.run(options["name"], options["results_dir"], changes, echo=click.echo)
-        else:
-            outcome = run(SearchSettings(**options), echo=click.echo)
+        outcome = resume.run(settings, given, echo=click.echo) if resuming else search.run(settings, echo=click.echo)
     except Interrupted as e:
         click.echo(f"\n{e}", err=True)
         click.echo(f"Resume with: {e.resume}", err=True)
@@ -365,6 +362,7 @@ def spaces(name: str | None) -> None:
         click.echo(catalog.describe_study(study.load(name)))
     else:
         click.echo(text_table(catalog.studies_table(), index=False, width=120))
+        click.echo("\nSearchers (a study's `searcher=`):\n" + catalog.searchers_text())
         click.echo("\nRun one: tunefm search --space NAME   Details: tunefm spaces NAME")
 
 

@@ -80,8 +80,9 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
                         f"start one with `ray start --head` or give its head node's address") from None
 
 
-def start_ray(address: str | None) -> tuple[bool, str | None]:
-    """Join `address`, or start a local Ray; returns (we started it, dashboard URL).
+def start_ray(address: str | None, **local_options) -> tuple[bool, str | None]:
+    """Join `address`, or start a local Ray (`local_options` such as num_cpus go to its
+    ray.init); returns (we started it, dashboard URL).
 
     Without an address the Ray is always a new local one: `address="local"` makes
     ray.init ignore RAY_ADDRESS, a `ray start` cluster running on this machine, and
@@ -104,7 +105,8 @@ def start_ray(address: str | None) -> tuple[bool, str | None]:
         if address:
             context = ray.init(address=address, **quiet)
         else:
-            context = ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
+            context = ray.init(**{"address": "local", "include_dashboard": True, "dashboard_host": "127.0.0.1",
+                                  **quiet, **local_options})
     except (ConnectionError, ValueError, RuntimeError) as e:
         where = f"the Ray cluster at {address}" if address else "a local Ray"
         raise UserError(f"could not start or join {where}: {str(e).splitlines()[0]}") from None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ray.tune.search.sample import Categorical, Domain, Float, Integer
+from ray.tune.search.sample import Categorical, Float, Integer
 
 from tunefm import ray_internals
 from tunefm.errors import UserError

@@ -33,7 +33,7 @@ import pyarrow.fs as pafs
 import torch
 from torch import nn
 
-from tunefm import analysis, calibrate, data, loops, retention, store, trainable
+from tunefm import analysis, calibrate, data, lifecycle, loops, retention, store, trainable, trial_summary
 from tunefm.errors import UserError
 
 DEFAULT_TOP_K = 3
@@ -145,7 +145,7 @@ def evaluate_trials(run_dir: Path, test_x: np.ndarray, test_y: np.ndarray, top_k
              f"configuration(s) per model by val acc, from their best-validation checkpoints on {device.type}")
         started = time.perf_counter()
         x, y = trainable.to_tensors(test_x, test_y, device)
-        keys = store.config_columns(trials)
+        keys = trial_summary.config_columns(trials)
         by_id = trials.set_index("trial_id", drop=False)
         for trial_id in chosen:
             row = by_id.loc[trial_id]
@@ -178,7 +178,7 @@ def evaluate_trials(run_dir: Path, test_x: np.ndarray, test_y: np.ndarray, top_k
 
 def check_not_running(run_dir: Path, info: dict) -> None:
     """Refuse a run whose search is still alive: its next flush would drop the test columns."""
-    pid = store.live_search_pid(info)
+    pid = lifecycle.live_search_pid(info)
     if pid is not None:
         raise UserError(f"run {run_dir} is still running (process {pid}); it evaluates its winners itself "
                         f"when the search ends, or evaluate it after that")
@@ -216,5 +216,5 @@ def run(run_dir: Path, top_k: int | None = None, data_dir: str | None = None,
                               tune_dir=tables.info.get("storage"),  # None: the run folder's own tune/
                               kept=tables.info.get("checkpoints"))
     if (Path(run_dir) / store.RUN_FILE).exists():
-        store.write_json({**tables.info, "evaluation": outcome.record()}, Path(run_dir) / store.RUN_FILE)
+        lifecycle.RunRecord.from_json(tables.info).evaluated(outcome.record()).save(run_dir)
     return outcome

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from tunefm import calibrate, fused, loops, models, store, trainable
+from tunefm import calibrate, columns, fused, interrupt, loops, models, trainable
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ class Executor:
     def __init__(self, arrays: dict[str, np.ndarray], device: str, threads: int = 1, loop: str = loops.AUTO,
                  fuse: str = "auto", capacity: int = 8, max_epochs: int = 100, name: str = "executor",
                  facts: dict | None = None, patience_s: float = 300.0):
+        interrupt.quiet_exit_during_garbage_collection()  # a Ray actor, stopped with SIGTERM
         torch.set_num_threads(max(1, threads))
         self.device = torch.device(device)
         self.threads, self.loop, self.fuse, self.capacity = max(1, threads), loop, fuse, capacity
@@ -82,7 +83,7 @@ class Executor:
     def join(self, trial_id: str, config: dict, state: bytes | None = None) -> None:
         """Add a trial; again after a retry, its checkpoint replacing what was here."""
         saved = torch.load(io.BytesIO(state), map_location=self.device, weights_only=False) if state else None
-        limit = store.epoch_limit(config, self.max_epochs)
+        limit = columns.epoch_limit(config, self.max_epochs)
         with self._changed:
             if trial_id in self.members:
                 self._leaving.append(self.members.pop(trial_id))

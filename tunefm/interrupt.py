@@ -95,3 +95,27 @@ def quiet_tune_stop_messages() -> None:
         tune_logger = logging.getLogger(name)
         if not any(isinstance(f, _DropMessages) for f in tune_logger.filters):
             tune_logger.addFilter(_DropMessages(prefixes))
+
+
+def _quiet_unraisable(unraisable) -> None:
+    if not isinstance(unraisable.exc_value, (SystemExit, KeyboardInterrupt)):
+        _DEFAULT_UNRAISABLE_HOOK(unraisable)
+
+
+_DEFAULT_UNRAISABLE_HOOK = None
+
+
+def quiet_exit_during_garbage_collection() -> None:
+    """In a Ray worker: no traceback when the worker is told to exit inside a destructor.
+
+    Ray ends a worker with SIGTERM (as a search stops), which raises SystemExit wherever the
+    worker is. In a garbage-collection callback Python cannot raise it, only print it
+    ("Exception ignored in ...", with a traceback), and Ray forwards that to the terminal of
+    the search, under tunefm's own last lines. The worker exits anyway; other exceptions
+    in destructors are still printed."""
+    import sys
+
+    global _DEFAULT_UNRAISABLE_HOOK
+    if sys.unraisablehook is not _quiet_unraisable:
+        _DEFAULT_UNRAISABLE_HOOK = sys.unraisablehook
+        sys.unraisablehook = _quiet_unraisable

@@ -25,6 +25,9 @@ def member_trainable(config: dict, coordinator: str) -> None:
     import ray
     from ray import tune
 
+    from tunefm import interrupt
+
+    interrupt.quiet_exit_during_garbage_collection()
     started_at = time.time()  # as a solo trial's: when the trial began, waiting for its executor included
     context = tune.get_context()
     trial_id = context.get_trial_id()

@@ -18,7 +18,7 @@ from typing import Callable
 import pandas as pd
 from ray.tune import Callback
 
-from tunefm.store import epoch_limit
+from tunefm.columns import epoch_limit
 
 
 class ProgressLine(Callback):

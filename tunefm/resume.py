@@ -1,6 +1,7 @@
 """Continue an interrupted search: the library behind `tunefm search --name RUN --resume`.
 
-    outcome = resume.run("fourfam-20261122-101500", results_dir="results")
+    outcome = resume.run(SearchSettings(name="fourfam-20261122-101500", results_dir="results"))
+    outcome = resume.run(settings, given={"address"})   # options the user gave: checked against the run's
 
 The run's own options come back from its run.json, and its trials from Tune's saved
 experiment state (`Tuner.restore`): finished trials are not run again, trials that
@@ -13,24 +14,26 @@ ASHA starts from the epochs already written; run.json's "events" gain "resumed" 
 
 Only where the run is placed may change: --address, --data-dir (the same files, checked
 by SHA-256) and --max-failures. Any other option must equal the run's or be left out,
-so a user can resume by adding --resume to the command that started the run.
+so a user can resume by adding --resume to the command that started the run. The run
+itself goes through `lifecycle.live`, as a new search does.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import socket
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Collection, Mapping
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from tunefm import cluster, evaluate, placement, ray_internals, search, store
+from tunefm import data, evaluate, lifecycle, placement, ray_internals, search, store
 from tunefm.errors import UserError
+from tunefm.lifecycle import Fusion, RaySession, RunRecord, SearchOutcome
 from tunefm.run_writer import RunWriter
+from tunefm.study import Study
 
 CHANGEABLE = ("address", "data_dir", "max_failures")  # where and how robustly it runs, not what it runs
 LOCATORS = ("name", "results_dir")  # which run
@@ -47,23 +50,22 @@ def find_run(name: str, results_dir: str) -> Path:
     return run_dir
 
 
-def check_resumable(run_dir: Path, info: Mapping[str, Any]) -> None:
+def check_resumable(run_dir: Path, record: RunRecord) -> None:
     """Refuse a run that is complete, or whose search is still running."""
-    status = info.get("status")
-    if status == "completed":
-        trials = info.get("study", {}).get("num_trials", "all")
+    if record.status == "completed":
+        trials = record.study.get("num_trials", "all")
         raise UserError(f"run {run_dir.name} is already complete ({trials} trials, finished "
-                        f"{info.get('finished_at', '?')}); nothing to resume. Start a new search with another --name")
-    pid = store.live_search_pid(info)
+                        f"{record.finished_at or '?'}); nothing to resume. Start a new search with another --name")
+    pid = record.live_pid()
     if pid is not None:
         raise UserError(f"run {run_dir.name} is still running (process {pid}); stop it with Ctrl-C or "
                         f"`kill -INT {pid}` before resuming it")
 
 
-def recorded_settings(run_dir: Path, info: Mapping[str, Any], changes: Mapping[str, Any]) -> search.SearchSettings:
+def recorded_settings(run_dir: Path, record: RunRecord, changes: Mapping[str, Any]) -> search.SearchSettings:
     """The run's own SearchSettings (from run.json), with the options a resume may change."""
     known = {f.name for f in fields(search.SearchSettings)}
-    options = {k: v for k, v in info.get("options", {}).items() if k in known}
+    options = {k: v for k, v in record.options.items() if k in known}
     options["sets"] = tuple(options.get("sets") or ())
     settings = search.SearchSettings(**options)
     for key, value in changes.items():
@@ -80,11 +82,11 @@ def recorded_settings(run_dir: Path, info: Mapping[str, Any], changes: Mapping[s
     return settings
 
 
-def check_same_study(run_dir: Path, study, info: Mapping[str, Any]) -> None:
+def check_same_study(run_dir: Path, study, record: RunRecord) -> None:
     """The study file must still define the grid the run started with."""
     now = json.loads(json.dumps(study.record(), default=str))
-    if info.get("study") and now != info["study"]:
-        changed = sorted(k for k in set(now) | set(info["study"]) if now.get(k) != info["study"].get(k))
+    if record.study and now != record.study:
+        changed = sorted(k for k in set(now) | set(record.study) if now.get(k) != record.study.get(k))
         raise UserError(f"study {study.name!r} has changed since run {run_dir.name} started "
                         f"({', '.join(changed)} differ); restore its file, or start a new search")
 
@@ -154,63 +156,76 @@ def restore_missing_checkpoints(tune_dir: str) -> list[str]:
     return put_back
 
 
-def run(name: str, results_dir: str = "results", changes: Mapping[str, Any] | None = None,
-        echo: Callable[[str], None] = print) -> search.SearchOutcome:
-    """Continue run `name` under `results_dir`; `changes` are options the user gave with --resume."""
-    from ray import tune
+@dataclass
+class ResumedRun:
+    """An interrupted run, checked and ready to continue (`ResumedRun.make`); `lifecycle.live` runs it."""
 
-    run_dir = find_run(name, results_dir)
-    info = store.read_run_info(run_dir)
-    check_resumable(run_dir, info)
-    ray_internals.check_resume_supported()
-    settings = recorded_settings(run_dir, info, changes or {})
-    study = search.build_study(settings)
-    check_same_study(run_dir, study, info)
-    tune_dir = info.get("storage") or str((run_dir / store.TUNE_DIR).resolve())
-    if not (tune.Tuner.can_restore(tune_dir) and saved_experiment_state(tune_dir)):
-        # Without its state file Tune would not refuse: it would start the whole study again.
-        raise UserError(f"run {run_dir.name} cannot be resumed: Tune saved no experiment state in {tune_dir} "
-                        f"(the search stopped in its first seconds); start a new search instead")
-    splits = evaluate.load_run_data(info, settings.data_dir)  # the same files, or one clear error
+    settings: search.SearchSettings
+    study: Study
+    splits: data.Splits
+    run_dir: Path
+    tune_dir: str
+    earlier_record: RunRecord
+    earlier_trials: pd.DataFrame | None = None  # as the run's files hold them when the writer opens
 
-    import ray
+    @classmethod
+    def make(cls, settings: search.SearchSettings, given: Collection[str] = ()) -> "ResumedRun":
+        """Run `settings.name` under `settings.results_dir`, with its own options where the
+        user gave none (`given`: the names of the settings the user gave)."""
+        from ray import tune
 
-    started_ray, dashboard = cluster.start_ray(settings.address)
-    fusion = None
-    try:
-        nodes = cluster.connect(settings.cpus_per_trial, settings.gpus_per_trial)
-        writer = RunWriter(run_dir, study.max_epochs, study.config_keys(), settings.flush_interval_s)
+        if not settings.name:
+            raise UserError("--resume needs --name RUN: the interrupted run to continue")
+        run_dir = find_run(settings.name, settings.results_dir)
+        record = RunRecord.load(run_dir)
+        check_resumable(run_dir, record)
+        ray_internals.check_resume_supported()
+        settings = recorded_settings(run_dir, record, {k: getattr(settings, k) for k in given})
+        study = search.build_study(settings)
+        check_same_study(run_dir, study, record)
+        tune_dir = record.storage or str((run_dir / store.TUNE_DIR).resolve())
+        if not (tune.Tuner.can_restore(tune_dir) and saved_experiment_state(tune_dir)):
+            # Without its state file Tune would not refuse: it would start the whole study again.
+            raise UserError(f"run {run_dir.name} cannot be resumed: Tune saved no experiment state in {tune_dir} "
+                            f"(the search stopped in its first seconds); start a new search instead")
+        splits = evaluate.load_run_data(record.to_json(), settings.data_dir)  # the same files, or one clear error
+        return cls(settings, study, splits, run_dir, tune_dir, record)
+
+    def placement(self, session: RaySession) -> placement.Decision:
+        fusion = self.earlier_record.fusion
+        # A run from before fused execution trained its trials alone: they go on so.
+        return placement.Decision(**fusion) if fusion else placement.Decision(False, 1, "a run from before fused "
+                                                                                       "execution")
+
+    def open_writer(self) -> RunWriter:
+        writer = RunWriter(self.run_dir, self.study.max_epochs, self.study.config_keys(),
+                           self.settings.flush_interval_s)
         writer.load()
-        earlier = store.read_tables(run_dir)  # empty tables where the run wrote none yet
-        earlier_trials, earlier_epochs = earlier[store.TRIALS], earlier[store.EPOCHS]
+        return writer
+
+    def tuner(self, session: RaySession, writer: RunWriter, fusion: Fusion | None, pruning, echo):
+        """Tune's saved experiment, restored with tunefm's trainable, callbacks and scheduler;
+        ASHA replays the epochs written so far."""
+        earlier = store.read_tables(self.run_dir)  # empty tables where the run wrote none yet
+        self.earlier_trials = earlier[store.TRIALS]
         search.quiet_tune_output()
-        restore_missing_checkpoints(tune_dir)
-        decision = placement.Decision(**info["fusion"]) if info.get("fusion") else placement.Decision(
-            False, 1, "a run from before fused execution")  # its trials trained alone: they go on so
-        fusion = search.start_fusion(decision, run_dir.name, splits, settings, study)
-        pruning = search.make_pruning(settings, tune_dir, study)
-        tuner = ray_internals.restore_tuner(
-            tune_dir, search.make_trainable(study, settings, splits, nodes.has_gpus, fusion),
-            search.make_callbacks(study, settings, writer, run_dir, echo, earlier_trials, fusion, pruning),
-            search.make_scheduler(study, settings, earlier_epochs), settings.max_failures)
-    except BaseException:
-        search.stop_fusion(fusion)
-        if started_ray:
-            ray.shutdown()
-        raise
-    cluster.announce(nodes, dashboard, settings.address, settings.storage, echo)
-    echo(placement.describe(decision))
-    events = info.setdefault("events", [])
-    if info.get("status") == "running":  # and its process is gone (check_resumable)
-        events.append({"event": "lost", "at": info.get("finished_at") or search.now(),
-                       "note": f"search process {info.get('pid')} ended without recording why (killed?)"})
-    done = int((earlier_trials["status"] == "TERMINATED").sum()) if len(earlier_trials) else 0
-    events.append(search.event("resumed", trials_done=done))
-    info.update(status="running", pid=os.getpid(), host=socket.gethostname(),
-                options={**info.get("options", {}), "address": settings.address, "data_dir": settings.data_dir,
-                         "max_failures": settings.max_failures}, dashboard_url=dashboard,
-                ray_address=cluster.gcs_address())
-    info.pop("error", None)
-    echo(f"Resuming run {run_dir.name}: {done} of {study.num_trials} trials finished before")
-    return search.execute(tuner, writer, info, study, splits, settings, run_dir, tune_dir, started_ray, echo, fusion,
-                          pruning)
+        restore_missing_checkpoints(self.tune_dir)
+        settings, study = self.settings, self.study
+        return ray_internals.restore_tuner(
+            self.tune_dir, search.make_trainable(study, settings, self.splits, session.cluster.has_gpus, fusion),
+            search.make_callbacks(study, settings, writer, self.run_dir, echo, self.earlier_trials, fusion, pruning),
+            search.make_scheduler(study, settings, earlier[store.EPOCHS]), settings.max_failures)
+
+    def record(self, session: RaySession, decision: placement.Decision, echo) -> RunRecord:
+        trials = self.earlier_trials
+        done = int((trials["status"] == "TERMINATED").sum()) if trials is not None and len(trials) else 0
+        echo(f"Resuming run {self.run_dir.name}: {done} of {self.study.num_trials} trials finished before")
+        return self.earlier_record.resumed(self.settings, session, done)
+
+
+def run(settings: search.SearchSettings, given: Collection[str] = (),
+        echo: Callable[[str], None] = print) -> SearchOutcome:
+    """Continue run `settings.name` under `settings.results_dir`. `given`: the settings the
+    user gave (as options next to --resume): each must equal the run's own, unless a resume
+    may change it (CHANGEABLE); every other setting comes from the run's run.json."""
+    return lifecycle.live(ResumedRun.make(settings, given), echo)

@@ -40,9 +40,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tunefm import partfiles, store
-from tunefm.store import (EPOCH_METRICS, EPOCHS, EPOCHS_FILE, INTERRUPTED, SUMMARY_COLUMNS, TRIAL_FACTS, TRIAL_STATE,
-                          TRIALS, TRIALS_FILE, column_type)
+from tunefm import partfiles, store, trial_summary
+from tunefm.columns import EPOCH_METRICS, INTERRUPTED, SUMMARY_COLUMNS, TRIAL_FACTS, TRIAL_STATE
+from tunefm.store import EPOCHS, EPOCHS_FILE, TRIALS, TRIALS_FILE, column_type
 
 TRIALS_PER_BUCKET = 256  # a changed trial rewrites its bucket: ~3 ms at this size
 COMPACT_FANOUT = 16  # parts of one level merged into one part of the next
@@ -238,7 +238,7 @@ class RunWriter:
             trial = {"trial_id": trial_id, "status": record["status"], "retries": record["retries"],
                      **record["config"], **{k: record.get(k) for k in TRIAL_FACTS}}
             history = [row for _, row in sorted(self._history(trial_id).items())]
-            row = store.summary_row(trial, history, list(record["config"]), self.max_epochs)
+            row = trial_summary.summary_row(trial, history, list(record["config"]), self.max_epochs)
             self._summaries[trial_id] = {k: None if _null(v) else v for k, v in row.items()}
             if record["status"] in FINISHED:
                 self._histories.pop(trial_id, None)
@@ -422,10 +422,11 @@ def compact_run(run_dir) -> tuple[int, int]:
     from pathlib import Path
 
     from tunefm.errors import UserError
+    from tunefm.lifecycle import live_search_pid
 
     run_dir = Path(run_dir)
     info = store.read_run_info(run_dir) if (run_dir / store.RUN_FILE).exists() else {}
-    pid = store.live_search_pid(info)
+    pid = live_search_pid(info)
     if pid is not None:
         raise UserError(f"run {run_dir} is still running (process {pid}); its search compacts the parts "
                         f"itself when it ends")

@@ -5,28 +5,24 @@
     outcome.run_dir, outcome.trials        # results/fourfam-<time>/, a DataFrame
 
 Everything the user gave is validated (study, --set, sizes, data files, run folder,
---storage) before Ray starts or anything is written. Then: a local Ray (dashboard on
-127.0.0.1, token authentication on) or the cluster at `--address`; a resource check
-against every node, counting those an autoscaler may still start; the data into the
-object store once; one trial per grid point (or per hyperopt TPE draw) with resources
-from its model (a GPU fraction where the cluster has GPUs); ASHA on val_acc unless early
-stopping is off; callbacks streaming every epoch into Parquet and TensorBoard; and
-checkpoints in the run folder's tune/, or under `--storage` for a multi-node cluster.
-A trial whose worker dies is retried from its last checkpoint (`--max-failures`).
-Ctrl-C or SIGTERM stops it cleanly (`interrupt.py`), and `resume.py` continues it.
+--storage) before Ray starts or anything is written (`NewRun.make`). The run itself,
+from Ray's start to run.json's last word, is `lifecycle.live`; this module supplies
+what is particular to a new search, and the Tuner that resume.py builds too: the data
+into the object store once; the trials the study's searcher proposes (tunefm/searchers/)
+with resources from their model (a GPU fraction where the cluster has GPUs); ASHA on
+val_acc unless early stopping is off; callbacks streaming every epoch into Parquet and
+TensorBoard; and checkpoints in the run folder's tune/, or under `--storage` for a
+multi-node cluster. A trial whose worker dies is retried from its last checkpoint
+(`--max-failures`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
-import platform
-import random
 import shutil
-import socket
 import tempfile
-from dataclasses import asdict, dataclass, field, replace
-from importlib import metadata
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 from urllib.parse import urlparse
@@ -35,9 +31,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from tunefm import cluster, data, interrupt, store
+from tunefm import cluster, data, interrupt, lifecycle, store
 from tunefm import study as studies
-from tunefm.errors import Interrupted, UserError
+from tunefm.errors import UserError
+from tunefm.lifecycle import Fusion, RaySession, RunRecord, SearchOutcome
 from tunefm.run_writer import RunWriter
 
 
@@ -53,7 +50,7 @@ class SearchSettings:
     val_size: int | None = None
     test_size: int | None = None
     max_epochs: int | None = None  # default: the study's
-    num_samples: int | None = None  # grid: seeds per grid point (1); hyperopt: configs to try (the study's)
+    num_samples: int | None = None  # grid: seeds per grid point (1); hyperopt, random: configs to try (the study's)
     concurrency: int | None = None  # default: as many as resources allow
     cpus_per_trial: float = 1.0
     gpus_per_trial: float | None = None  # default: each model's own fraction, where GPUs exist
@@ -99,33 +96,15 @@ class SearchSettings:
         retention.check_policy(self.keep_checkpoints)
 
 
-@dataclass
-class SearchOutcome:
-    run_dir: Path
-    trials: pd.DataFrame
-
-
 def build_study(settings: SearchSettings) -> studies.Study:
     """The study with --set, --seed, --num-samples, --max-epochs and --test-top applied.
 
-    --num-samples is seeds per grid point for a grid study, and the number of configs
-    hyperopt draws for a hyperopt study (whose trials all use --seed).
+    --num-samples is seeds per grid point for a grid study, and the number of configs to
+    draw for a study that draws them (hyperopt, random; its trials all use --seed).
     """
     study = studies.load(settings.space)
-    overrides = studies.parse_sets(settings.sets)
-    if study.searcher == "hyperopt":
-        overrides.setdefault("seed", [settings.seed])
-        study = study.with_overrides(overrides)
-        if settings.num_samples is not None:
-            study = replace(study, num_samples=settings.num_samples)
-    else:
-        num_samples = settings.num_samples or 1
-        if "seed" in overrides and num_samples > 1:
-            raise UserError("give either --set seed=... or --num-samples, not both")
-        study_seeds = "seed" in study.grid or "seed" in study.fixed or any("seed" in v for v in study.variants)
-        if "seed" not in overrides and (not study_seeds or num_samples > 1):  # a study's own seeds stay
-            overrides["seed"] = [settings.seed + i for i in range(num_samples)]
-        study = study.with_overrides(overrides)
+    study = study.search.with_run_options(study, studies.parse_sets(settings.sets), settings.num_samples,
+                                          settings.seed)
     if settings.max_epochs is not None:
         study = study.with_max_epochs(settings.max_epochs)
     if settings.test_top is not None:
@@ -200,66 +179,8 @@ def create_run_dir(run_dir: Path) -> None:
         raise UserError(f"cannot create run folder {run_dir}: {e.strerror or e}") from None
 
 
-def versions() -> dict[str, str]:
-    import ray
-    import torch
-
-    try:
-        own = metadata.version("tunefm")
-    except metadata.PackageNotFoundError:
-        own = "unknown"
-    return {"tunefm": own, "ray": ray.__version__, "torch": torch.__version__, "python": platform.python_version()}
-
-
-HYPEROPT_CONCURRENCY = 4  # default trials at once for a hyperopt study
-
-
-def trial_order(configs: list[dict], seed: int) -> list[dict]:
-    """The grid in a seeded random order.
-
-    ASHA judges a trial against the trials that reached the same epoch before it. In
-    grid order the first trials are one corner of the grid (the smallest learning
-    rates, say), so early cutoffs are set by the worst configurations and almost
-    nothing is stopped; a shuffled order gives every rung a representative sample.
-    """
-    order = random.Random(seed).sample(range(len(configs)), len(configs))
-    return [configs[i] for i in order]
-
-
-def search_algorithm(study: studies.Study, settings: SearchSettings, fused: bool = False) -> tuple[dict, object, int]:
-    """(param_space, search algorithm, num_samples) for the study's searcher. `fused`: a grid's
-    trials ordered so that each shape's trials run together (`placement.fused_order`)."""
-    from ray import tune
-    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
-
-    base = study.base_config()
-    if study.searcher == "hyperopt":
-        from ray.tune.search.hyperopt import HyperOptSearch
-
-        algorithm = HyperOptSearch(metric="val_acc", mode="max", n_initial_points=study.initial_points,
-                                   points_to_evaluate=[dict(p) for p in study.points_to_evaluate] or None,
-                                   random_state_seed=settings.seed)
-        # TPE learns from finished trials: running all at once would make it random search.
-        limit = settings.concurrency or study.concurrency or HYPEROPT_CONCURRENCY
-        return {**base, **study.space}, ConcurrencyLimiter(algorithm, max_concurrent=limit), study.num_samples
-    if fused:
-        from tunefm import placement
-
-        configs = placement.fused_order(study.configs(), settings.seed)
-    else:
-        configs = trial_order(study.configs(), settings.seed)
-    # Each config pins every key, so each is exactly one trial, started in this order;
-    # the space only declares each varied key's values.
-    varied = {k: list(dict.fromkeys(c[k] for c in configs if k in c))
-              for k in {k for c in configs for k in c} - set(base)}
-    param_space = {**base, **{k: tune.grid_search(v) for k, v in varied.items()}}
-    # --concurrency goes here: Tune ignores `max_concurrent_trials` next to a search generator.
-    return (param_space, BasicVariantGenerator(points_to_evaluate=configs, max_concurrent=settings.concurrency or 0),
-            len(configs))
-
-
 def make_trainable(study: studies.Study, settings: SearchSettings, splits: data.Splits, cluster_has_gpus: bool,
-                   fusion: "Fusion | None" = None):
+                   fusion: Fusion | None = None):
     """The trial function with the data (into the object store once) and its resources; a
     fused trial's function and share of a slot where the search fuses."""
     from ray import tune
@@ -308,7 +229,7 @@ def make_scheduler(study: studies.Study, settings: SearchSettings, earlier_epoch
 
 def make_callbacks(study: studies.Study, settings: SearchSettings, writer: RunWriter, run_dir: Path,
                    echo: Callable[[str], None], earlier_trials: pd.DataFrame | None = None,
-                   fusion: "Fusion | None" = None, pruning=None) -> list:
+                   fusion: Fusion | None = None, pruning=None) -> list:
     """Parquet, the progress line and TensorBoard, all fed by the driver as results arrive;
     plus Tune's own JSON and CSV loggers (each trial's result.json and progress.csv), but
     not its TensorBoard logger, which would write every scalar a second time; and the
@@ -347,11 +268,12 @@ def quiet_tune_output() -> None:
 
 def make_tuner(study: studies.Study, settings: SearchSettings, splits: data.Splits, run_dir: Path,
                storage_path: str, cluster_has_gpus: bool, writer: RunWriter, echo: Callable[[str], None],
-               fusion: "Fusion | None" = None, pruning=None):
-    """The Tuner: trainable with data and resources, scheduler, trial order, callbacks, storage."""
+               fusion: Fusion | None, pruning):
+    """The Tuner: trainable with data and resources, scheduler, the searcher's trials, callbacks, storage."""
     from ray import tune
 
-    param_space, search_alg, num_samples = search_algorithm(study, settings, fused=fusion is not None)
+    param_space, search_alg, num_samples = study.search.search_alg(study, settings.seed, settings.concurrency,
+                                                                    fused=fusion is not None)
     quiet_tune_output()
     return tune.Tuner(
         make_trainable(study, settings, splits, cluster_has_gpus, fusion),
@@ -366,8 +288,7 @@ def make_tuner(study: studies.Study, settings: SearchSettings, splits: data.Spli
         run_config=tune.RunConfig(
             name=store.TUNE_DIR,
             storage_path=storage_path,
-            callbacks=make_callbacks(study, settings, writer, run_dir, echo, fusion=fusion,
-                                     pruning=pruning or make_pruning(settings, f"{storage_path}/{store.TUNE_DIR}", study)),
+            callbacks=make_callbacks(study, settings, writer, run_dir, echo, fusion=fusion, pruning=pruning),
             # Tune keeps every checkpoint; retention.Pruning deletes what is not kept (see there why).
             checkpoint_config=tune.CheckpointConfig(),
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
@@ -376,183 +297,58 @@ def make_tuner(study: studies.Study, settings: SearchSettings, splits: data.Spli
     )
 
 
+@dataclass
+class NewRun:
+    """A new search, checked and ready (`NewRun.make`); `lifecycle.live` runs it."""
+
+    settings: SearchSettings
+    study: studies.Study
+    splits: data.Splits
+    run_dir: Path
+    storage_path: str  # the folder holding Tune's experiment folder
+
+    @classmethod
+    def make(cls, settings: SearchSettings) -> "NewRun":
+        """Validate every option, the study, the data and the run folder; nothing is written."""
+        settings.validate()
+        study = build_study(settings)
+        splits = data.load(settings.data_dir, settings.train_size, settings.val_size, settings.test_size)
+        run_dir = choose_run_dir(settings, study)
+        return cls(settings, study, splits, run_dir, tune_parent(run_dir, settings.storage))
+
+    @property
+    def tune_dir(self) -> str:
+        return f"{self.storage_path}/{store.TUNE_DIR}"
+
+    def placement(self, session: RaySession):
+        from tunefm import placement
+
+        settings = self.settings
+        return placement.decide(settings.fuse, self.study.search.configs(self.study), session.cluster.has_gpus,
+                                settings.cpus_per_trial, settings.gpus_per_trial, settings.group_size,
+                                len(self.splits.train_y), self.study.max_epochs, settings.loop)
+
+    def open_writer(self) -> RunWriter:
+        create_run_dir(self.run_dir)
+        return RunWriter(self.run_dir, self.study.max_epochs, self.study.config_keys(), self.settings.flush_interval_s)
+
+    def tuner(self, session: RaySession, writer: RunWriter, fusion: Fusion | None, pruning, echo):
+        try:
+            return make_tuner(self.study, self.settings, self.splits, self.run_dir, self.storage_path,
+                              session.cluster.has_gpus, writer, echo, fusion, pruning)
+        except Exception as e:  # Tune creates its experiment folder here, in the run folder or the storage
+            shutil.rmtree(self.run_dir, ignore_errors=True)  # made a moment ago by this command, nothing in it yet
+            if self.settings.storage is None:
+                raise
+            raise UserError(f"cannot use --storage {self.settings.storage}: {str(e).splitlines()[0]}") from None
+
+    def record(self, session: RaySession, decision, echo) -> RunRecord:
+        storage = self.tune_dir if self.settings.storage else None  # None: <run folder>/tune
+        return RunRecord.started(self.study, self.settings, self.splits, session, storage, decision)
+
+
 def run(settings: SearchSettings, echo: Callable[[str], None] = print) -> SearchOutcome:
     """Validate, run the study on Ray, write the run folder; returns the trials table.
 
     Raises `Interrupted` after Ctrl-C or SIGTERM, with the run folder resumable."""
-    settings.validate()
-    study = build_study(settings)
-    splits = data.load(settings.data_dir, settings.train_size, settings.val_size, settings.test_size)
-    run_dir = choose_run_dir(settings, study)
-    storage_path = tune_parent(run_dir, settings.storage)
-    tune_dir = f"{storage_path}/{store.TUNE_DIR}"
-
-    import ray
-
-    if not settings.address and not ray.is_initialized():
-        # A local Ray would detect these; refusing now spares its start-up and logs.
-        cluster.check_resources_fit(settings.cpus_per_trial, settings.gpus_per_trial, cluster.local_node())
-    started_ray, dashboard = cluster.start_ray(settings.address)
-    fusion = None
-    try:
-        nodes = cluster.connect(settings.cpus_per_trial, settings.gpus_per_trial)
-        from tunefm import placement
-
-        decision = placement.decide(settings.fuse, study.configs() if study.searcher == "grid" else None,
-                                    nodes.has_gpus, settings.cpus_per_trial, settings.gpus_per_trial,
-                                    settings.group_size, len(splits.train_y), study.max_epochs, settings.loop)
-        create_run_dir(run_dir)
-        writer = RunWriter(run_dir, study.max_epochs, study.config_keys(), settings.flush_interval_s)
-        fusion = start_fusion(decision, run_dir.name, splits, settings, study)
-        pruning = make_pruning(settings, tune_dir, study)
-        try:
-            tuner = make_tuner(study, settings, splits, run_dir, storage_path, nodes.has_gpus, writer, echo, fusion,
-                               pruning)
-        except Exception as e:  # Tune creates its experiment folder here, in the run folder or the storage
-            shutil.rmtree(run_dir, ignore_errors=True)  # made a moment ago by this command, nothing in it yet
-            if settings.storage is None:
-                raise
-            raise UserError(f"cannot use --storage {settings.storage}: {str(e).splitlines()[0]}") from None
-    except BaseException:
-        stop_fusion(fusion)
-        if started_ray:
-            ray.shutdown()
-        raise
-    cluster.announce(nodes, dashboard, settings.address, settings.storage, echo)
-    echo(placement.describe(decision))
-    run_info = {
-        "study": study.record(),
-        "options": asdict(settings),
-        "data": {"source": splits.source, "sizes": splits.sizes(), "sha256": splits.checksums},
-        "versions": versions(),
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "dashboard_url": dashboard,
-        "ray_address": cluster.gcs_address(),
-        "storage": tune_dir if settings.storage else None,  # None: <run folder>/tune
-        "nodes": len(nodes.nodes),
-        "fusion": decision.record(),
-        "started_at": now(),
-        "status": "running",
-        "events": [event("started")],
-    }
-    return execute(tuner, writer, run_info, study, splits, settings, run_dir, tune_dir, started_ray, echo, fusion,
-                   pruning)
-
-
-def make_pruning(settings: SearchSettings, tune_dir: str, study: studies.Study):
-    """The checkpoints this search deletes (retention.py). What the search's own test
-    evaluation uses is always kept."""
-    from tunefm import retention
-
-    return retention.Pruning(tune_dir, settings.keep_checkpoints, max(retention.KEEP_TOP, study.test_top or 0))
-
-
-@dataclass
-class Fusion:
-    """A fused search's decision and its running coordinator (placement.py)."""
-
-    decision: object  # placement.Decision
-    running: object  # placement.Running
-
-
-def start_fusion(decision, run_name: str, splits: data.Splits, settings: SearchSettings,
-                 study: studies.Study) -> Fusion | None:
-    """The coordinator of a fused search (None where trials train alone)."""
-    if not decision.fuse:
-        return None
-    from tunefm import placement
-
-    arrays = {"train_x": splits.train_x, "train_y": splits.train_y, "val_x": splits.val_x, "val_y": splits.val_y}
-    return Fusion(decision, placement.start(run_name, arrays, settings, decision, study.max_epochs))
-
-
-def stop_fusion(fusion: Fusion | None) -> None:
-    if fusion is not None:
-        from tunefm import placement
-
-        placement.stop(fusion.running)
-
-
-def now() -> str:
-    return dt.datetime.now().astimezone().isoformat(timespec="seconds")
-
-
-def event(name: str, **details) -> dict:
-    """One entry of run.json's "events": what happened to the run, when, in which process."""
-    return {"event": name, "at": now(), "pid": os.getpid(), "host": socket.gethostname(), **details}
-
-
-def execute(tuner, writer: RunWriter, run_info: dict, study: studies.Study, splits: data.Splits,
-            settings: SearchSettings, run_dir: Path, tune_dir: str, started_ray: bool,
-            echo: Callable[[str], None], fusion: Fusion | None = None, pruning=None) -> SearchOutcome:
-    """Run the Tuner (new or restored), then evaluate the winners, then delete the checkpoints
-    `pruning` (retention.Pruning) does not keep; keep run.json current.
-
-    Ctrl-C or SIGTERM: Tune stops the trials and saves its state, the Parquet files are
-    flushed with the running trials marked INTERRUPTED, run.json records the
-    interruption, and `Interrupted` carries the command that resumes the run.
-    """
-    import ray
-
-    stop = interrupt.GracefulStop()
-    try:
-        with stop:
-            store.write_json(run_info, run_dir / store.RUN_FILE)
-            echo(f"Running {study.num_trials} trials of study {study.name!r} into {run_dir}")
-            echo(f"TensorBoard: tensorboard --logdir {run_dir / store.TENSORBOARD_DIR}")
-            with stop.tune_loop():
-                results = tuner.fit()
-            if stop.signal:  # Tune ended its loop early and saved its state
-                raise KeyboardInterrupt
-            run_info["status"] = "completed" if not results.errors else "completed with errors"
-            run_info["failed_trials"] = len(results.errors)
-            if study.test_top:
-                from tunefm import evaluate
-
-                evaluation = evaluate.evaluate_trials(run_dir, splits.test_x, splits.test_y, study.test_top, echo,
-                                                      tune_dir=tune_dir)
-                run_info["evaluation"] = evaluation.record()
-            if pruning is not None:
-                if pruning.policy == "best":
-                    pruning.after_search(store.read_trials(run_dir))
-                    echo(pruning.describe())
-                run_info["checkpoints"] = pruning.record()
-            run_info["events"].append(event(run_info["status"]))
-            return SearchOutcome(run_dir, store.read_trials(run_dir))
-    except KeyboardInterrupt:
-        writer.mark_interrupted()
-        writer.flush()
-        run_info["status"] = "interrupted"
-        counts = writer.statuses()
-        done = counts.get("TERMINATED", 0) + counts.get("ERROR", 0)
-        paused = counts.get(store.INTERRUPTED, 0)
-        signal_name = stop.signal or "SIGINT"
-        run_info["events"].append(event("interrupted", signal=signal_name, trials_done=done))
-        raise Interrupted(
-            f"Interrupted by {signal_name}: {done} of {study.num_trials} trials finished, {paused} stopped at "
-            f"their last checkpoint, {max(study.num_trials - done - paused, 0)} not started; results so far "
-            f"are in {run_dir}",
-            resume_command(settings, run_dir), signal_name) from None
-    except BaseException as e:
-        run_info["status"] = "failed"
-        run_info["error"] = str(e).splitlines()[0] if str(e) else type(e).__name__
-        run_info["events"].append(event("failed", error=run_info["error"]))
-        raise
-    finally:
-        run_info["finished_at"] = now()
-        store.write_json(run_info, run_dir / store.RUN_FILE)
-        stop_fusion(fusion)
-        if started_ray:
-            ray.shutdown()
-
-
-def resume_command(settings: SearchSettings, run_dir: Path) -> str:
-    """The command line that continues this run."""
-    command = f"tunefm search --name {run_dir.name} --resume"
-    if Path(settings.results_dir).expanduser().resolve() != Path("results").resolve():
-        command += f" --results {settings.results_dir}"
-    if settings.address:
-        command += f" --address {settings.address}"
-    return command
-
+    return lifecycle.live(NewRun.make(settings), echo)

@@ -1,4 +1,4 @@
-"""Layout of a run folder and reading a run back; per-trial summaries of epoch rows.
+"""A run folder: its layout, writing files atomically, reading its tables back, and finding runs.
 
     results/<run>/
       trials.parquet/    one row per trial (status, config columns, summary metrics): bucket-NNNNN.parquet parts
@@ -23,9 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-import math
 import os
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,37 +34,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tunefm import partfiles
+from tunefm.columns import EPOCH_METRICS, INT_COLUMNS, SUMMARY_COLUMNS, TEXT_COLUMNS, TRIAL_STATE
 from tunefm.errors import UserError
+from tunefm.trial_summary import summary_dtypes
 
 TRIALS, EPOCHS = "trials", "epochs"  # the run's tables: folders of part files (partfiles.py)
 TRIALS_FILE, EPOCHS_FILE, RUN_FILE = "trials.parquet", "epochs.parquet", "run.json"
 CONFUSION_FILE = "confusion.parquet"
 TUNE_DIR = "tune"  # Ray Tune's experiment folder: checkpoints (unless --storage puts them elsewhere)
 TENSORBOARD_DIR = "tensorboard"  # one TensorBoard event folder per trial
-EPOCH_METRICS = ["train_loss", "train_acc", "val_loss", "val_acc", "epoch_time_s", "train_time_s", "time_total_s"]
-# Per trial, from its latest epoch: where and on what it ran (started_at: Unix time its training
-# began; execution: its loop, or fused:<kernels> in a fused group; fused_group: that group's id, ""
-# alone; group_size: the members the group trained that epoch).
-TRIAL_FACTS = ["params", "device", "node_id", "node_ip", "gpu_fraction", "gpu_ids", "threads", "started_at",
-               "execution", "fused_group", "group_size"]
-TRAIN_ACC_TARGET = 0.9  # seed 004 compares trials by the time to reach 90% train accuracy
-SUMMARY_COLUMNS = [
-    "params", "best_val_acc", "best_epoch", "val_loss_at_best", "min_train_loss",
-    "min_train_loss_epoch", "final_train_loss", "final_val_loss", "overfit_gap",
-    "time_per_epoch_s", "total_time_s", "time_to_90_train_acc_s", "gpu_fraction", "gpu_ids", "node_id", "node_ip",
-    "device", "threads", "started_at", "execution", "fused_group", "group_size", "test_acc", "test_loss",
-]
-# Numeric per-trial figures a study may compare with what its seed reported.
-REPORTABLE = [c for c in SUMMARY_COLUMNS if c not in TRIAL_FACTS or c == "params"]
-# status: Tune's (PENDING, RUNNING, TERMINATED, ERROR), or INTERRUPTED for a trial that
-# was running when the search was stopped; retries: restarts from a checkpoint after a failure.
-TRIAL_STATE = ["trial_id", "status", "stopped_early", "epochs", "retries"]
-INTERRUPTED = "INTERRUPTED"
 GENERATION_KEY = b"tunefm.generation"  # Parquet metadata: which flush wrote the file
-
-
-INT_COLUMNS = {"epochs", "retries", "epoch", "best_epoch", "min_train_loss_epoch", "params", "threads", "group_size"}
-TEXT_COLUMNS = {"trial_id", "status", "device", "node_id", "node_ip", "gpu_ids", "execution", "fused_group"}
 
 
 def column_type(name: str) -> pa.DataType:
@@ -76,12 +53,6 @@ def column_type(name: str) -> pa.DataType:
     if name in TEXT_COLUMNS:
         return pa.string()
     return pa.bool_() if name == "stopped_early" else pa.float64()
-
-
-def config_columns(trials: pd.DataFrame) -> list[str]:
-    """The columns of a trials table that are config keys (model, lr, batch_size, ...)."""
-    known = {*TRIAL_STATE, *SUMMARY_COLUMNS, *TRIAL_FACTS}
-    return [c for c in trials.columns if c not in known]
 
 
 def write_atomic(path: Path, write) -> None:
@@ -114,93 +85,6 @@ def write_json(obj: Mapping[str, Any], path: Path) -> None:
 
 def read_json(path: Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
-
-
-def epoch_limit(config: Mapping[str, Any], max_epochs: int) -> int:
-    """The epochs a trial runs if nothing stops it: the study's, or fewer by its own
-    `max_epochs` config key (null in a Parquet row of a trial without one)."""
-    own = config.get("max_epochs")
-    return max_epochs if own is None or pd.isna(own) else min(max_epochs, int(own))
-
-
-def summarize_trials(epochs: pd.DataFrame, trials: pd.DataFrame, max_epochs: int) -> pd.DataFrame:
-    """One row per trial from its epoch rows (`summary_row` for each trial).
-
-    `trials` has one row per trial: trial_id, status, the config columns and the
-    trial facts (params, node_id, ...). A trial with no epoch yet keeps null metrics.
-    """
-    config_columns = [c for c in trials.columns if c not in ("trial_id", "status", "retries", *TRIAL_FACTS)]
-    histories = ({tid: g.sort_values("epoch").to_dict("records") for tid, g in epochs.groupby("trial_id", sort=False)}
-                 if len(epochs) else {})
-    rows = [summary_row(trial._asdict(), histories.get(trial.trial_id, []), config_columns, max_epochs)
-            for trial in trials.itertuples(index=False)]
-    return summary_dtypes(pd.DataFrame(rows))
-
-
-def _number(value: Any) -> float:
-    return math.nan if value is None or pd.isna(value) else float(value)
-
-
-def summary_row(trial: Mapping[str, Any], history: list[Mapping[str, Any]], config_columns: list[str],
-                max_epochs: int) -> dict[str, Any]:
-    """One trial's trials.parquet row, from its state and config (`trial`) and its epoch
-    rows in epoch order. Plain Python: the writer calls it for every changed trial on
-    every flush.
-
-    `stopped_early` means the scheduler ended the trial before `max_epochs` (or before
-    the trial's own `max_epochs` config key, where it has one). The best epoch is the
-    first at the best val_acc. `time_to_90_train_acc_s` is the trial's time (Tune's
-    time_total_s) at the end of the first epoch whose train accuracy reached 90%, null
-    if none did.
-    """
-    n_epochs = len(history)
-    retries = trial.get("retries")
-    row = {"trial_id": trial["trial_id"], "status": trial["status"],
-           "stopped_early": trial["status"] == "TERMINATED" and n_epochs < epoch_limit(trial, max_epochs),
-           "epochs": n_epochs, "retries": 0 if retries is None or pd.isna(retries) else int(retries),
-           **{c: trial.get(c) for c in config_columns}}
-    metrics: dict[str, Any] = dict.fromkeys(SUMMARY_COLUMNS, math.nan)
-    metrics.update({c: trial.get(c) for c in TRIAL_FACTS})
-    if history:
-        last = history[-1]
-        metrics.update(
-            final_train_loss=_number(last["train_loss"]), final_val_loss=_number(last["val_loss"]),
-            overfit_gap=_number(last["val_loss"]) - _number(last["train_loss"]),
-            time_per_epoch_s=_mean(_number(r["epoch_time_s"]) for r in history),
-            total_time_s=max((t for t in (_number(r["time_total_s"]) for r in history) if not math.isnan(t)),
-                             default=math.nan),
-        )
-        val_acc = [_number(r["val_acc"]) for r in history]
-        measured = [i for i, v in enumerate(val_acc) if not math.isnan(v)]
-        if measured:
-            best_at = max(measured, key=lambda i: (val_acc[i], -i))  # the first epoch at the best value
-            metrics.update(best_val_acc=val_acc[best_at], best_epoch=int(history[best_at]["epoch"]),
-                           val_loss_at_best=_number(history[best_at]["val_loss"]))
-        reached = next((r for r in history if _number(r["train_acc"]) >= TRAIN_ACC_TARGET), None)
-        if reached is not None:
-            metrics["time_to_90_train_acc_s"] = _number(reached["time_total_s"])
-        train_loss = [_number(r["train_loss"]) for r in history]
-        finite = [i for i, v in enumerate(train_loss) if not math.isnan(v)]  # a diverged trial has only NaN
-        if finite:
-            lowest = min(finite, key=lambda i: (train_loss[i], i))
-            metrics.update(min_train_loss=train_loss[lowest], min_train_loss_epoch=int(history[lowest]["epoch"]))
-    row.update({c: metrics[c] for c in SUMMARY_COLUMNS})
-    return row
-
-
-def _mean(values) -> float:
-    kept = [v for v in values if not math.isnan(v)]
-    return sum(kept) / len(kept) if kept else math.nan
-
-
-def summary_dtypes(table: pd.DataFrame) -> pd.DataFrame:
-    """The trials table's column types, whatever rows (or none) it was built from."""
-    if len(table):
-        for column in ("best_epoch", "min_train_loss_epoch", "params", "threads", "group_size"):
-            table[column] = table[column].astype("Int64")
-        for column in ("test_acc", "test_loss", "gpu_fraction", "time_to_90_train_acc_s", "started_at"):
-            table[column] = table[column].astype("float64")
-    return table
 
 
 def read_parquet(path: Path) -> pd.DataFrame:
@@ -336,21 +220,6 @@ def _started_at(run_dir: Path) -> float:
         return dt.datetime.fromisoformat(read_json(run_dir / RUN_FILE)["started_at"]).timestamp()
     except (OSError, ValueError, KeyError, TypeError):
         return (run_dir / TRIALS_FILE).stat().st_mtime if (run_dir / TRIALS_FILE).exists() else 0.0
-
-
-def live_search_pid(info: Mapping[str, Any]) -> int | None:
-    """The process id of the search still writing this run (run.json says "running" and
-    that process is alive on this host), else None: finished, interrupted or killed."""
-    pid = info.get("pid")
-    if info.get("status") != "running" or not pid or info.get("host") != socket.gethostname():
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None  # the search was killed
-    except PermissionError:
-        pass  # alive, another user's
-    return pid
 
 
 def resolve_run(run: str | None, results_dir: Path) -> Path:

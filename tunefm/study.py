@@ -1,4 +1,4 @@
-"""Studies: what to search. A study is a grid (or a hyperopt space) over config keys.
+"""Studies: what to search. A study is a grid (or a space to draw from) over config keys.
 
 A study lives in a Python module that defines `STUDY`, either one of the bundled
 `search_spaces/` modules (by name) or a user's own file (by path):
@@ -8,7 +8,7 @@ A study lives in a Python module that defines `STUDY`, either one of the bundled
     study = study.with_overrides({"model": ["iaro1"], "lr": [0.01]})
     study.num_trials                          # 7
 
-Two searchers:
+Searchers (`tunefm/searchers/`, one module each):
 - "grid" (default): every combination of `grid` values, crossed with each of
   `variants` (explicit partial configs, for comparisons that are not a product,
   such as a baseline against a tuned model), each with `fixed` added.
@@ -16,6 +16,8 @@ Two searchers:
   `num_samples` configs from `space`, a dict of Ray Tune distributions
   (`tune.loguniform(1e-5, 1e-2)`, `tune.choice([32, 64])`); `points_to_evaluate`
   are tried first.
+- "random": `num_samples` independent draws from `space`, seeded by --seed;
+  `points_to_evaluate` are tried first.
 
 Config vocabulary (a trial's config is a flat dict; see DESIGN.md). Shared keys:
 
@@ -43,15 +45,15 @@ import ast
 import importlib.util
 import itertools
 import numbers
-from dataclasses import dataclass, field, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from tunefm import models
+from tunefm import models, searchers
 from tunefm.errors import UserError
+from tunefm.searchers.base import SEARCHER_FIELDS
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
-SEARCHERS = ("grid", "hyperopt")
 DEFAULT_TEST_TOP = 3
 
 
@@ -142,7 +144,7 @@ class Reported:
 
 @dataclass(frozen=True)
 class Study:
-    """A search over configs: a grid (times variants), or a hyperopt space."""
+    """A search over configs: a grid (times variants), or a space that a searcher draws from."""
 
     name: str
     description: str
@@ -151,12 +153,12 @@ class Study:
     max_epochs: int = 100
     source: str = ""  # the seed study it reproduces
     variants: Sequence[Mapping[str, Any]] = ()  # grid searcher: each crossed with the grid
-    searcher: str = "grid"
-    space: Mapping[str, Any] = field(default_factory=dict)  # hyperopt: Ray Tune distributions
-    num_samples: int | None = None  # hyperopt: configs to try
-    points_to_evaluate: Sequence[Mapping[str, Any]] = ()  # hyperopt: tried first
+    searcher: str = "grid"  # a name in tunefm.searchers.REGISTRY
+    space: Mapping[str, Any] = field(default_factory=dict)  # hyperopt, random: Ray Tune distributions
+    num_samples: int | None = None  # hyperopt, random: configs to try
+    points_to_evaluate: Sequence[Mapping[str, Any]] = ()  # hyperopt, random: tried first
     initial_points: int = 10  # hyperopt: random configs before TPE takes over
-    concurrency: int | None = None  # default limit on trials at once (hyperopt learns from finished ones)
+    concurrency: int | None = None  # default limit on trials at once (TPE learns from finished ones)
     test_top: int = DEFAULT_TEST_TOP  # configs per model evaluated on the test set afterwards
     reported: Sequence[Reported] = ()
     notes: str = ""  # the study module's docstring
@@ -164,27 +166,26 @@ class Study:
     def __post_init__(self):
         self.validate()
 
+    @property
+    def search(self) -> searchers.Searcher:
+        """The searcher named by `searcher` (tunefm/searchers/)."""
+        return searchers.get(self.searcher)
+
     def validate(self) -> None:
         where = f"study {self.name!r}"
-        if self.searcher not in SEARCHERS:
-            raise UserError(f"{where}: searcher must be one of {', '.join(SEARCHERS)}, got {self.searcher!r}")
+        try:
+            search = self.search
+        except UserError as e:
+            raise UserError(f"{where}: {e}") from None
         if not self.grid and not self.fixed and not self.variants and not self.space:
             raise UserError(f"{where} has an empty grid: give at least one key")
-        for key, values in self.grid.items():
-            if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) == 0:
-                raise UserError(f"{where}: grid[{key!r}] must be a non-empty list of values, got {values!r}")
-            for value in values:
-                validate_value(key, value)
+        search.validate(self, where)
+        unread = [name for name in SEARCHER_FIELDS if name not in search.fields and self._is_set(name)]
+        if unread:
+            takers = " or ".join(repr(s) for s in searchers.taking(unread[0]))
+            raise UserError(f"{where}: {', '.join(unread)} need searcher={takers}")
         for key, value in self.fixed.items():
             validate_value(key, value)
-        for variant in self.variants:
-            if not isinstance(variant, Mapping) or not variant:
-                raise UserError(f"{where}: each variant must be a non-empty dict of config values, got {variant!r}")
-            for key, value in variant.items():
-                validate_value(key, value)
-            if set(variant) != set(self.variants[0]):
-                raise UserError(f"{where}: every variant must set the same keys ({', '.join(self.variants[0])}), "
-                                f"got {', '.join(variant)}")
         groups = {"grid": set(self.grid), "fixed": set(self.fixed), "space": set(self.space)}
         for (a, keys_a), (b, keys_b) in itertools.combinations(groups.items(), 2):
             if keys_a & keys_b:
@@ -193,57 +194,26 @@ class Study:
             raise UserError(f"max epochs must be an integer >= 1, got {self.max_epochs!r}")
         if not _is_int(self.test_top) or self.test_top < 0:
             raise UserError(f"{where}: test_top must be an integer >= 0, got {self.test_top!r}")
-        if self.searcher == "hyperopt":
-            self._validate_hyperopt(where)
-        elif self.space or self.points_to_evaluate or self.num_samples is not None:
-            raise UserError(f"{where}: space, points_to_evaluate and num_samples need searcher='hyperopt'")
         present = set(self.grid) | set(self.fixed) | set(self.space)
         for variant in self.variants or [{}]:
             missing = [k for k in REQUIRED_KEYS if k not in present | set(variant)]
             if missing:
                 raise UserError(f"{where} does not set {', '.join(missing)}")
-        for config in self._configs_to_check():  # each value is checked above; here, model x option
+        for config in search.configs_to_check(self):  # each value is checked above; here, model x option
             check_model_options(config)
             if config.get("max_epochs", 1) > self.max_epochs:
                 raise UserError(f"{where}: max_epochs={config['max_epochs']} in a config exceeds the study's "
                                 f"max_epochs={self.max_epochs}")
         self._validate_reported(where)
 
-    def _validate_hyperopt(self, where: str) -> None:
-        from tunefm import distributions  # imports Ray Tune only when a study uses a space
-
-        if self.grid or self.variants:
-            raise UserError(f"{where}: a hyperopt study searches `space`; put fixed values in `fixed`, not grid "
-                            f"or variants")
-        if not self.space:
-            raise UserError(f"{where}: searcher='hyperopt' needs a non-empty space")
-        for key, domain in self.space.items():
-            for value in distributions.domain_values(key, domain):
-                validate_value(key, value)
-        if not _is_int(self.num_samples) or self.num_samples < 1:
-            raise UserError(f"{where}: a hyperopt study needs num_samples >= 1, got {self.num_samples!r}")
-        if not _is_int(self.initial_points) or self.initial_points < 1:
-            raise UserError(f"{where}: initial_points must be an integer >= 1, got {self.initial_points!r}")
-        for point in self.points_to_evaluate:
-            if set(point) != set(self.space):
-                raise UserError(f"{where}: each point to evaluate must set exactly the space's keys "
-                                f"({', '.join(self.space)}), got {', '.join(point) or 'none'}")
-            for key, value in point.items():
-                distributions.check_inside(key, self.space[key], value)
-
-    def _configs_to_check(self) -> list[dict[str, Any]]:
-        """Configs that cover every combination of model and model option in the study."""
-        if self.searcher == "grid":
-            return self.configs()
-        from tunefm import distributions
-
-        base = self.base_config()
-        options = {k: distributions.domain_values(k, d) for k, d in self.space.items()}
-        keys = list(options)
-        return [{**base, **dict(zip(keys, combo))} for combo in itertools.product(*options.values())]
+    def _is_set(self, name: str) -> bool:
+        """A searcher field differs from its default (`initial_points` has one, the rest are empty)."""
+        default = next(f for f in fields(self) if f.name == name)
+        empty = default.default if default.default is not MISSING else default.default_factory()
+        return getattr(self, name) != empty and getattr(self, name) not in ((), [], {}, None)
 
     def _validate_reported(self, where: str) -> None:
-        from tunefm.store import REPORTABLE
+        from tunefm.columns import REPORTABLE
 
         for row in self.reported:
             if not isinstance(row, Reported):
@@ -257,12 +227,7 @@ class Study:
 
     @property
     def num_trials(self) -> int:
-        if self.searcher == "hyperopt":
-            return self.num_samples
-        count = max(1, len(self.variants))
-        for values in self.grid.values():
-            count *= len(values)
-        return count
+        return self.search.num_trials(self)
 
     def base_config(self) -> dict[str, Any]:
         """Defaults for shared keys the study leaves out, then its fixed values."""
@@ -276,36 +241,29 @@ class Study:
         return [k for k in VOCABULARY if k in present] + sorted(present - set(VOCABULARY))
 
     def configs(self) -> list[dict[str, Any]]:
-        """Every trial's config, in order: variants slowest, then grid keys (first key slowest)."""
-        if self.searcher != "grid":
-            raise ValueError("a hyperopt study's configs are drawn during the search")
-        keys = list(self.grid)
-        base = self.base_config()
-        return [{**base, **variant, **dict(zip(keys, combo))}
-                for variant in (self.variants or [{}])
-                for combo in itertools.product(*(self.grid[k] for k in keys))]
+        """Every trial's config, in order (a grid study's; variants slowest, then grid keys, first key slowest)."""
+        configs = self.search.configs(self)
+        if configs is None:
+            raise ValueError(f"a {self.searcher} study's configs are drawn during the search")
+        return configs
 
     def with_overrides(self, overrides: Mapping[str, Sequence[Any]]) -> "Study":
-        """One value pins a key; several make it a grid axis (a choice, for hyperopt) over exactly those values."""
-        grid, fixed, space = dict(self.grid), dict(self.fixed), dict(self.space)
-        variants = [dict(v) for v in self.variants]
-        points = [dict(p) for p in self.points_to_evaluate]
+        """One value pins a key; several make it a grid axis (a tune.choice in a drawn space) over exactly those values."""
+        parts = {"grid": dict(self.grid), "fixed": dict(self.fixed), "space": dict(self.space),
+                 "variants": [dict(v) for v in self.variants],
+                 "points_to_evaluate": [dict(p) for p in self.points_to_evaluate]}
         for key, values in overrides.items():
             if key not in VOCABULARY and key not in models.option_keys():
                 raise UserError(f"unknown config key {key!r} in --set; valid keys: {valid_keys()}")
-            for container in (grid, fixed, space, *variants, *points):
+            for container in (parts["grid"], parts["fixed"], parts["space"], *parts["variants"],
+                              *parts["points_to_evaluate"]):
                 container.pop(key, None)
             if len(values) == 1:
-                fixed[key] = values[0]
-            elif self.searcher == "hyperopt":
-                from ray import tune
-
-                space[key] = tune.choice(list(values))
-                points = []  # the seed's starting points no longer fit the space
+                parts["fixed"][key] = values[0]
             else:
-                grid[key] = list(values)
-        variants = [v for v in variants if v]
-        return replace(self, grid=grid, fixed=fixed, space=space, variants=variants, points_to_evaluate=points)
+                self.search.vary(parts, key, list(values))
+        parts["variants"] = [v for v in parts["variants"] if v]
+        return replace(self, **parts)
 
     def with_max_epochs(self, max_epochs: int) -> "Study":
         """Every trial capped at `max_epochs`, per-trial max_epochs included."""

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tunefm import loops, models, store
+from tunefm import columns, interrupt, loops, models
 
 # Fashion-MNIST pixel statistics (training set, pixels / 255).
 PIXEL_MEAN, PIXEL_STD = 0.2860, 0.3530
@@ -252,7 +252,7 @@ def resolve_loop(loop: str, config: dict, device: torch.device, steps: int | Non
 def training_steps(config: dict, train_images: int, max_epochs: int, from_epoch: int = 0) -> int:
     """The optimizer steps a trial has ahead of it."""
     per_epoch = -(-train_images // int(config["batch_size"]))
-    return per_epoch * max(0, store.epoch_limit(config, max_epochs) - from_epoch)
+    return per_epoch * max(0, columns.epoch_limit(config, max_epochs) - from_epoch)
 
 
 class GroupMember:
@@ -278,7 +278,7 @@ def fit(config: dict, arrays: dict[str, np.ndarray], max_epochs: int, device: to
     state = state or init_state(config, device, resolve_loop(loop, config, device, steps))
     train_x, train_y = to_tensors(arrays["train_x"], arrays["train_y"], device)
     val_x, val_y = to_tensors(arrays["val_x"], arrays["val_y"], device)
-    max_epochs = store.epoch_limit(config, max_epochs)
+    max_epochs = columns.epoch_limit(config, max_epochs)
     if state.loop == "captured":
         yield from _fit_captured(config, state, train_x, train_y, val_x, val_y, max_epochs, device)
         return
@@ -336,6 +336,7 @@ def tune_trainable(config: dict, arrays: dict[str, np.ndarray], max_epochs: int,
     from ray import tune
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "checkpoint created" line per epoch is noise
+    interrupt.quiet_exit_during_garbage_collection()
     context = tune.get_context()
     resources = context.get_trial_resources().required_resources
     torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
