@@ -159,6 +159,7 @@ def test_fused_groups_are_measured_up_to_the_size_asked(cache):
     assert plan.group_size in (1, 2, 4) and plan.solo_samples_per_s == entry["solo"][calibrate.best_solo(entry)]
 
 
+@pytest.mark.slow
 def test_bench_shows_and_refreshes_the_calibration(cache):
     empty = CliRunner().invoke(main, ["bench", "--calibration"])
     assert empty.exit_code == 0 and "nothing measured yet" in empty.output and str(cache) in empty.output

@@ -145,3 +145,42 @@ def test_a_model_without_a_grouped_form_is_refused():
         fused.GroupedForward(torch.nn.Sequential(torch.nn.Flatten(), Residual()))
     with pytest.raises(fused.NotFusable, match="GELU"):
         fused.GroupedForward(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.GELU()))
+
+
+def test_the_executor_trains_its_members_in_rounds_as_they_would_alone(arrays):
+    """The worker behind --fuse, without Ray: two members of one shape each ask for their epochs
+    from their own thread (as trial processes do), get their solo curve, checkpoint files in
+    the solo format and where they ran; a member that leaves is not waited for."""
+    import io
+    import threading
+
+    from tunefm.executor import Executor
+
+    configs = {"a": {**BASE, "lr": 0.05, "seed": 1}, "b": {**BASE, "lr": 0.01, "seed": 2},
+               "c": {**BASE, "lr": 0.02, "seed": 3}}
+    executor = Executor(arrays, "cpu", threads=1, loop="plain", fuse="on", capacity=4, max_epochs=2)
+    for trial_id, config in configs.items():
+        executor.join(trial_id, config)
+    assert executor.leave("c") and not executor.leave("c")  # stopped before its first epoch
+    results = {}
+
+    def member(trial_id):
+        results[trial_id] = [executor.next_epoch(trial_id) for _ in range(3)]  # the third: None, it is done
+
+    threads = [threading.Thread(target=member, args=(t,)) for t in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    executor.stop()
+    assert not any(thread.is_alive() for thread in threads)
+    for trial_id in ("a", "b"):
+        first, second, done = results[trial_id]
+        assert done is None and [first[0]["epoch"], second[0]["epoch"]] == [1, 2]
+        curve = [(m["train_loss"], m["train_acc"], m["val_loss"], m["val_acc"]) for m, _, _ in (first, second)]
+        assert_same_curve(curve, solo_curve(configs[trial_id], arrays, 2))
+        metrics, files, facts = second
+        assert set(files) == {trainable.CHECKPOINT_FILE, trainable.CHECKPOINT_META}
+        state = torch.load(io.BytesIO(files[trainable.CHECKPOINT_FILE]), weights_only=False)
+        assert state["epoch"] == 2 and facts["device"] == "cpu" and facts["group_size"] == 2
+    assert executor.status()["members"] == []

@@ -125,6 +125,21 @@ def test_asha_stops_members_one_by_one_and_waiting_trials_take_their_place(fused
     assert (trials.epochs > 2).any() and trials.stopped_early.sum() < len(trials)
 
 
+def test_a_small_fused_search_trains_its_trials_through_one_executor(ray_session, tmp_path, data_dir):
+    """The fast tier's fused search: two trials of one shape, 2 epochs, as fused members
+    (member.py in the trial processes, the executor actor, the coordinator)."""
+    outcome = run(SearchSettings(space="fourfam", sets=("model=iaro1", "batch_size=32", "lr=0.01,0.02"), max_epochs=2,
+                                 train_size=256, val_size=128, test_size=64, test_top=1, fuse="on", early_stop=False,
+                                 results_dir=str(tmp_path), data_dir=str(data_dir)), echo=lambda line: None)
+    trials = outcome.trials
+    shown = trials[["trial_id", "status", "epochs", "execution", "fused_group", "test_acc"]].to_string()
+    assert len(trials) == 2 and (trials.status == "TERMINATED").all() and (trials.epochs == 2).all(), shown
+    assert trials.execution.str.startswith("fused:").all() and (trials.fused_group != "").all(), shown
+    assert trials.test_acc.notna().sum() == 1, shown
+    info = store.read_json(outcome.run_dir / store.RUN_FILE)
+    assert info["fusion"]["fuse"] is True and info["status"] == "completed"
+
+
 def test_fuse_is_checked_and_explained():
     with pytest.raises(Exception, match="--fuse must be one of auto, on, off, got 'maybe'"):
         SearchSettings(fuse="maybe").validate()

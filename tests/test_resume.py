@@ -263,3 +263,46 @@ def test_asha_after_a_resume_holds_the_rungs_it_held_before():
         decisions[name] = [scheduler.on_trial_result(None, newcomer, {"epoch": e, "val_acc": 0.62}) for e in (1,)]
     assert decisions["resumed"] == decisions["live"] == ["STOP"]
     assert decisions["fresh"] == ["CONTINUE"]  # what a resume without the replay would do
+
+
+def test_an_interrupted_search_resumes_in_the_same_process(ray_session, tmp_path, data_dir):
+    """The fast tier's resume, in-process on the session's Ray: SIGINT after the first of four
+    trials (one at a time), then `resume.run` with nothing given; every trial ends with all
+    its epochs, once each, and run.json tells the story."""
+    import threading
+
+    from tunefm.errors import Interrupted
+    from tunefm.lifecycle import RunRecord
+
+    settings = search.SearchSettings(space="fourfam", sets=("model=iaro1", "batch_size=64", "lr=0.01,0.02,0.03,0.04"),
+                                     max_epochs=2, train_size=256, val_size=128, test_size=64, test_top=1,
+                                     concurrency=1, early_stop=False, fuse="off", name="r",
+                                     results_dir=str(tmp_path), data_dir=str(data_dir))
+    run_dir = tmp_path / "r"
+
+    def interrupt_after_the_first_trial():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # never a SIGINT outside the search: it would stop pytest
+            if store.has_results(run_dir) and (store.read_trials(run_dir).status == "TERMINATED").any():
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.1)
+
+    threading.Thread(target=interrupt_after_the_first_trial, daemon=True).start()
+    with pytest.raises(Interrupted) as stopped:
+        search.run(settings, echo=lambda line: None)
+    assert stopped.value.signal_name == "SIGINT"
+    assert stopped.value.resume == f"tunefm search --name r --resume --results {tmp_path}"
+    assert RunRecord.load(run_dir).status == "interrupted"
+    finished_before = int((store.read_trials(run_dir).status == "TERMINATED").sum())
+    assert 1 <= finished_before < 4
+
+    lines = []
+    outcome = resume.run(search.SearchSettings(name="r", results_dir=str(tmp_path)), echo=lines.append)
+    assert f"Resuming run r: {finished_before} of 4 trials finished before" in lines
+    trials, epochs = outcome.trials, store.read_epochs(run_dir)
+    assert len(trials) == 4 and (trials.status == "TERMINATED").all() and (trials.epochs == 2).all()
+    assert len(epochs) == 8 and not epochs.duplicated(["trial_id", "epoch"]).any()
+    record = RunRecord.load(run_dir)
+    assert [e["event"] for e in record.events] == ["started", "interrupted", "resumed", "completed"]
+    assert record.status == "completed" and record.options["train_size"] == 256 and record.evaluation["top_k"] == 1

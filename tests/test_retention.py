@@ -4,6 +4,7 @@ import json
 from types import SimpleNamespace
 
 import pyarrow.fs as pafs
+import pytest
 from click.testing import CliRunner
 
 from conftest import linked_copy
@@ -67,6 +68,7 @@ def test_an_ended_trial_keeps_its_best_checkpoint_and_drops_the_latest(tmp_path)
     assert pruning.freed.checkpoints == 1 and pruning.freed.bytes == 3000 + len('{"epoch": 3, "val_acc": 0.5}')
 
 
+@pytest.mark.slow
 def test_keep_checkpoints_all_keeps_every_trials_checkpoints(tmp_path, data_dir, ray_session):
     from tunefm.search import SearchSettings, run
 

@@ -143,6 +143,7 @@ def test_seed_002_and_004_studies_run_on_ray(tmp_path, data_dir, ray_session, sp
         assert dict(zip(trials.model, trials.params)) == {"logreg": 7_850, "ann2": 269_322, "convnet3": 1_447_946}
 
 
+@pytest.mark.slow
 def test_a_study_file_in_the_documented_format_runs(tmp_path, data_dir, ray_session):
     """Written only from the README: a grid, variants with their own epochs, a model option,
     shared keys and reported figures; then summarize shows the figures beside the run's."""
