@@ -17,6 +17,7 @@ def cpu_rows(data_dir):
                                   bench_images=1000, trial_images=6000)
 
 
+@pytest.mark.slow
 def test_measures_speed_and_memory_per_model_and_batch(cpu_rows):
     machine, rows = cpu_rows
     assert [(r.model, r.batch_size, r.device) for r in rows] == [("iaro1", 64, "cpu"), ("iaro2", 64, "cpu")]
@@ -32,6 +33,7 @@ def test_measures_speed_and_memory_per_model_and_batch(cpu_rows):
     assert iaro2.model_mb > iaro1.model_mb and iaro2.samples_per_s < iaro1.samples_per_s
 
 
+@pytest.mark.slow
 def test_cpu_packing_is_limited_by_cores_or_memory(cpu_rows):
     machine, rows = cpu_rows
     for packing in bench.advise(rows, machine):
@@ -72,6 +74,7 @@ def test_one_fraction_per_model_from_its_tightest_batch_size():
     assert "iaro3: 4 trial(s) per GPU (limited by compute at batch 32): --gpus-per-trial 0.25" in text
 
 
+@pytest.mark.slow
 def test_bench_command_json_and_table(data_dir):
     args = ["bench", "--models", "iaro1", "--batch-sizes", "32,64", "--seconds", "0.1", "--data-dir", str(data_dir),
             "--device", "cpu"]

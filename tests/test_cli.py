@@ -117,6 +117,7 @@ def test_address_with_nothing_listening_fails_fast(tmp_path, data_dir):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_unsatisfiable_resources_without_ray_running_print_only_the_error(tmp_path, data_dir):
     """A fresh process, as a user runs it: refused before a local Ray starts, so no Ray logs."""
     import subprocess
@@ -141,7 +142,7 @@ def test_debug_shows_the_traceback():
     (["evaluate"], "Error: Missing argument 'RUN'."),
     (["search", "--max-epochs", "abc"], "Error: Invalid value for '--max-epochs': 'abc' is not a valid integer."),
     (["summarize", "--section", "nope"], "Error: Invalid value for '--section': 'nope' is not one of 'best', "
-                                         "'reference', 'grid', 'pareto', 'overfit', 'confusion'."),
+                                         "'reference', 'grid', 'importance', 'pareto', 'overfit', 'confusion'."),
     (["summarize", "--format", "xml"], "Error: Invalid value for '--format': 'xml' is not one of 'table', "
                                        "'markdown', 'csv', 'json'."),
     (["report", "--cost", "watts"], "Error: Invalid value for '--cost': 'watts' is not one of 'total_time_s', "

@@ -31,10 +31,13 @@ def test_report_writes_every_figure_and_index_names_only_existing_files(small_fo
         width, height = png_size(out / name)
         assert width >= 600 and height >= 350, name  # big enough to read
     page = (out / "index.html").read_text()
-    named = re.findall(r'src="([^"]+)"', page)
+    named = [n for links in re.findall(r'<p class="png">PNG: (.*?)</p>', page)
+             for n in re.findall(r'<a href="([^"]+)"', links)]
     assert sorted(named) == sorted(FIGURES) and all((out / n).is_file() for n in named)
+    assert page.count('class="plotly-graph-div"') == 7  # the interactive figures (test_report_browser.py)
     for table_text in ("Best configuration per model", "iaro4", "Pareto front", "Most confused", "Shirt",
-                       "Seed reported (000_3b33fd455f65cb7c.txt) | this run", "lr=0.005 batch_size=8"):
+                       "Seed reported (000_3b33fd455f65cb7c.txt) | this run", "lr=0.005 batch_size=8",
+                       "Hyperparameter importance", "lr x batch_size", "analysis of variance"):
         assert table_text in page
 
 
@@ -64,6 +67,13 @@ def test_every_figure_has_a_title_axis_labels_and_units(small_fourfam):
         labels = " ".join(ax.get_xlabel() + " " + ax.get_ylabel() for ax in fig.axes)
         assert "(" in labels, "units are given in parentheses"
         plt.close(fig)
+
+
+def test_color_by_must_be_a_config_key_of_the_run(small_fourfam, tmp_path):
+    result = CliRunner().invoke(main, ["report", str(small_fourfam), "--out", str(tmp_path / "r"), "--color-by", "x"])
+    assert result.exit_code == 1 and result.output.startswith("Error: --color-by 'x' is not a config key of this "
+                                                              "run; valid: model, lr, batch_size")
+    assert not (tmp_path / "r").exists()
 
 
 def test_report_without_test_results_leaves_out_the_confusion_figures(tmp_path):

@@ -185,6 +185,7 @@ def _flush_forever(run_dir, stop):
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_a_run_read_while_it_is_written_is_one_consistent_snapshot(tmp_path):
     """Trials and epochs are two files: a reader between the writer's two renames would
     pair new epochs with old trials. load_run re-reads until both come from one flush."""

@@ -189,6 +189,7 @@ def readme_random_study() -> str:
     return block
 
 
+@pytest.mark.slow
 def test_the_readmes_random_search_study_runs_inside_its_space(tmp_path, data_dir, ray_session):
     """Copied from the README and run with --seed 1 and --num-samples 6: every config inside
     the declared distributions, each drawn once, and the draws the seed gives."""

@@ -18,7 +18,7 @@ from tunefm.cli import main
 from tunefm.data import CLASSES
 from tunefm.run_writer import RunWriter
 
-JSON_KEYS = {"best", "reference", "grid", "pareto", "overfit", "overfit_grid", "confusion", "confusion_pairs"}
+JSON_KEYS = {"best", "reference", "grid", "importance", "pareto", "overfit", "overfit_grid", "confusion", "confusion_pairs"}
 
 
 def invoke(*args):

@@ -6,6 +6,7 @@
     tunefm summarize [RUN] --section best --format markdown
     tunefm evaluate RUN --test-top 5
     tunefm report RUN --out report/
+    tunefm export RUN --mlflow-uri sqlite:///mlflow.db
     tunefm bench --models iaro1,iaro2 --batch-sizes 8,256 --device cuda
     tunefm spaces [NAME]      tunefm models
 
@@ -30,6 +31,7 @@ from tunefm.summary import FORMATS, SECTIONS
 
 LOOPS = ("auto", "plain", "channels_last", "native_conv", "captured")  # tunefm.loops.NAMES, without importing torch
 FUSE_MODES = ("auto", "on", "off")  # tunefm.placement.FUSE_MODES, without importing Ray
+IMPORTANCE_METHODS = ("auto", "anova", "fanova", "ped-anova")  # tunefm.importance.METHODS, without statsmodels
 
 # Ray and torch are imported inside the commands that need them: `summarize` and
 # `report` read Parquet only (pandas) and start in a fraction of a second.
@@ -226,9 +228,12 @@ def compact(run: str, results_dir: str) -> None:
               default="total_time_s", help="pareto: the cost axis (lower is better).")
 @click.option("--trial", default=None, metavar="ID",
               help="confusion: this evaluated trial.  [default: the evaluated trial with the best val acc]")
+@click.option("--importance-method", type=click.Choice(IMPORTANCE_METHODS), default="auto",
+              help="importance: anova (an exact analysis of variance; needs a full-factorial grid), fanova or "
+                   "ped-anova (Optuna's, for any study); auto: anova where the design allows it, else fanova.")
 @user_errors
 def summarize(run: str | None, results_dir: str, sections: tuple[str, ...], fmt: str, **options) -> None:
-    """Best configurations, grids, Pareto front, overfitting and confusion of a run.
+    """Best configurations, grids, hyperparameter importance, Pareto front, overfitting and confusion of a run.
 
     Reads only the run's Parquet files, so it also works while the search is running.
     RUN is a run folder or a run name under --results.  [default: the newest run]
@@ -246,9 +251,11 @@ def summarize(run: str | None, results_dir: str, sections: tuple[str, ...], fmt:
 @click.option("--out", "out_dir", default=None, metavar="DIR", help="Where to write.  [default: RUN/report]")
 @click.option("--cost", type=click.Choice(COSTS),
               default="total_time_s", help="Cost axis of the Pareto plot.")
+@click.option("--color-by", default="lr", metavar="KEY",
+              help="Config key that colours the interactive learning curves (lr, batch_size, model, ...).")
 @user_errors
-def report(run: str | None, results_dir: str, out_dir: str | None, cost: str) -> None:
-    """PNG figures and an index.html with the summary tables for a run.
+def report(run: str | None, results_dir: str, out_dir: str | None, cost: str, color_by: str) -> None:
+    """An interactive, self-contained index.html (plotly; works offline) and PNG figures for a run.
 
     RUN is a run folder or a run name under --results.  [default: the newest run]
     """
@@ -256,8 +263,31 @@ def report(run: str | None, results_dir: str, out_dir: str | None, cost: str) ->
     from tunefm import store
 
     run_dir = store.resolve_run(run, results_dir)
-    written = reporting.write(store.load_run(run_dir), out_dir, cost=cost)
+    written = reporting.write(store.load_run(run_dir), out_dir, cost=cost, color_by=color_by)
     click.echo(f"Wrote {len(written.figures)} figures and {written.index}")
+
+
+@main.command()
+@click.argument("run")
+@click.option("--results", "results_dir", default="results", metavar="DIR", help="Folder holding run folders.")
+@click.option("--mlflow-uri", envvar="MLFLOW_TRACKING_URI", default=None, show_default=False, metavar="URI",
+              help="MLflow tracking URI: a server (http://host:5000), a database (sqlite:///mlflow.db) or a folder "
+                   "(file:///path/mlruns).  [default: $MLFLOW_TRACKING_URI]")
+@click.option("--experiment", default=None, metavar="NAME",
+              help="MLflow experiment to write into (created if missing).  [default: tunefm/<study>]")
+@user_errors
+def export(run: str, results_dir: str, mlflow_uri: str | None, experiment: str | None) -> None:
+    """Export a run to MLflow: a parent run for the study, a nested run per trial with every
+    epoch's metrics (step = epoch), its test metrics and confusion matrix. Exporting again
+    updates those runs instead of adding new ones. Needs MLflow: pip install -e ".[mlflow]".
+    RUN is a run folder, or a run name under --results."""
+    from tunefm import mlflow_export, store
+
+    if not mlflow_uri:
+        raise UserError("give --mlflow-uri URI (or set MLFLOW_TRACKING_URI): a tracking server (http://host:5000), "
+                        "a database (sqlite:///mlflow.db) or a folder (file:///path/mlruns)")
+    run_dir = store.resolve_run(run, results_dir)
+    mlflow_export.export(run_dir, mlflow_uri, experiment, echo=click.echo)
 
 
 def comma_list(convert):

@@ -1,9 +1,12 @@
-"""`tunefm report`: PNG figures and an index.html with the summary tables, for one run.
+"""`tunefm report`: one self-contained, interactive index.html and PNG figures, for one run.
 
-    written = report.write(store.load_run(run_dir), out_dir=None)   # default: <run>/report/
+    written = report.write(store.load_run(run_dir), out_dir=None, color_by="lr")   # <run>/report/
     written.figures, written.index
 
-Figures (matplotlib, Agg backend; every one has a title, axis labels and units):
+index.html holds the interactive figures (interactive.py: plotly, with plotly.js embedded
+once, so the file works offline and can be mailed), the summary tables, and links to the
+PNGs. The PNGs (matplotlib, Agg backend; every one has a title, axis labels and units) are
+for papers and notebooks:
 
     curves.png     train and val loss per epoch of each model's best trial
     grid.png       val acc over lr x batch size, one heatmap per model
@@ -33,9 +36,10 @@ from matplotlib.figure import Figure  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from tunefm import analysis, store, summary  # noqa: E402
+from tunefm import analysis, importance, store, summary  # noqa: E402
 from tunefm.data import CLASSES  # noqa: E402
 from tunefm.errors import UserError  # noqa: E402
+from tunefm.trial_summary import config_columns  # noqa: E402
 
 DPI = 110
 COST_LABELS = {"total_time_s": "training time per trial (s)", "time_per_epoch_s": "time per epoch (s)",
@@ -225,37 +229,57 @@ def _table_html(frame: pd.DataFrame, index: bool) -> str:
     return frame.to_html(index=index, escape=True, border=0, classes="table", na_rep="-")
 
 
+PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
+
+
+def plot_html(fig) -> str:
+    """A plotly figure as a div for index.html, which carries plotly.js once in its head."""
+    return fig.to_html(full_html=False, include_plotlyjs=False, config=PLOTLY_CONFIG)
+
+
 def index_html(run: store.RunTables, written: Written, sections: list[tuple[str, list[str], list[str]]]) -> str:
-    """The page: run header, then per section its figures and tables (already HTML)."""
+    """The page: run header, then per section its interactive figures and tables (already
+    HTML) and links to its PNGs; plotly.js inline, so nothing is fetched."""
+    from plotly.offline import get_plotlyjs
+
     body = [f"<h1>tunefm report: {html.escape(run.run_dir.name)}</h1>",
             "<p>" + "<br>".join(html.escape(line) for line in summary.run_header(run)) + "</p>"]
-    for title, figures, tables in sections:
+    for title, figures, blocks in sections:
         body.append(f"<h2>{html.escape(title)}</h2>")
-        body += [f'<p><img src="{html.escape(name)}" alt="{html.escape(title)}"></p>' for name in figures]
-        body += tables
+        body += blocks
+        if figures:
+            body.append('<p class="png">PNG: ' + ", ".join(f'<a href="{html.escape(name)}">{html.escape(name)}</a>'
+                                                           for name in figures) + "</p>")
     if written.notes:
         body.append("<h2>Left out</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in written.notes) + "</ul>")
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
              "img{max-width:100%}.table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0 1.5em}"
-             ".table td,.table th{padding:2px 8px;text-align:right;border-bottom:1px solid #ddd}")
+             ".table td,.table th{padding:2px 8px;text-align:right;border-bottom:1px solid #ddd}"
+             ".png{font-size:0.85em;color:#555}")
     return ("<!doctype html>\n<html><head><meta charset=\"utf-8\">"
-            f"<title>tunefm report: {html.escape(run.run_dir.name)}</title><style>{style}</style></head>"
+            f"<title>tunefm report: {html.escape(run.run_dir.name)}</title><style>{style}</style>"
+            f"<script>{get_plotlyjs()}</script></head>"
             "<body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
-def write(run: store.RunTables, out_dir: str | os.PathLike | None = None, cost: str = "total_time_s") -> Written:
-    """Write every figure the run's data allows, and index.html; return what was written."""
+def write(run: store.RunTables, out_dir: str | os.PathLike | None = None, cost: str = "total_time_s",
+          color_by: str = "lr") -> Written:
+    """Write every figure the run's data allows, and index.html; return what was written.
+    `color_by`: the config key that colours the interactive learning curves."""
     out = Path(out_dir).expanduser() if out_dir else run.run_dir / "report"
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder")
     analysis.with_cost(run.trials, cost)  # validate before drawing anything
+    keys = config_columns(run.trials)
+    if color_by not in keys:
+        raise UserError(f"--color-by {color_by!r} is not a config key of this run; valid: {', '.join(keys)}")
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
         tmp.mkdir(parents=True)
     except OSError as e:
         raise UserError(f"cannot write the report to {out}: {e.strerror or e}") from None
     try:
-        written, sections = _draw(run, tmp, cost)
+        written, sections = _draw(run, tmp, cost, color_by)
         (tmp / "index.html").write_text(index_html(run, written, sections))
         _swap_in(tmp, out)
     finally:
@@ -266,8 +290,10 @@ def write(run: store.RunTables, out_dir: str | os.PathLike | None = None, cost: 
     return written
 
 
-def _draw(run: store.RunTables, folder: Path, cost: str) -> tuple[Written, list]:
-    """Each analysis once, drawn as a figure and shown as a table."""
+def _draw(run: store.RunTables, folder: Path, cost: str, color_by: str = "lr") -> tuple[Written, list]:
+    """Each analysis once, drawn as an interactive figure and a PNG, and shown as a table."""
+    from tunefm import interactive
+
     trials, epochs, metric = run.trials, run.epochs, "best_val_acc"
     if trials[metric].isna().all():
         raise UserError(f"run {run.run_dir} has no trial with a result yet; nothing to plot")
@@ -288,14 +314,33 @@ def _draw(run: store.RunTables, folder: Path, cost: str) -> tuple[Written, list]
         source = run.info["study"].get("source") or "the source seed"
         sections.append((f"Seed reported ({source}) | this run", [],
                          [_table_html(summary.reference_display(reference), False)]))
-    sections.append(("Learning curves", figure("curves.png", draw_curves(best, trials, epochs)), []))
+    loss = loss_name(_outputs(trials, None))
+    sections.append(("Learning curves", figure("curves.png", draw_curves(best, trials, epochs)),
+                     [plot_html(interactive.learning_curves(trials, epochs, color_by, loss))]))
+    sections.append(("Parallel coordinates", [], [plot_html(interactive.parallel_coordinates(trials, metric))]))
     cells = analysis.grid(trials, metric)
     grid_tables = [f"<h3>{html.escape(model)}</h3>" + _table_html(table, True)
                    for model, table in summary.grid_displays(cells, metric, "lr", "batch_size").items()]
-    sections.append(("Validation accuracy over lr x batch size", figure("grid.png", draw_grid(cells)), grid_tables))
+    heatmaps = interactive.grid_heatmaps(trials, metric)
+    sections.append(("Validation accuracy over lr x batch size", figure("grid.png", draw_grid(cells)),
+                     ([plot_html(heatmaps)] if heatmaps is not None else []) + grid_tables))
+    try:
+        result = importance.importance(trials, run.info, metric)
+        notes = "<p>" + html.escape("; ".join(result.notes())) + "</p>"
+        sections.append(("Hyperparameter importance", [], [
+            plot_html(interactive.importance_bars(result.table, result.description, metric)), notes,
+            _table_html(summary.importance_display(importance.records(result)), False)]))
+    except UserError as e:  # too few trials, or nothing varied
+        written.notes.append(f"hyperparameter importance: {e}")
     front = analysis.pareto(trials, metric, cost)
     sections.append((f"Pareto front: accuracy vs {cost}", figure("pareto.png", draw_pareto(trials, front, metric, cost)),
-                     [_table_html(summary.pareto_display(front, metric, cost), False)]))
+                     [plot_html(interactive.pareto(trials, front, metric, cost, COST_LABELS.get(cost, cost))),
+                      _table_html(summary.pareto_display(front, metric, cost), False)]))
+    timeline = interactive.timeline(trials)
+    if timeline is not None:
+        sections.append(("Timeline", [], [plot_html(timeline)]))
+    else:
+        written.notes.append("timeline: no trial records when it started (a run from an older tunefm)")
     gaps = analysis.overfit(trials, epochs)
     overfit_table = ("<details><summary>Every trial</summary>" + _table_html(summary.overfit_display(gaps), False)
                      + "</details>")
@@ -309,7 +354,8 @@ def _draw(run: store.RunTables, folder: Path, cost: str) -> tuple[Written, list]
         result = analysis.confusion(run.confusion, trials)
         _, scores, confused = summary.confusion_displays(summary.confusion_records(result), result.pairs)
         sections.append(("Confusion matrix (test set)", figure("confusion.png", draw_confusion(result)),
-                         ["<h3>Most confused pairs</h3>" + _table_html(confused, False)]))
+                         [plot_html(interactive.confusion_heatmap(result)),
+                          "<h3>Most confused pairs</h3>" + _table_html(confused, False)]))
         sections.append(("Per-class F1 (test set)", figure("f1.png", draw_f1(result)), [_table_html(scores, False)]))
     return written, sections
 

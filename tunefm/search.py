@@ -244,7 +244,7 @@ def make_callbacks(study: studies.Study, settings: SearchSettings, writer: RunWr
     callbacks = [ParquetRecorder(writer),
                  ProgressLine(study.num_trials, study.max_epochs, echo, max_failures=settings.max_failures,
                               earlier=earlier_trials),
-                 TensorBoardWriter(run_dir / store.TENSORBOARD_DIR), JsonLoggerCallback(), CSVLoggerCallback()]
+                 TensorBoardWriter(run_dir / store.TENSORBOARD_DIR, study), JsonLoggerCallback(), CSVLoggerCallback()]
     if fusion is not None:
         from tunefm import placement
 

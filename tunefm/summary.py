@@ -9,6 +9,8 @@
     reference        what the study's source seed reported beside this run's value: where,
                      figure, seed, run, seed_chose, run_chose, n, note (analysis.reported_vs_run)
     grid             model, <rows>, <cols>, <metric>, n          (long form of the pivots)
+    importance       method, term, share of the metric's variation, and for an ANOVA df,
+                     sum_sq, F, p; metric, trials, stopped_early (importance.py)
     pareto           the non-dominated trials, cheapest first
     overfit          one row per trial: final losses, gap, min val loss epoch, flag
     overfit_grid     <rows>, <cols>, mean_gap, n, overfitting    (all models pooled)
@@ -36,10 +38,10 @@ from tunefm import analysis, store
 from tunefm.data import CLASSES
 from tunefm.errors import UserError
 
-SECTIONS = ("best", "reference", "grid", "pareto", "overfit", "confusion")
+SECTIONS = ("best", "reference", "grid", "importance", "pareto", "overfit", "confusion")
 FORMATS = ("table", "markdown", "csv", "json")
-TABLES = {"best": ["best"], "reference": ["reference"], "grid": ["grid"], "pareto": ["pareto"], "overfit": ["overfit", "overfit_grid"],
-          "confusion": ["confusion", "confusion_pairs"]}
+TABLES = {"best": ["best"], "reference": ["reference"], "grid": ["grid"], "importance": ["importance"],
+          "pareto": ["pareto"], "overfit": ["overfit", "overfit_grid"], "confusion": ["confusion", "confusion_pairs"]}
 WIDTH = 80
 NUMBER = re.compile(r"^[-+]?\.?\d")
 
@@ -53,6 +55,7 @@ class SummaryOptions:
     agg: str = "mean"
     cost: str = "total_time_s"
     trial: str | None = None  # confusion: this trial instead of the best evaluated one
+    importance_method: str = "auto"  # importance.METHODS
 
     def chosen_sections(self) -> tuple[str, ...]:
         for section in self.sections:
@@ -84,6 +87,8 @@ def tables(run: store.RunTables, options: SummaryOptions) -> dict[str, pd.DataFr
         out["reference"] = analysis.reported_vs_run(trials, run.info.get("study", {}).get("reported", []))
     if "grid" in sections:
         out["grid"] = analysis.grid(trials, options.metric, options.rows, options.cols, options.agg)
+    if "importance" in sections:
+        out["importance"] = importance_records(trials, run.info, options)
     if "pareto" in sections:
         out["pareto"] = analysis.pareto(trials, options.metric, options.cost)
     if "overfit" in sections:
@@ -99,6 +104,25 @@ def tables(run: store.RunTables, options: SummaryOptions) -> dict[str, pd.DataFr
             out["confusion_pairs"] = result.pairs.assign(trial_id=result.trial_id)[
                 ["trial_id", "true_class", "pred_class", "count", "share"]]
     return {key: frame.reset_index(drop=True) for key, frame in out.items()}
+
+
+def importance_records(trials: pd.DataFrame, info: dict, options: SummaryOptions) -> pd.DataFrame:
+    """The importance table, its notes in `.attrs["notes"]`. A run too small for it gets an
+    empty table and why, unless the section was asked for by name."""
+    from tunefm import importance
+
+    importance.check_method(options.importance_method)
+    try:
+        result = importance.importance(trials, info, options.metric, options.importance_method)
+    except UserError as e:
+        if "importance" in options.sections or options.importance_method != "auto":
+            raise
+        frame = pd.DataFrame(columns=["method", "term", "share"])
+        frame.attrs["notes"] = [str(e)]
+        return frame
+    frame = importance.records(result)
+    frame.attrs["notes"] = result.notes()
+    return frame
 
 
 # ---- number formats for people ----------------------------------------------------------
@@ -257,6 +281,18 @@ def trials_display(frame: pd.DataFrame, columns: dict[str, callable]) -> pd.Data
     return pd.DataFrame(shown)
 
 
+def importance_display(table: pd.DataFrame) -> pd.DataFrame:
+    if table.empty:
+        return pd.DataFrame()
+    shown = {"term": table["term"], "share": table["share"].map(lambda x: "-" if _missing(x) else f"{x:.1%}")}
+    if "sum_sq" in table:
+        shown["df"] = table["df"].map(fmt_count)
+        shown["sum sq"] = table["sum_sq"].map(lambda x: "-" if _missing(x) else f"{x:.4g}")
+        shown["F"] = table["F"].map(lambda x: "-" if _missing(x) else f"{x:.1f}")
+        shown["p"] = table["p"].map(lambda x: "-" if _missing(x) else f"{x:.2g}")
+    return pd.DataFrame(shown)
+
+
 def pareto_display(front: pd.DataFrame, metric: str, cost: str) -> pd.DataFrame:
     return trials_display(front, {metric: lambda x: fmt_metric(metric, x), cost: lambda x: fmt_metric(cost, x),
                                   "epochs": fmt_count})
@@ -323,6 +359,10 @@ def blocks(run: store.RunTables, found: dict[str, pd.DataFrame], options: Summar
         out.append((f"{label(metric)} ({options.agg}) by {rows} (rows) x {cols} (columns)",
                     f"cells: {options.agg} over the trials with those values{stopped}",
                     [(model, table, True) for model, table in pivots.items()] or [("", pd.DataFrame(), False)]))
+    if "importance" in found:
+        table = found["importance"]
+        out.append((f"Hyperparameter importance: share of the variation in {label(metric)}",
+                    "; ".join(table.attrs.get("notes", [])), [("", importance_display(table), False)]))
     if "pareto" in found:
         direction = "higher" if analysis.higher_is_better(metric) else "lower"
         out.append((f"Pareto front: {label(metric)} ({direction} is better) vs {options.cost} (lower is better)",
