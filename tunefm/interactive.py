@@ -31,6 +31,7 @@ from tunefm.data import CLASSES
 from tunefm.trial_summary import config_columns
 
 COLORSCALE = "Viridis"
+SLOT_SLACK_S = 2.0  # timeline: how far a trial's recorded end may overstate it (see there)
 STATUS_COLORS = {"finished": "#2a9d8f", "stopped early": "#e9c46a", "failed": "#e76f51", "interrupted": "#8d99ae",
                  "running": "#264653"}
 
@@ -225,7 +226,9 @@ def timeline(trials: pd.DataFrame) -> go.Figure | None:
     for node, part in data.sort_values("start").groupby(data["node_id"].fillna("?"), sort=False):
         free_at: list[float] = []
         for index, row in part.iterrows():
-            slot = next((i for i, end in enumerate(free_at) if end <= row["start"] + 1e-6), None)
+            # started_at is taken once the trial's model is built, while Tune's time_total_s also
+            # counts that set-up (a second or two on a fresh actor): start + total overstates the end.
+            slot = next((i for i, end in enumerate(free_at) if end <= row["start"] + SLOT_SLACK_S), None)
             if slot is None:
                 slot, free_at = len(free_at), free_at + [0.0]
             free_at[slot] = row["end"]
@@ -239,8 +242,8 @@ def timeline(trials: pd.DataFrame) -> go.Figure | None:
         fig.add_trace(go.Bar(
             y=part["lane"], x=part["total_time_s"], base=part["start"], orientation="h", name=state,
             marker=dict(color=color, line=dict(color="white", width=0.5)),
-            text=[f"{r.trial_id}<br>{_describe(r, keys)}<br>{int(r.epochs)} epoch(s)" for _, r in part.iterrows()],
-            hovertemplate="%{text}<br>from %{base:.1f} s for %{x:.1f} s<extra></extra>"))
+            customdata=[f"{r.trial_id}<br>{_describe(r, keys)}<br>{int(r.epochs)} epoch(s)" for _, r in part.iterrows()],
+            hovertemplate="%{customdata}<br>from %{base:.1f} s for %{x:.1f} s<extra></extra>"))
     fig.update_layout(title="Timeline: each trial on the slot that ran it (gaps: idle capacity)", barmode="overlay",
                       height=max(260, 40 * data["lane"].nunique() + 120),
                       xaxis=dict(title="seconds since the first trial started (s)"),
