@@ -141,3 +141,28 @@ def test_the_cli_offers_exactly_the_librarys_methods():
     from tunefm import cli
 
     assert cli.IMPORTANCE_METHODS == importance.METHODS
+
+
+def test_one_trial_per_cell_folds_the_interaction_into_the_residual():
+    """2 lr x 3 batch sizes, one seed: the lr x batch_size interaction would leave no degree of
+    freedom to test anything against, so it becomes the residual (and says so)."""
+    result = importance.importance(hand_made_grid(seeds=1))
+    table = result.table.set_index("term")
+    assert result.method == "anova"
+    assert list(table.index) == ["lr", "batch_size", "residual (lr x batch_size and other interactions)"]
+    assert table.loc["residual (lr x batch_size and other interactions)", "df"] == 2
+    assert table["share"].sum() == pytest.approx(1.0) and table.loc["lr", "F"] > 0
+
+
+def test_a_search_in_progress_never_breaks_the_section():
+    """While a search writes, the trials with a result are any subset of the grid: each is
+    analysed by whichever method fits it, or the section says why it cannot be."""
+    trials = hand_made_grid(seeds=1)
+    for count in range(1, len(trials) + 1):
+        part = trials.iloc[:count]
+        try:
+            result = importance.importance(part)
+        except UserError as e:
+            assert count < 3 and str(e).startswith("importance needs at least 3 trials"), (count, e)
+            continue
+        assert result.table["share"].sum() == pytest.approx(1.0), count

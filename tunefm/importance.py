@@ -106,6 +106,7 @@ def importance(trials: pd.DataFrame, info: Mapping[str, Any] | None = None, metr
         raise UserError(f"importance needs at least 3 trials with {metric} and a config key that varies; this run "
                         f"has {len(data)} trial(s) and varies {', '.join(factors) or 'nothing'}")
     seeds = is_full_factorial(data, factors)
+    chosen = method
     if method == "auto":
         method = "anova" if seeds else "fanova"
     stopped = int(data["stopped_early"].sum()) if "stopped_early" in data else 0
@@ -113,9 +114,18 @@ def importance(trials: pd.DataFrame, info: Mapping[str, Any] | None = None, metr
         if not seeds:
             raise UserError("--importance-method anova needs a full-factorial grid (every combination of "
                             f"{', '.join(factors)} the same number of times); use fanova or ped-anova for this run")
-        table = anova_table(data, factors, metric, seeds)
-    else:
-        table = optuna_table(data, factors, metric, method)
+        try:
+            table = anova_table(data, factors, metric, seeds)
+        except UserError:
+            if chosen != "auto":
+                raise
+            method = "fanova"  # a grid with one trial per cell and too few cells to estimate anything
+    if method != "anova":
+        try:
+            table = optuna_table(data, factors, metric, method)
+        except Exception as e:  # the evaluators' own errors: too few distinct values, say
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"{METHOD_NAMES[method].split(' (')[0]} could not rank this run's keys: {reason}") from None
     return Importance(method, metric, factors, table, len(data), stopped, seeds if method == "anova" else 1)
 
 
@@ -131,9 +141,17 @@ def anova_table(data: pd.DataFrame, factors: list[str], metric: str, seeds: int)
 
     frame = data[factors].astype(str).assign(y=data[metric].astype(float))  # every factor categorical
     terms = [_term(f) for f in factors]
+    interaction = ":".join(_term(f) for f in INTERACTION)
     if all(f in factors for f in INTERACTION):
-        terms.append(":".join(_term(f) for f in INTERACTION))
+        terms.append(interaction)
     fitted = ols("y ~ " + " + ".join(terms), data=frame).fit()
+    folded = fitted.df_resid < 1 and interaction in terms
+    if folded:  # one trial per cell of lr x batch size: the interaction is all that is left
+        terms.remove(interaction)
+        fitted = ols("y ~ " + " + ".join(terms), data=frame).fit()
+    if fitted.df_resid < 1:
+        raise UserError(f"an analysis of variance needs more trials than its terms have levels ({len(frame)} "
+                        f"trials over {', '.join(factors)}); use fanova or ped-anova")
     table = sm.stats.anova_lm(fitted, typ=2)
     rows = [{"term": _name(term), "df": float(row["df"]), "sum_sq": float(row["sum_sq"]),
              "F": float(row["F"]), "p": float(row["PR(>F)"])} for term, row in table.iterrows() if term != "Residual"]
@@ -148,7 +166,8 @@ def anova_table(data: pd.DataFrame, factors: list[str], metric: str, seeds: int)
                          "p": math.nan})
         rows.append({"term": "seed-to-seed noise", "df": noise_df, "sum_sq": noise_ss, "F": math.nan, "p": math.nan})
     else:
-        rows.append({"term": "residual (other interactions)", "df": float(residual["df"]),
+        rows.append({"term": "residual (lr x batch_size and other interactions)" if folded else
+                     "residual (other interactions)", "df": float(residual["df"]),
                      "sum_sq": float(residual["sum_sq"]), "F": math.nan, "p": math.nan})
     out = pd.DataFrame(rows)
     total = float(((frame["y"] - frame["y"].mean()) ** 2).sum())
