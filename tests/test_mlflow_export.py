@@ -80,6 +80,8 @@ def test_a_second_export_updates_instead_of_duplicating(small_fourfam, mlflow_ur
 
     child = runs[runs["tags.mlflow.parentRunId"].notna()].iloc[0]
     assert len(MlflowClient(mlflow_uri).get_metric_history(child["run_id"], "best_val_acc")) == 1
+    parent = runs[runs["tags.mlflow.parentRunId"].isna()].iloc[0]
+    assert len(MlflowClient(mlflow_uri).get_metric_history(parent["run_id"], "study_best_val_acc")) == 1
 
 
 def test_bad_input_is_one_error_line(tmp_path, mlflow_uri):

@@ -7,7 +7,6 @@ reads and writes the tables, does).
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping
 
 EPOCH_METRICS = ["train_loss", "train_acc", "val_loss", "val_acc", "epoch_time_s", "train_time_s", "time_total_s"]
@@ -35,13 +34,13 @@ TEXT_COLUMNS = {"trial_id", "status", "device", "node_id", "node_ip", "gpu_ids",
 
 
 def is_missing(value: Any) -> bool:
-    """None, NaN, or pandas' NA (which a Parquet row holds for a config key a trial lacks)."""
+    """None, NaN (NaT), or pandas' NA (which a Parquet row holds for a config key a trial lacks)."""
     if value is None:
         return True
     try:
-        return bool(value != value) or math.isnan(value)  # NaN; pd.NA's comparison raises TypeError
-    except (TypeError, ValueError):
-        return type(value).__name__ in ("NAType", "NaTType")
+        return bool(value != value)  # only NaN and NaT differ from themselves
+    except TypeError:  # pd.NA: its comparison is NA, which has no truth value
+        return True
 
 
 def epoch_limit(config: Mapping[str, Any], max_epochs: int) -> int:

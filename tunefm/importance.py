@@ -1,6 +1,6 @@
 """Which hyperparameters mattered: the share of a metric's variation each one explains.
 
-    result = importance.importance(run.trials, run.info, metric="best_val_acc")   # method="auto"
+    result = importance.importance(run.trials, metric="best_val_acc")   # method="auto"
     result.method, result.table          # "anova", one row per term: df, sum_sq, share, F, p
 
 Two kinds of study, two methods, and each result says which produced it:
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
 
 import pandas as pd
 
@@ -93,8 +92,7 @@ def check_method(method: str) -> None:
         raise UserError(f"--importance-method must be one of {', '.join(METHODS)}, got {method!r}")
 
 
-def importance(trials: pd.DataFrame, info: Mapping[str, Any] | None = None, metric: str = "best_val_acc",
-               method: str = "auto") -> Importance:
+def importance(trials: pd.DataFrame, metric: str = "best_val_acc", method: str = "auto") -> Importance:
     """The importance of each varied config key for `metric` (see the module's docstring).
     `method` auto: anova for a full-factorial grid, else fanova."""
     check_method(method)

@@ -31,7 +31,6 @@ from tunefm.data import CLASSES
 from tunefm.trial_summary import config_columns
 
 COLORSCALE = "Viridis"
-SLOT_SLACK_S = 2.0  # timeline: how far a trial's recorded end may overstate it (see there)
 STATUS_COLORS = {"finished": "#2a9d8f", "stopped early": "#e9c46a", "failed": "#e76f51", "interrupted": "#8d99ae",
                  "running": "#264653"}
 
@@ -51,16 +50,16 @@ def _describe(row: pd.Series, keys: list[str]) -> str:
     return " ".join(f"{k}={summary.fmt_value(row[k])}" for k in keys)
 
 
-def trial_colors(trials: pd.DataFrame, key: str) -> tuple[dict[str, str], go.Scatter | None, dict[str, str]]:
-    """trial_id -> colour by `key`; a legend-only trace carrying the colour bar for a numeric
-    key (None for a categorical one, whose values get {value: colour} for the legend)."""
+def trial_colors(trials: pd.DataFrame, key: str) -> tuple[dict[str, str], go.Scatter | None]:
+    """trial_id -> colour by `key`, and for a numeric key a legend-only trace carrying the
+    colour bar (None for a categorical key, whose values go in the legend instead)."""
     values = trials.set_index("trial_id")[key]
     numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values) \
         and values.nunique() > 2
     if not numeric:
         levels = list(dict.fromkeys(values.astype(str)))
         palette = {level: qualitative.D3[i % len(qualitative.D3)] for i, level in enumerate(levels)}
-        return {t: palette[str(v)] for t, v in values.items()}, None, palette
+        return {t: palette[str(v)] for t, v in values.items()}, None
     log = spans_decades(values)
     scaled = np.log10(values.astype(float)) if log else values.astype(float)
     low, high = float(scaled.min()), float(scaled.max())
@@ -74,15 +73,14 @@ def trial_colors(trials: pd.DataFrame, key: str) -> tuple[dict[str, str], go.Sca
                                  colorbar=dict(title=f"{key}" + (" (log)" if log else ""), thickness=12,
                                                tickvals=[math.log10(t) if log else t for t in ticks],
                                                ticktext=[summary.fmt_value(t) for t in ticks])))
-    return colors, bar, {}
+    return colors, bar
 
 
 def learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, color_by: str = "lr",
                     loss: str = "cross-entropy") -> go.Figure:
-    if color_by not in trials.columns:
-        color_by = "model"
     keys = varied_keys(trials)
-    colors, bar, legend = trial_colors(trials, color_by)
+    colors, bar = trial_colors(trials, color_by)
+    categorical = bar is None  # each value in the legend, else a colour bar
     panels = [("val_acc", "validation accuracy (fraction)"), ("train_loss", f"train {loss} (nats)"),
               ("val_loss", f"validation {loss} (nats)")]
     fig = make_subplots(rows=1, cols=3, subplot_titles=[t for _, t in panels], horizontal_spacing=0.06)
@@ -96,16 +94,16 @@ def learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, color_by: str = 
         text = f"{trial_id}<br>{_describe(row, keys)}" + ("<br>stopped early by ASHA" if stopped else "")
         level = str(row[color_by])
         for column, (metric, _) in enumerate(panels, 1):
-            first_of_level = legend and level not in shown_levels and column == 1
-            if first_of_level:
+            in_legend = categorical and column == 1 and level not in shown_levels
+            if in_legend:
                 shown_levels.add(level)
             fig.add_trace(go.Scatter(
                 x=history["epoch"], y=history[metric], mode="lines+markers",
                 line=dict(color=colors[trial_id], width=1.2, dash="dot" if stopped else "solid"),
                 marker=dict(size=[4] * (len(history) - 1) + [9 if stopped else 4],
                             symbol=["circle"] * (len(history) - 1) + ["x" if stopped else "circle"]),
-                opacity=0.75, name=f"{color_by}={level}" if legend else trial_id, legendgroup=level if legend else None,
-                showlegend=bool(first_of_level), hovertemplate=f"{text}<br>epoch %{{x}}: %{{y:.4f}}<extra></extra>"),
+                opacity=0.75, name=f"{color_by}={level}" if categorical else trial_id,
+                legendgroup=level if categorical else None, showlegend=in_legend, hovertemplate=f"{text}<br>epoch %{{x}}: %{{y:.4f}}<extra></extra>"),
                 row=1, col=column)
     if bar is not None:
         fig.add_trace(bar, row=1, col=1)
@@ -213,22 +211,25 @@ def trial_state(row: pd.Series) -> str:
     return "interrupted" if row["status"] == "INTERRUPTED" else "running"
 
 
-def timeline(trials: pd.DataFrame) -> go.Figure | None:
+def timeline(trials: pd.DataFrame, epochs: pd.DataFrame) -> go.Figure | None:
     """Each trial as a bar from its start for its training time, on the first free slot of its
     node (slots: the most trials that ran at once there); gaps are idle capacity."""
     data = trials[trials["started_at"].notna() & trials["total_time_s"].notna()].copy()
     if data.empty:
         return None
+    # started_at is taken once the trial's model is built, but Tune's time_total_s also counts
+    # that set-up: its share of the first result (time_total_s - epoch_time_s) is left out.
+    first = epochs.sort_values("epoch").groupby("trial_id")[["time_total_s", "epoch_time_s"]].first()
+    setup = (first["time_total_s"] - first["epoch_time_s"]).clip(lower=0)
     origin = data["started_at"].min()
     data["start"], data["state"] = data["started_at"] - origin, data.apply(trial_state, axis=1)
-    data["end"] = data["start"] + data["total_time_s"]
+    data["duration"] = data["total_time_s"] - data["trial_id"].map(setup).fillna(0.0)
+    data["end"] = data["start"] + data["duration"]
     lanes, keys = [], varied_keys(trials)
     for node, part in data.sort_values("start").groupby(data["node_id"].fillna("?"), sort=False):
         free_at: list[float] = []
         for index, row in part.iterrows():
-            # started_at is taken once the trial's model is built, while Tune's time_total_s also
-            # counts that set-up (a second or two on a fresh actor): start + total overstates the end.
-            slot = next((i for i, end in enumerate(free_at) if end <= row["start"] + SLOT_SLACK_S), None)
+            slot = next((i for i, end in enumerate(free_at) if end <= row["start"]), None)
             if slot is None:
                 slot, free_at = len(free_at), free_at + [0.0]
             free_at[slot] = row["end"]
@@ -240,7 +241,7 @@ def timeline(trials: pd.DataFrame) -> go.Figure | None:
         if part.empty:
             continue
         fig.add_trace(go.Bar(
-            y=part["lane"], x=part["total_time_s"], base=part["start"], orientation="h", name=state,
+            y=part["lane"], x=part["duration"], base=part["start"], orientation="h", name=state,
             marker=dict(color=color, line=dict(color="white", width=0.5)),
             customdata=[f"{r.trial_id}<br>{_describe(r, keys)}<br>{int(r.epochs)} epoch(s)" for _, r in part.iterrows()],
             hovertemplate="%{customdata}<br>from %{base:.1f} s for %{x:.1f} s<extra></extra>"))

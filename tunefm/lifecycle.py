@@ -121,7 +121,7 @@ class RunRecord:
         store.write_json(self.to_json(), Path(run_dir) / store.RUN_FILE)
 
     def live_pid(self) -> int | None:
-        return live_search_pid(self.to_json())
+        return live_search_pid({"status": self.status, "pid": self.pid, "host": self.host})
 
     # -- transitions ---------------------------------------------------------------------
     @classmethod

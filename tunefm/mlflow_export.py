@@ -83,6 +83,23 @@ def _param(value: Any) -> str:
     return json.dumps(value, default=str) if isinstance(value, (dict, list, tuple)) else str(value)
 
 
+def changed_metrics(client, run_id: str, values: dict[str, Any], fresh: bool) -> list:
+    """Metrics for `values` (key -> number or missing) that MLflow does not hold yet: all of them
+    on a fresh run; on one exported before, those whose latest logged value differs (logged
+    at the next step, so the latest is the current one)."""
+    from mlflow.entities import Metric
+
+    metrics = []
+    for key, value in values.items():
+        value = _number(value)
+        if value is None:
+            continue
+        previous = [] if fresh else client.get_metric_history(run_id, key)
+        if not previous or previous[-1].value != value:
+            metrics.append(Metric(key, value, _ms(time.time()), len(previous)))
+    return metrics
+
+
 def export(run_dir: Path, uri: str, experiment: str | None = None,
            echo: Callable[[str], None] = print) -> Exported:
     run = store.load_run(Path(run_dir))  # one-line errors for a folder that is not a run
@@ -99,8 +116,9 @@ def export(run_dir: Path, uri: str, experiment: str | None = None,
     parents = [r for r in client.search_runs([experiment_id], filter_string)
                if "mlflow.parentRunId" not in r.data.tags]
     if parents:
-        parent_id = parents[0].info.run_id
+        parent_id, parent_is_new = parents[0].info.run_id, False
     else:
+        parent_is_new = True
         parent = client.create_run(experiment_id, run_name=run.run_dir.name,
                                    tags={RUN_TAG: run.run_dir.name, STARTED_TAG: started, "tunefm.kind": "study"})
         parent_id = parent.info.run_id
@@ -120,7 +138,8 @@ def export(run_dir: Path, uri: str, experiment: str | None = None,
         history = histories.get(trial_id, pd.DataFrame(columns=["epoch", *EPOCH_METRICS]))
         begin = _number(row.get("started_at")) or time.time()
         run_id = children.get(trial_id)
-        if run_id is None:
+        fresh = run_id is None
+        if fresh:
             run_id = client.create_run(experiment_id, start_time=_ms(begin), run_name=trial_id,
                                        tags={"mlflow.parentRunId": parent_id, TRIAL_TAG: trial_id}).info.run_id
             config = {k: row[k] for k in keys if not is_missing(row[k])}
@@ -137,13 +156,7 @@ def export(run_dir: Path, uri: str, experiment: str | None = None,
             metrics += [Metric(k, v, at, int(epoch_row["epoch"])) for k in EPOCH_METRICS
                         if k in epoch_row and (v := _number(epoch_row[k])) is not None]
             outcome.epochs_logged += 1
-        for key in SUMMARY_METRICS:
-            value = _number(row.get(key))
-            if value is None:
-                continue
-            previous = client.get_metric_history(run_id, key) if trial_id in outcome.updated else []
-            if not previous or previous[-1].value != value:
-                metrics.append(Metric(key, value, _ms(time.time()), len(previous)))
+        metrics += changed_metrics(client, run_id, {key: row.get(key) for key in SUMMARY_METRICS}, fresh)
         for start in range(0, len(metrics), BATCH):
             client.log_batch(run_id, metrics=metrics[start:start + BATCH])
         client.log_batch(run_id, tags=[RunTag("tunefm.status", str(row["status"])),
@@ -156,9 +169,8 @@ def export(run_dir: Path, uri: str, experiment: str | None = None,
         if row["status"] in STATUS:
             end = begin + (_number(row.get("total_time_s")) or 0.0)
             client.set_terminated(run_id, STATUS[row["status"]], end_time=_ms(end))
-    best = {k: _number(trials[k].max()) for k in ("best_val_acc", "test_acc") if k in trials}
-    client.log_batch(parent_id, metrics=[Metric(f"study_{k}", v, _ms(time.time()), 0)
-                                         for k, v in best.items() if v is not None])
+    best = {f"study_{k}": trials[k].max() for k in ("best_val_acc", "test_acc") if k in trials}
+    client.log_batch(parent_id, metrics=changed_metrics(client, parent_id, best, parent_is_new))
     client.log_dict(parent_id, info, "run.json")
     if info.get("status", "").startswith("completed"):
         client.set_terminated(parent_id, "FINISHED")

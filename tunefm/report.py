@@ -325,7 +325,7 @@ def _draw(run: store.RunTables, folder: Path, cost: str, color_by: str = "lr") -
     sections.append(("Validation accuracy over lr x batch size", figure("grid.png", draw_grid(cells)),
                      ([plot_html(heatmaps)] if heatmaps is not None else []) + grid_tables))
     try:
-        result = importance.importance(trials, run.info, metric)
+        result = importance.importance(trials, metric)
         notes = "<p>" + html.escape("; ".join(result.notes())) + "</p>"
         sections.append(("Hyperparameter importance", [], [
             plot_html(interactive.importance_bars(result.table, result.description, metric)), notes,
@@ -336,7 +336,7 @@ def _draw(run: store.RunTables, folder: Path, cost: str, color_by: str = "lr") -
     sections.append((f"Pareto front: accuracy vs {cost}", figure("pareto.png", draw_pareto(trials, front, metric, cost)),
                      [plot_html(interactive.pareto(trials, front, metric, cost, COST_LABELS.get(cost, cost))),
                       _table_html(summary.pareto_display(front, metric, cost), False)]))
-    timeline = interactive.timeline(trials)
+    timeline = interactive.timeline(trials, epochs)
     if timeline is not None:
         sections.append(("Timeline", [], [plot_html(timeline)]))
     else:

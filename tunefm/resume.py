@@ -166,7 +166,7 @@ class ResumedRun:
     run_dir: Path
     tune_dir: str
     earlier_record: RunRecord
-    earlier_trials: pd.DataFrame | None = None  # as the run's files hold them when the writer opens
+    earlier: dict[str, pd.DataFrame]  # the trials and epochs tables written so far (store.read_tables)
 
     @classmethod
     def make(cls, settings: search.SearchSettings, given: Collection[str] = ()) -> "ResumedRun":
@@ -189,7 +189,8 @@ class ResumedRun:
             raise UserError(f"run {run_dir.name} cannot be resumed: Tune saved no experiment state in {tune_dir} "
                             f"(the search stopped in its first seconds); start a new search instead")
         splits = evaluate.load_run_data(record.to_json(), settings.data_dir)  # the same files, or one clear error
-        return cls(settings, study, splits, run_dir, tune_dir, record)
+        earlier = store.read_tables(run_dir)  # empty tables where the run wrote none yet
+        return cls(settings, study, splits, run_dir, tune_dir, record, earlier)
 
     def placement(self, session: RaySession) -> placement.Decision:
         fusion = self.earlier_record.fusion
@@ -206,19 +207,18 @@ class ResumedRun:
     def tuner(self, session: RaySession, writer: RunWriter, fusion: Fusion | None, pruning, echo):
         """Tune's saved experiment, restored with tunefm's trainable, callbacks and scheduler;
         ASHA replays the epochs written so far."""
-        earlier = store.read_tables(self.run_dir)  # empty tables where the run wrote none yet
-        self.earlier_trials = earlier[store.TRIALS]
         search.quiet_tune_output()
         restore_missing_checkpoints(self.tune_dir)
         settings, study = self.settings, self.study
         return ray_internals.restore_tuner(
             self.tune_dir, search.make_trainable(study, settings, self.splits, session.cluster.has_gpus, fusion),
-            search.make_callbacks(study, settings, writer, self.run_dir, echo, self.earlier_trials, fusion, pruning),
-            search.make_scheduler(study, settings, earlier[store.EPOCHS]), settings.max_failures)
+            search.make_callbacks(study, settings, writer, self.run_dir, echo, self.earlier[store.TRIALS], fusion,
+                                  pruning),
+            search.make_scheduler(study, settings, self.earlier[store.EPOCHS]), settings.max_failures)
 
     def record(self, session: RaySession, decision: placement.Decision, echo) -> RunRecord:
-        trials = self.earlier_trials
-        done = int((trials["status"] == "TERMINATED").sum()) if trials is not None and len(trials) else 0
+        trials = self.earlier[store.TRIALS]
+        done = int((trials["status"] == "TERMINATED").sum()) if len(trials) else 0
         echo(f"Resuming run {self.run_dir.name}: {done} of {self.study.num_trials} trials finished before")
         return self.earlier_record.resumed(self.settings, session, done)
 

@@ -45,7 +45,7 @@ import ast
 import importlib.util
 import itertools
 import numbers
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -61,7 +61,7 @@ def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _is_int(value) -> bool:
+def is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
@@ -80,7 +80,7 @@ def _check(condition: Callable[[Any], bool], valid: str) -> Callable[[Any], None
 VOCABULARY: dict[str, tuple[Callable[[Any], None], Any]] = {
     "model": (_check_model, None),
     "lr": (_check(lambda v: _is_number(v) and v > 0, "a number > 0"), None),
-    "batch_size": (_check(lambda v: _is_int(v) and v >= 1, "an integer >= 1"), None),
+    "batch_size": (_check(lambda v: is_int(v) and v >= 1, "an integer >= 1"), None),
     "optimizer": (_check(lambda v: v in ("sgd", "adam"), "'sgd' or 'adam'"), "sgd"),
     "momentum": (_check(lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"), 0.0),
     "weight_decay": (_check(lambda v: _is_number(v) and v >= 0, "a number >= 0"), 0.0),
@@ -88,8 +88,8 @@ VOCABULARY: dict[str, tuple[Callable[[Any], None], Any]] = {
     "augment": (_check(lambda v: isinstance(v, bool), "true or false"), False),
     "output": (_check(lambda v: v in ("softmax", "sigmoid"), "'softmax' or 'sigmoid'"), "softmax"),
     "lr_decay": (_check(lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"), 1.0),
-    "max_epochs": (_check(lambda v: _is_int(v) and v >= 1, "an integer >= 1"), None),
-    "seed": (_check(lambda v: _is_int(v) and v >= 0, "an integer >= 0"), 0),
+    "max_epochs": (_check(lambda v: is_int(v) and v >= 1, "an integer >= 1"), None),
+    "seed": (_check(lambda v: is_int(v) and v >= 0, "an integer >= 0"), 0),
 }
 REQUIRED_KEYS = ("model", "lr", "batch_size")
 
@@ -190,9 +190,9 @@ class Study:
         for (a, keys_a), (b, keys_b) in itertools.combinations(groups.items(), 2):
             if keys_a & keys_b:
                 raise UserError(f"{where}: {', '.join(sorted(keys_a & keys_b))} is both in {a} and {b}")
-        if not _is_int(self.max_epochs) or self.max_epochs < 1:
+        if not is_int(self.max_epochs) or self.max_epochs < 1:
             raise UserError(f"max epochs must be an integer >= 1, got {self.max_epochs!r}")
-        if not _is_int(self.test_top) or self.test_top < 0:
+        if not is_int(self.test_top) or self.test_top < 0:
             raise UserError(f"{where}: test_top must be an integer >= 0, got {self.test_top!r}")
         present = set(self.grid) | set(self.fixed) | set(self.space)
         for variant in self.variants or [{}]:
@@ -207,10 +207,9 @@ class Study:
         self._validate_reported(where)
 
     def _is_set(self, name: str) -> bool:
-        """A searcher field differs from its default (`initial_points` has one, the rest are empty)."""
-        default = next(f for f in fields(self) if f.name == name)
-        empty = default.default if default.default is not MISSING else default.default_factory()
-        return getattr(self, name) != empty and getattr(self, name) not in ((), [], {}, None)
+        """A searcher field is given: not empty, and not its default (`initial_points` has one)."""
+        value, declared = getattr(self, name), next(f for f in fields(self) if f.name == name)
+        return bool(value) and value != declared.default
 
     def _validate_reported(self, where: str) -> None:
         from tunefm.columns import REPORTABLE

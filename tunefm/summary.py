@@ -88,7 +88,7 @@ def tables(run: store.RunTables, options: SummaryOptions) -> dict[str, pd.DataFr
     if "grid" in sections:
         out["grid"] = analysis.grid(trials, options.metric, options.rows, options.cols, options.agg)
     if "importance" in sections:
-        out["importance"] = importance_records(trials, run.info, options)
+        out["importance"] = importance_records(trials, options)
     if "pareto" in sections:
         out["pareto"] = analysis.pareto(trials, options.metric, options.cost)
     if "overfit" in sections:
@@ -106,14 +106,14 @@ def tables(run: store.RunTables, options: SummaryOptions) -> dict[str, pd.DataFr
     return {key: frame.reset_index(drop=True) for key, frame in out.items()}
 
 
-def importance_records(trials: pd.DataFrame, info: dict, options: SummaryOptions) -> pd.DataFrame:
+def importance_records(trials: pd.DataFrame, options: SummaryOptions) -> pd.DataFrame:
     """The importance table, its notes in `.attrs["notes"]`. A run too small for it gets an
     empty table and why, unless the section was asked for by name."""
     from tunefm import importance
 
     importance.check_method(options.importance_method)
     try:
-        result = importance.importance(trials, info, options.metric, options.importance_method)
+        result = importance.importance(trials, options.metric, options.importance_method)
     except UserError as e:
         if "importance" in options.sections or options.importance_method != "auto":
             raise

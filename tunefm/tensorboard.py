@@ -60,46 +60,51 @@ def hparam_infos(study) -> list:
         info = HParamInfo(name=key, type=DataType.Value(kind))
         if values:
             cast = str if kind == "DATA_TYPE_STRING" else (bool if kind == "DATA_TYPE_BOOL" else float)
-            info.domain_discrete.extend(sorted({cast(v) for v in values}, key=lambda v: (str(type(v)), v)))
+            info.domain_discrete.extend(sorted({cast(v) for v in values}))
         infos.append(info)
     return infos
+
+
+def _hparams_summary(tag: str, **data):
+    """A Summary carrying HParams plugin data (an experiment, a session start or end) under `tag`."""
+    from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData
+    from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
+
+    content = HParamsPluginData(version=0, **data).SerializeToString()
+    metadata = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="hparams", content=content))
+    return Summary(value=[Summary.Value(tag=tag, metadata=metadata)])
 
 
 def write_experiment(log_dir: Path, study) -> None:
     """The HParams experiment at the TensorBoard root (once: a resumed run keeps its own)."""
     from tensorboardX import FileWriter
     from tensorboardX.proto.api_pb2 import Experiment, MetricInfo, MetricName
-    from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData
-    from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
 
     log_dir.mkdir(parents=True, exist_ok=True)
     if any(p.is_file() and p.name.startswith("events.") for p in log_dir.iterdir()):
         return
     experiment = Experiment(name=study.name, description=study.description, hparam_infos=hparam_infos(study),
                             metric_infos=[MetricInfo(name=MetricName(tag=tag)) for tag in METRIC_TAGS])
-    content = HParamsPluginData(experiment=experiment, version=0)
-    metadata = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="hparams",
-                                                                      content=content.SerializeToString()))
     writer = FileWriter(str(log_dir))
-    writer.add_summary(Summary(value=[Summary.Value(tag="_hparams_/experiment", metadata=metadata)]))
+    writer.add_summary(_hparams_summary("_hparams_/experiment", experiment=experiment))
     writer.close()
 
 
-def session_summaries(config: dict, status: str | None = None):
-    """(session start, session end) summaries for one trial; the end says `status`
-    (Tune's TERMINATED: success, ERROR: failure)."""
-    from tensorboardX.proto.api_pb2 import Status
-    from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData, SessionEndInfo
-    from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
+def session_start(config: dict):
+    """A trial's HParams session start: its config values."""
     from tensorboardX.summary import hparams
 
     plain = {k: _plain(v) for k, v in config.items() if isinstance(_plain(v), (int, float, str, bool))}
-    _, start, _ = hparams(plain, {})
+    return hparams(plain, {})[1]
+
+
+def session_end(status: str):
+    """A trial's HParams session end: Tune's TERMINATED is a success, ERROR a failure."""
+    from tensorboardX.proto.api_pb2 import Status
+    from tensorboardX.proto.plugin_hparams_pb2 import SessionEndInfo
+
     code = "STATUS_FAILURE" if status == "ERROR" else "STATUS_SUCCESS"
-    content = HParamsPluginData(session_end_info=SessionEndInfo(status=Status.Value(code)), version=0)
-    metadata = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="hparams",
-                                                                      content=content.SerializeToString()))
-    return start, Summary(value=[Summary.Value(tag="_hparams_/session_end_info", metadata=metadata)])
+    return _hparams_summary("_hparams_/session_end_info", session_end_info=SessionEndInfo(status=Status.Value(code)))
 
 
 class TensorBoardWriter(Callback):
@@ -116,7 +121,7 @@ class TensorBoardWriter(Callback):
             writer = SummaryWriter(str(self.log_dir / trial.trial_id))
             # Into the trial's own event file: SummaryWriter.add_hparams would open a second
             # writer, whose file can get the same name (it is made from the current second).
-            writer.file_writer.add_summary(session_summaries(trial.config)[0])
+            writer.file_writer.add_summary(session_start(trial.config))
             self.writers[trial.trial_id] = writer
         return self.writers[trial.trial_id]
 
@@ -134,7 +139,7 @@ class TensorBoardWriter(Callback):
         # A writer exists only once a result did; Tune keeps each metric's running max.
         writer.add_scalar(BEST_TAG, trial.metric_analysis["val_acc"]["max"])
         if status is not None:  # an interrupted trial's session goes on after a resume
-            writer.file_writer.add_summary(session_summaries(trial.config, status)[1])
+            writer.file_writer.add_summary(session_end(status))
         writer.close()
 
     def on_trial_complete(self, iteration, trials, trial, **info):

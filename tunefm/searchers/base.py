@@ -73,7 +73,7 @@ class DrawingSearcher(Searcher):
 
     def validate(self, study: "Study", where: str) -> None:
         from tunefm import distributions  # imports Ray Tune only when a study uses a space
-        from tunefm.study import validate_value
+        from tunefm.study import is_int, validate_value
 
         if study.grid or study.variants:
             raise UserError(f"{where}: a {self.name} study searches `space`; put fixed values in `fixed`, not grid "
@@ -83,7 +83,7 @@ class DrawingSearcher(Searcher):
         for key, domain in study.space.items():
             for value in distributions.domain_values(key, domain):
                 validate_value(key, value)
-        if not _is_int(study.num_samples) or study.num_samples < 1:
+        if not is_int(study.num_samples) or study.num_samples < 1:
             raise UserError(f"{where}: a {self.name} study needs num_samples >= 1, got {study.num_samples!r}")
         for point in study.points_to_evaluate:
             if set(point) != set(study.space):
@@ -122,10 +122,6 @@ class DrawingSearcher(Searcher):
         lines = [f"  {key:<14} {distributions.describe(domain)}" for key, domain in study.space.items()]
         lines += [f"  first point    {_pairs(point)}" for point in study.points_to_evaluate]
         return lines + [f"  {study.num_samples} configs drawn; " + self.summary]
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _pairs(config: Mapping[str, Any]) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tunefm.errors import UserError
-from tunefm.searchers.base import DrawingSearcher, _is_int
+from tunefm.searchers.base import DrawingSearcher
 
 if TYPE_CHECKING:
     from tunefm.study import Study
@@ -25,8 +25,10 @@ class HyperoptSearcher(DrawingSearcher):
     fields = DrawingSearcher.fields | {"initial_points"}
 
     def validate(self, study: "Study", where: str) -> None:
+        from tunefm.study import is_int
+
         super().validate(study, where)
-        if not _is_int(study.initial_points) or study.initial_points < 1:
+        if not is_int(study.initial_points) or study.initial_points < 1:
             raise UserError(f"{where}: initial_points must be an integer >= 1, got {study.initial_points!r}")
 
     def search_alg(self, study: "Study", seed: int, concurrency: int | None,
