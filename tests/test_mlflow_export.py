@@ -5,6 +5,8 @@ input is one Error line."""
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -95,6 +97,21 @@ def test_bad_input_is_one_error_line(tmp_path, mlflow_uri):
     assert missing.exit_code == 1 and missing.output.startswith("Error: give --mlflow-uri URI (or set MLFLOW_")
     from_env = CliRunner(env={"MLFLOW_TRACKING_URI": mlflow_uri}).invoke(main, ["export", str(run_dir)])
     assert from_env.exit_code == 0 and f"at {mlflow_uri}: parent run" in from_env.output
+
+
+def test_a_server_that_does_not_answer_is_one_error_line_not_minutes_of_retries(tmp_path):
+    run_dir = tiny_run(tmp_path / "run")
+    with socket.socket() as probe:  # a port nothing listens on: the connection is refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # MLflow's own retries would take about 4 minutes here; the limit only guards a hang
+    done = subprocess.run([sys.executable, "-m", "tunefm.cli", "export", str(run_dir), "--mlflow-uri",
+                           f"http://127.0.0.1:{port}"], capture_output=True, text=True, cwd=tmp_path, timeout=90,
+                          env={k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_HTTP")})
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr == (f"Error: cannot use --mlflow-uri http://127.0.0.1:{port}: no tracking server answered "
+                           "(Connection refused); give a tracking server (http://host:5000), a database "
+                           "(sqlite:///mlflow.db) or a folder (file:///path/mlruns)\n")
 
 
 def test_without_mlflow_the_command_says_how_to_install_it(tmp_path):

@@ -24,7 +24,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -52,6 +55,22 @@ class Exported:
     epochs_logged: int = 0
 
 
+@contextmanager
+def _answer_promptly():
+    """MLflow retries a request 7 times with backoff (about 4 minutes) before it gives up,
+    so a wrong host or port would look like a hang: the first request gets no retries and
+    a 10 s timeout, unless the user set MLflow's own variables. Later requests keep
+    MLflow's retries (its sessions are cached per retry setting, so this one is apart)."""
+    promptly = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    added = {name: value for name, value in promptly.items() if name not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
+
+
 def client_for(uri: str):
     """An MlflowClient for `uri` that has answered once; a UserError if MLflow is missing or
     the URI does not lead to a tracking store."""
@@ -63,9 +82,13 @@ def client_for(uri: str):
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
         client = MlflowClient(tracking_uri=uri)
-        client.search_experiments(max_results=1)
+        with _answer_promptly():
+            client.search_experiments(max_results=1)
     except Exception as e:  # a bad scheme, a server that does not answer, a folder we cannot write
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        unreachable = re.search(r"\[Errno -?\d+\] ([^\"')]+)|(Read timed out|timed out)", reason)
+        if unreachable:  # requests' own message is three nested exceptions long
+            reason = f"no tracking server answered ({unreachable.group(1) or unreachable.group(2)})"
         raise UserError(f"cannot use --mlflow-uri {uri}: {reason}; give a tracking server (http://host:5000), "
                         f"a database (sqlite:///mlflow.db) or a folder (file:///path/mlruns)") from None
     return client
