@@ -32,5 +32,5 @@ STUDY = Study(
     concurrency=4,
     max_epochs=10,
     source="001_b3a5012d14491ce7.txt",
-    reported=[Reported(where={"model": "cnn2"}, figures={"test_acc": 0.9291}, chosen=SEED_CHOICE)],
+    reported=[Reported(where={"model": "cnn2"}, figures={"test_acc": 0.9291}, chosen=SEED_CHOICE, epochs=10)],
 )

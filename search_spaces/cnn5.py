@@ -38,7 +38,7 @@ STUDY = Study(
     source="001_b3a5012d14491ce7.txt",
     test_top=4,
     reported=[
-        Reported(where={"model": model, "augment": augment, "output": output}, figures={"test_acc": acc})
+        Reported(where={"model": model, "augment": augment, "output": output}, figures={"test_acc": acc}, epochs=10)
         for model, accuracies in TABLE_1.items()
         for (augment, output), acc in zip(COLUMNS, accuracies)
     ],

@@ -41,7 +41,7 @@ STUDY = Study(
         Reported(where={"model": model},
                  figures={"best_val_acc": acc, "min_train_loss": train_loss, "min_train_loss_epoch": 100,
                           "final_val_loss": val_loss, "time_per_epoch_s": seconds, "params": params},
-                 chosen={"lr": lr, "batch_size": batch_size})
+                 chosen={"lr": lr, "batch_size": batch_size}, epochs=100)
         for model, (acc, lr, batch_size, train_loss, val_loss, seconds, params) in SEED_RESULTS.items()
     ],
 )

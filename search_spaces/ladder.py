@@ -40,7 +40,7 @@ STUDY = Study(
     source="002_8766e111042e3d78.txt",
     reported=[
         Reported(where={"model": model}, figures={"test_acc": acc, "test_loss": loss},
-                 note="overall comparison, with lr decay" if model == "convnet1" else "")
+                 note="overall comparison, with lr decay" if model == "convnet1" else "", epochs=50)
         for model, (acc, loss) in SEED_TEST.items()
     ],
 )

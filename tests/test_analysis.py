@@ -251,10 +251,10 @@ def test_reported_vs_run_uses_the_best_validation_config_among_matching_trials()
         {"model": "a", "lr": 0.1, "best_val_acc": 0.84, "test_acc": 0.81, "seed": 1},   # mean 0.82
         {"model": "a", "lr": 0.01, "best_val_acc": 0.81, "test_acc": 0.95, "seed": 0},  # best test, not picked
         {"model": "b", "lr": 0.1, "best_val_acc": 0.70},
-    ])
+    ]).assign(epochs=[10, 4, 10, 1])
     reported = [
         {"where": {"model": "a"}, "figures": {"best_val_acc": 0.9, "test_acc": 0.88}, "chosen": {"lr": 0.01},
-         "note": ""},
+         "note": "", "epochs": 100},
         {"where": {"model": "b", "lr": 0.1}, "figures": {"test_acc": 0.7}, "chosen": {}, "note": "fixed"},
         {"where": {"model": "c"}, "figures": {"test_acc": 0.5}, "chosen": {}, "note": ""},
     ]
@@ -265,5 +265,8 @@ def test_reported_vs_run_uses_the_best_validation_config_among_matching_trials()
     assert a_test["run"] == pytest.approx(0.80)  # the test set never picks the configuration
     assert a_acc["seed_chose"] == "lr=0.01" and a_acc["run_chose"] == "lr=0.1"
     assert np.isnan(b_test["run"]) and b_test["n"] == 0 and b_test["note"] == "fixed"  # not evaluated
-    assert np.isnan(c_test["run"])  # no such trial in this run
+    assert np.isnan(c_test["run"]) and c_test["trials"] == 0  # no such trial in this run
+    assert (a_acc["trials"], b_test["trials"]) == (3, 1)
+    assert a_acc["seed_epochs"] == 100 and a_acc["run_epochs"] == 7  # the pick's two seeds trained 10 and 4
+    assert np.isnan(b_test["seed_epochs"]) and b_test["run_epochs"] == 1  # the seed did not say; ASHA stopped it
     assert analysis.reported_vs_run(trials, []).empty

@@ -51,6 +51,8 @@ def test_every_bundled_study_documents_its_seed_and_reports_its_figures(name):
             assert any(all(c.get(k) == v for k, v in row.where.items()) for c in configs), row.where
             for key, value in row.chosen.items():
                 assert any(c.get(key) == value for c in configs)
+    if not loaded.source.startswith("004"):  # seed 004 gives no epochs: it trained to about 90% train accuracy
+        assert all(row.epochs for row in loaded.reported), "where the seed states its epochs, they are recorded"
 
 
 def test_cnn5_is_table_1():
@@ -193,6 +195,9 @@ def tpe(space: str, fixed: str = "{'model': 'iaro1', 'batch_size': 8}", extra: s
      "a hyperopt study searches `space`"),
     ("from tunefm.study import Study\nSTUDY = Study(name='e', description='', grid={'lr': [0.1]}, "
      "fixed={'model': 'iaro1', 'batch_size': 8}, num_samples=3)\n", "need searcher='hyperopt'"),
+    ("from tunefm.study import Study, Reported\nSTUDY = Study(name='e', description='', grid={'lr': [0.1]}, "
+     "fixed={'model': 'iaro1', 'batch_size': 8}, reported=[Reported(where={}, figures={'test_acc': 0.9}, "
+     "epochs=0)])\n", "reported epochs must be an integer >= 1 (or None: not stated), got 0"),
 ])
 def test_bad_study_files(tmp_path, body, message):
     """Each mistake in a study file is one line that names the file and the problem."""

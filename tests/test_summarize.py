@@ -74,9 +74,29 @@ def test_reference_puts_the_seeds_figures_beside_this_runs(small_fourfam, summar
     text = invoke("summarize", str(small_fourfam), "--section", "reference").output
     assert "Seed reported (000_3b33fd455f65cb7c.txt) | this run" in text
     # Too wide for one 80-column table: one small table per model, the choices above it.
-    assert "model=iaro1: seed chose lr=0.01 batch_size=32; this run chose" in text
+    assert re.search(r"model=iaro1: seed chose lr=0.01 batch_size=32 \(100 epochs\); this run chose "
+                     r"lr=\S+ batch_size=\d+ \([123] epochs?\)", " ".join(text.split()))  # wrapped at 80
+    assert (reference["seed_epochs"] == 100).all() and (reference["trials"] == 4).all()
+    chosen = reference[reference.figure == "best_val_acc"].set_index("where")
+    for model, row in best.iterrows():  # how long this run's pick trained (ASHA stops some after 1 epoch)
+        assert chosen.loc[f"model={model}", "run_epochs"] == trials.loc[row.trial_ids, "epochs"]
     assert re.search(r"min train loss epoch +100 +[123]$", text, re.MULTILINE)  # epochs print as counts
     assert all(len(line) <= 80 for line in text.splitlines())
+
+
+def test_reference_leaves_out_what_the_run_does_not_have_and_says_so(small_fourfam, tmp_path):
+    """A run of fourfam cut to two models (--set model=iaro1,iaro2) shows the seed's rows for
+    those two, and one line naming the rows it has no trials for, not two tables of dashes."""
+    cut = shutil.copytree(small_fourfam, tmp_path / "two-models")
+    trials = store.read_trials(cut)
+    store.write_trials(cut, trials[trials.model.isin(["iaro1", "iaro2"])])
+    text = invoke("summarize", str(cut), "--section", "reference").output
+    assert "not in this run: model=iaro3, model=iaro4" in text
+    assert "model=iaro1: seed chose" in text and "model=iaro2: seed chose" in text
+    assert "model=iaro3:" not in text and "model=iaro4:" not in text
+    markdown = invoke("summarize", str(cut), "--section", "reference", "--format", "markdown").output
+    assert "is about; - = not evaluated on the test set  \nnot in this run: model=iaro3, model=iaro4  \n" in markdown
+    assert "### model=iaro1: seed chose lr=0.01 batch_size=32 (100 epochs); this run chose" in markdown
 
 
 def test_a_narrow_reference_is_one_table(tmp_path):
@@ -87,10 +107,11 @@ def test_a_narrow_reference_is_one_table(tmp_path):
         {"where": {"lr": 0.5}, "figures": {"best_val_acc": 0.8}, "chosen": {}, "note": ""}]}
     store.write_json(info, run_dir / store.RUN_FILE)
     text = summary.render(store.load_run(run_dir), summary.SummaryOptions(sections=("reference",)))
-    assert text.splitlines()[-3:] == [
-        "where    figure   seed reported  this run  note",
-        "lr=0.01  val acc         0.9000    0.7000  mine",
-        "lr=0.5   val acc         0.8000         -"]
+    assert text.splitlines()[-4:] == [
+        "not in this run: lr=0.5",
+        "",
+        "where    figure   seed reported  this run  seed epochs  run epochs  note",
+        "lr=0.01  val acc         0.9000    0.7000            -           2  mine"]
 
 
 def test_grid_matches_a_pivot_of_the_trials_file(small_fourfam, summary_json):

@@ -307,8 +307,12 @@ def reported_vs_run(trials: pd.DataFrame, reported: list[dict]) -> pd.DataFrame:
     chosen configuration. This run's figures come from the configuration with the best
     mean validation accuracy among the matching trials (the test set never picks), as
     means over its seeds. Columns: where, figure, seed, run, seed_chose, run_chose,
-    n (seeds behind the run's value), note. `run` is NaN where the run has no such
-    trial or the figure is missing (test_acc of a trial not evaluated).
+    n (seeds behind the run's value), note, trials (how many of this run's trials
+    match `where`: 0 where the run left them out, e.g. by --set), seed_epochs (how long
+    the seed trained, NaN where it does not say) and run_epochs (the epochs this run's
+    pick trained: fewer than the seed's where ASHA stopped it or --max-epochs cut it,
+    and then its figures are not the seed's figures). `run` is NaN where the run has
+    no such trial or the figure is missing (test_acc of a trial not evaluated).
     """
     rows = []
     for entry in reported:
@@ -319,13 +323,17 @@ def reported_vs_run(trials: pd.DataFrame, reported: list[dict]) -> pd.DataFrame:
             top = configurations(matched, "best_val_acc").iloc[0]
             group = matched[matched["trial_id"].isin(top["trial_ids"].split(","))]
         run_chose = _describe({k: _plain(group.iloc[0][k]) for k in chosen if k in group.columns}) if len(group) else ""
+        run_epochs = group["epochs"].mean() if len(group) and "epochs" in group.columns else np.nan
+        seed_epochs = entry.get("epochs")  # absent from runs made before it was recorded
         for figure, value in entry.get("figures", {}).items():
             run_value = group[figure].mean() if len(group) and figure in group.columns else np.nan
             rows.append({"where": _describe(where), "figure": figure, "seed": value, "run": run_value,
                          "seed_chose": _describe(chosen), "run_chose": run_chose,
                          "n": int(group[figure].notna().sum()) if figure in group.columns else 0,
-                         "note": entry.get("note", "")})
-    return pd.DataFrame(rows, columns=["where", "figure", "seed", "run", "seed_chose", "run_chose", "n", "note"])
+                         "note": entry.get("note", ""), "trials": len(matched),
+                         "seed_epochs": np.nan if seed_epochs is None else seed_epochs, "run_epochs": run_epochs})
+    return pd.DataFrame(rows, columns=["where", "figure", "seed", "run", "seed_chose", "run_chose", "n", "note",
+                                       "trials", "seed_epochs", "run_epochs"])
 
 
 def _plain(value):

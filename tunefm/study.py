@@ -129,17 +129,20 @@ class Reported:
     `figures` maps a trials.parquet column (best_val_acc, test_acc, total_time_s, ...)
     to the seed's value. `chosen` is the configuration the seed picked among the
     matching trials; `tunefm summarize` shows this run's pick (best mean validation
-    accuracy) beside it.
+    accuracy) beside it. `epochs` is how long the seed trained for these figures, where
+    it says: a figure after 100 epochs is not the same figure after 10, so the summary
+    shows it beside the epochs this run's pick trained.
     """
 
     where: Mapping[str, Any]
     figures: Mapping[str, float]
     chosen: Mapping[str, Any] = field(default_factory=dict)
     note: str = ""
+    epochs: int | None = None
 
     def record(self) -> dict[str, Any]:
         return {"where": dict(self.where), "figures": dict(self.figures), "chosen": dict(self.chosen),
-                "note": self.note}
+                "note": self.note, "epochs": self.epochs}
 
 
 @dataclass(frozen=True)
@@ -219,6 +222,9 @@ class Study:
                 raise UserError(f"{where}: reported must hold tunefm.study.Reported(...) entries, got {row!r}")
             for key, value in [*row.where.items(), *row.chosen.items()]:
                 validate_value(key, value)
+            if row.epochs is not None and not (isinstance(row.epochs, int) and row.epochs >= 1):
+                raise UserError(f"{where}: reported epochs must be an integer >= 1 (or None: not stated), "
+                                f"got {row.epochs!r}")
             unknown = [k for k in row.figures if k not in REPORTABLE]
             if unknown or not row.figures:
                 raise UserError(f"{where}: reported figures must be trials.parquet columns ({', '.join(REPORTABLE)}), "

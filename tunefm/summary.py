@@ -231,25 +231,49 @@ def reference_display(reference: pd.DataFrame) -> pd.DataFrame:
              "this run": [fmt_metric(f, v) for f, v in zip(reference["figure"], reference["run"])]}
     if (reference["seed_chose"] != "").any():
         shown["seed chose"], shown["this run chose"] = reference["seed_chose"], reference["run_chose"]
+    shown["seed epochs"] = reference["seed_epochs"].map(fmt_count)
+    shown["run epochs"] = reference["run_epochs"].map(fmt_count)
     if (reference["note"] != "").any():
         shown["note"] = reference["note"]
     return pd.DataFrame(shown)
 
 
+def _epochs(value) -> str:
+    return "" if _missing(value) else f"{fmt_count(value)} epoch{'' if value == 1 else 's'}"
+
+
+def reference_heading(first: pd.Series) -> str:
+    """`where (note): seed chose X (100 epochs); this run chose Y (30 epochs)`, for one small table."""
+    heading = first["where"] + (f" ({first['note']})" if first["note"] else "")
+    seed, run = _epochs(first["seed_epochs"]), _epochs(first["run_epochs"])
+    if first["seed_chose"]:
+        return (heading + f": seed chose {first['seed_chose']}" + (f" ({seed})" if seed else "")
+                + f"; this run chose {first['run_chose'] or '-'}" + (f" ({run})" if run else ""))
+    said = [f"{who} trained {epochs}" for who, epochs in (("seed", seed), ("this run", run)) if epochs]
+    return heading + (": " + ", ".join(said) if said else "")
+
+
 def reference_parts(reference: pd.DataFrame) -> list[tuple[str, pd.DataFrame, bool]]:
     """The reference table whole when it fits the terminal, else one small table per `where`
-    with the choices and the note in its subheading (long `where`s like seed 004's)."""
+    with the choices, the epochs and the note in its subheading (long `where`s like seed
+    004's). Rows about trials this run does not have are left out (the note names them)."""
+    reference = reference[reference["trials"] > 0]
+    if reference.empty:
+        return []
     display = reference_display(reference)
     if max(len(line) for line in text_table(display, False, width=10 ** 6).splitlines()) <= WIDTH:
         return [("", display, False)]
-    parts = []
-    for where, rows in reference.groupby("where", sort=False):
-        first = rows.iloc[0]
-        heading = where + (f" ({first['note']})" if first["note"] else "")
-        if first["seed_chose"]:
-            heading += f": seed chose {first['seed_chose']}; this run chose {first['run_chose'] or '-'}"
-        parts.append((heading, reference_display(rows)[["figure", "seed reported", "this run"]], False))
-    return parts
+    return [(reference_heading(rows.iloc[0]), reference_display(rows)[["figure", "seed reported", "this run"]], False)
+            for _, rows in reference.groupby("where", sort=False)]
+
+
+def reference_note(reference: pd.DataFrame) -> str:
+    if reference.empty:
+        return "this run's study records no reported figures"
+    note = ("this run: the configuration with the best mean val acc among the trials that row is about; "
+            "- = not evaluated on the test set")
+    absent = reference.loc[reference["trials"] == 0, "where"].unique()
+    return note + (f"\nnot in this run: {', '.join(absent)}" if len(absent) else "")
 
 
 def pivot_display(cells: pd.DataFrame, rows: str, cols: str, text: list[str]) -> pd.DataFrame:
@@ -348,11 +372,8 @@ def blocks(run: store.RunTables, found: dict[str, pd.DataFrame], options: Summar
                     [("", best_display(found["best"], metric), False)]))
     if "reference" in found and (len(found["reference"]) or "reference" in options.sections):
         source = run.info.get("study", {}).get("source") or "its source"
-        note = ("this run: the configuration with the best mean val acc among the trials that row is about; "
-                "- = no such trial, or not evaluated on the test set" if len(found["reference"])
-                else "this run's study records no reported figures")
-        out.append((f"Seed reported ({source}) | this run", note,
-                    reference_parts(found["reference"]) if len(found["reference"]) else []))
+        out.append((f"Seed reported ({source}) | this run", reference_note(found["reference"]),
+                    reference_parts(found["reference"])))
     if "grid" in found:
         pivots = grid_displays(found["grid"], metric, rows, cols)
         stopped = "; * = stopped early by ASHA" if (found["grid"]["stopped"] > 0).any() else ""
@@ -452,8 +473,8 @@ def render(run: store.RunTables, options: SummaryOptions, fmt: str = "table") ->
     lines = [f"# {header[0]}", "", *(f"{h}  " for h in header[1:])] if fmt == "markdown" else header
     for heading, note, parts in blocks(run, found, options):
         lines += ["", f"## {heading}" if fmt == "markdown" else f"{heading}\n{'=' * min(len(heading), WIDTH)}"]
-        if note:
-            lines += [note] if fmt == "markdown" else textwrap.wrap(note, WIDTH)
+        for line in note.splitlines():
+            lines += [f"{line}  "] if fmt == "markdown" else textwrap.wrap(line, WIDTH)
         for subheading, frame, index in parts:
             if subheading:
                 lines += ["", f"### {subheading}"] if fmt == "markdown" else ["", *textwrap.wrap(f"{subheading}:", WIDTH)]
