@@ -37,8 +37,9 @@ def test_report_writes_every_figure_and_index_names_only_existing_files(small_fo
     assert page.count('class="plotly-graph-div"') == 7  # the interactive figures (test_report_browser.py)
     for table_text in ("Best configuration per model", "iaro4", "Pareto front", "Most confused", "Shirt",
                        "Seed reported (000_3b33fd455f65cb7c.txt) | this run", "lr=0.005 batch_size=8",
-                       "Hyperparameter importance", "lr x batch_size", "analysis of variance"):
+                       "Hyperparameter importance", "lr x batch_size", "analysis of variance", "run epochs"):
         assert table_text in page
+    assert "not in this run" not in page  # small_fourfam has every model the seed reported
 
 
 def every_axes_is_labelled(fig):

@@ -312,8 +312,10 @@ def _draw(run: store.RunTables, folder: Path, cost: str, color_by: str = "lr") -
     reference = analysis.reported_vs_run(trials, run.info.get("study", {}).get("reported", []))
     if len(reference):
         source = run.info["study"].get("source") or "the source seed"
+        note = "".join(f"<p>{html.escape(line)}</p>" for line in summary.reference_note(reference).splitlines())
+        present = reference[reference["trials"] > 0]
         sections.append((f"Seed reported ({source}) | this run", [],
-                         [_table_html(summary.reference_display(reference), False)]))
+                         [note, *([_table_html(summary.reference_display(present), False)] if len(present) else [])]))
     loss = loss_name(_outputs(trials, None))
     sections.append(("Learning curves", figure("curves.png", draw_curves(best, trials, epochs)),
                      [plot_html(interactive.learning_curves(trials, epochs, color_by, loss))]))
