@@ -270,3 +270,23 @@ def test_reported_vs_run_uses_the_best_validation_config_among_matching_trials()
     assert a_acc["seed_epochs"] == 100 and a_acc["run_epochs"] == 7  # the pick's two seeds trained 10 and 4
     assert np.isnan(b_test["seed_epochs"]) and b_test["run_epochs"] == 1  # the seed did not say; ASHA stopped it
     assert analysis.reported_vs_run(trials, []).empty
+
+
+# ---- grid axes ------------------------------------------------------------------------------
+
+def test_grid_axes_are_lr_and_batch_size_where_they_vary_else_the_studys_varied_keys():
+    lr_by_batch = trials_frame([{"lr": lr, "batch_size": b} for lr in (0.01, 0.1) for b in (8, 64)])
+    assert analysis.grid_axes(lr_by_batch) == ("lr", "batch_size")
+    # seed 004's architecture grid: lr and batch size fixed, five architecture keys vary
+    grid = pd.DataFrame([{"conv1_kernel": k, "conv1_filters": f, "dense": d, "seed": s}
+                         for k in (3, 5) for f in (8, 16) for d in (64, 100) for s in (0, 1)])
+    architectures = trials_frame([{"seed": s} for s in grid["seed"]]).assign(**{k: grid[k] for k in grid})
+    assert analysis.grid_axes(architectures) == ("conv1_kernel", "conv1_filters")  # table order; seeds average
+    assert analysis.grid_axes(architectures, order=["dense", "conv1_kernel"]) == ("dense", "conv1_kernel")
+    assert analysis.grid_axes(architectures, rows="conv1_filters") == ("conv1_filters", "conv1_kernel")
+    assert analysis.grid_axes(architectures, cols="dense") == ("conv1_kernel", "dense")
+    lr_only = trials_frame([{"lr": lr} for lr in (0.01, 0.1)])
+    assert analysis.grid_axes(lr_only) == ("lr", "batch_size")  # nothing else varies: a column of one
+    cells = analysis.grid(architectures.assign(best_val_acc=np.arange(16) / 16), "best_val_acc",
+                          *analysis.grid_axes(architectures, order=["conv1_kernel", "dense"]), agg="max")
+    assert len(cells) == 4 and cells["best_val_acc"].max() == 15 / 16 and (cells["n"] == 4).all()

@@ -16,6 +16,7 @@ seed, so repeated seeds of one grid point are summarized together.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -107,6 +108,19 @@ def top_configs(trials: pd.DataFrame, k: int) -> list[str]:
         return []
     chosen = configurations(trials, "best_val_acc").groupby("model", sort=False).head(k)
     return sorted(tid for ids in chosen["trial_ids"] for tid in ids.split(","))
+
+
+def grid_axes(trials: pd.DataFrame, rows: str | None = None, cols: str | None = None,
+              order: Sequence[str] = ()) -> tuple[str, str]:
+    """The two config keys a grid shows: those given, else lr and batch_size where they vary,
+    else the keys that vary, the study's own grid keys (`order`) first. A study that fixes
+    lr and batch size (seed 004's architecture grid) would otherwise get a 1 x 1 table."""
+    config = [c for c in config_columns(trials) if c not in ("model", "seed")]  # a grid per model; seeds average
+    candidates = dict.fromkeys(k for k in ("lr", "batch_size", *order, *config) if k in config)
+    varying = [k for k in candidates if trials[k].nunique(dropna=True) > 1]
+    picks = [k for k in (*varying, "lr", "batch_size") if k not in (rows, cols)]
+    rows = rows or picks.pop(0)
+    return rows, cols or next(k for k in picks if k != rows)
 
 
 def grid(trials: pd.DataFrame, metric: str = "best_val_acc", rows: str = "lr", cols: str = "batch_size",

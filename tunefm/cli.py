@@ -220,8 +220,12 @@ def compact(run: str, results_dir: str) -> None:
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table",
               help="Output format.")
 @click.option("--metric", default="best_val_acc", help="Metric for best, grid and pareto; better high (accuracies) or low (losses, times).")
-@click.option("--rows", default="lr", help="grid and overfit: config key down the rows.")
-@click.option("--cols", default="batch_size", help="grid and overfit: config key across the columns.")
+@click.option("--rows", default=None, metavar="KEY",
+              help="grid and overfit: config key down the rows.  [default: lr, where it varies; else the first "
+                   "key of the study's grid that varies]")
+@click.option("--cols", default=None, metavar="KEY",
+              help="grid and overfit: config key across the columns.  [default: batch_size, where it varies; "
+                   "else the next key that varies]")
 @click.option("--agg", type=click.Choice(AGGREGATES), default="mean",
               help="grid: how a cell combines its trials (seeds, other varied keys).")
 @click.option("--cost", type=click.Choice(COSTS),

@@ -320,11 +320,12 @@ def _draw(run: store.RunTables, folder: Path, cost: str, color_by: str = "lr") -
     sections.append(("Learning curves", figure("curves.png", draw_curves(best, trials, epochs)),
                      [plot_html(interactive.learning_curves(trials, epochs, color_by, loss))]))
     sections.append(("Parallel coordinates", [], [plot_html(interactive.parallel_coordinates(trials, metric))]))
-    cells = analysis.grid(trials, metric)
+    rows, cols = analysis.grid_axes(trials, order=list(run.info.get("study", {}).get("grid", {})))
+    cells = analysis.grid(trials, metric, rows, cols)
     grid_tables = [f"<h3>{html.escape(model)}</h3>" + _table_html(table, True)
-                   for model, table in summary.grid_displays(cells, metric, "lr", "batch_size").items()]
-    heatmaps = interactive.grid_heatmaps(trials, metric)
-    sections.append(("Validation accuracy over lr x batch size", figure("grid.png", draw_grid(cells)),
+                   for model, table in summary.grid_displays(cells, metric, rows, cols).items()]
+    heatmaps = interactive.grid_heatmaps(trials, metric, rows, cols)
+    sections.append((f"Validation accuracy over {rows} x {cols}", figure("grid.png", draw_grid(cells, metric, rows, cols)),
                      ([plot_html(heatmaps)] if heatmaps is not None else []) + grid_tables))
     try:
         result = importance.importance(trials, metric)

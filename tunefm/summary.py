@@ -30,7 +30,7 @@ import json
 import math
 import re
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pandas as pd
 
@@ -50,12 +50,18 @@ NUMBER = re.compile(r"^[-+]?\.?\d")
 class SummaryOptions:
     sections: tuple[str, ...] = ()  # empty: every section
     metric: str = "best_val_acc"
-    rows: str = "lr"
-    cols: str = "batch_size"
+    rows: str | None = None  # None: analysis.grid_axes picks (lr, batch_size where they vary)
+    cols: str | None = None
     agg: str = "mean"
     cost: str = "total_time_s"
     trial: str | None = None  # confusion: this trial instead of the best evaluated one
     importance_method: str = "auto"  # importance.METHODS
+
+    def with_axes(self, run: store.RunTables) -> "SummaryOptions":
+        """These options with the grid's rows and columns decided for this run."""
+        order = list(run.info.get("study", {}).get("grid", {}))
+        rows, cols = analysis.grid_axes(run.trials, self.rows, self.cols, order)
+        return replace(self, rows=rows, cols=cols)
 
     def chosen_sections(self) -> tuple[str, ...]:
         for section in self.sections:
@@ -81,6 +87,8 @@ def tables(run: store.RunTables, options: SummaryOptions) -> dict[str, pd.DataFr
     trials = run.trials
     out: dict[str, pd.DataFrame] = {}
     sections = options.chosen_sections()
+    if {"grid", "overfit"} & set(sections):
+        options = options.with_axes(run)
     if "best" in sections:
         out["best"] = analysis.best(trials, options.metric)
     if "reference" in sections:
@@ -364,6 +372,8 @@ def run_header(run: store.RunTables) -> list[str]:
 
 def blocks(run: store.RunTables, found: dict[str, pd.DataFrame], options: SummaryOptions):
     """(heading, note, [(subheading, display frame, show index)]) per section, for people."""
+    if {"grid", "overfit"} & set(found):
+        options = options.with_axes(run)
     metric, rows, cols = options.metric, options.rows, options.cols
     out = []
     if "best" in found:
