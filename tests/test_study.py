@@ -5,6 +5,7 @@ import re
 
 import pytest
 
+from conftest import REPO
 from tunefm import study
 from tunefm.errors import UserError
 
@@ -210,3 +211,16 @@ def test_bad_study_files(tmp_path, body, message):
 def test_missing_study_file(tmp_path):
     with pytest.raises(UserError, match="study file .*nope.py does not exist"):
         study.load(str(tmp_path / "nope.py"))
+
+
+def test_the_reference_results_study_files_load_as_their_docstrings_run_them():
+    """results/reference/*.py are run by the commands in their reference files."""
+    files = sorted((REPO / "results" / "reference").glob("*.py"))
+    assert files
+    for path in files:
+        loaded = study.load(str(path))
+        assert f"--space results/reference/{path.name}" in loaded.notes
+        assert loaded.num_trials >= 1 and loaded.reported
+    longer = study.load(str(REPO / "results" / "reference" / "fourfam_longer.py"))
+    assert [(c["model"], c["lr"], c["batch_size"], c["momentum"]) for c in longer.configs()] == [
+        ("iaro2", 0.01, 16, 0.0), ("iaro2", 0.005, 8, 0.0)] and longer.max_epochs == 60
