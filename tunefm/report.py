@@ -313,14 +313,14 @@ def _draw(run: store.RunTables, folder: Path, cost: str, color_by: str = "lr") -
     if len(reference):
         source = run.info["study"].get("source") or "the source seed"
         note = "".join(f"<p>{html.escape(line)}</p>" for line in summary.reference_note(reference).splitlines())
-        present = reference[reference["trials"] > 0]
+        present = summary.rows_in_run(reference)
         sections.append((f"Seed reported ({source}) | this run", [],
                          [note, *([_table_html(summary.reference_display(present), False)] if len(present) else [])]))
     loss = loss_name(_outputs(trials, None))
     sections.append(("Learning curves", figure("curves.png", draw_curves(best, trials, epochs)),
                      [plot_html(interactive.learning_curves(trials, epochs, color_by, loss))]))
     sections.append(("Parallel coordinates", [], [plot_html(interactive.parallel_coordinates(trials, metric))]))
-    rows, cols = analysis.grid_axes(trials, order=list(run.info.get("study", {}).get("grid", {})))
+    rows, cols = summary.grid_axes(run)
     cells = analysis.grid(trials, metric, rows, cols)
     grid_tables = [f"<h3>{html.escape(model)}</h3>" + _table_html(table, True)
                    for model, table in summary.grid_displays(cells, metric, rows, cols).items()]

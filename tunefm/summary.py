@@ -59,9 +59,7 @@ class SummaryOptions:
 
     def with_axes(self, run: store.RunTables) -> "SummaryOptions":
         """These options with the grid's rows and columns decided for this run."""
-        order = list(run.info.get("study", {}).get("grid", {}))
-        rows, cols = analysis.grid_axes(run.trials, self.rows, self.cols, order)
-        return replace(self, rows=rows, cols=cols)
+        return replace(self, **dict(zip(("rows", "cols"), grid_axes(run, self.rows, self.cols))))
 
     def chosen_sections(self) -> tuple[str, ...]:
         for section in self.sections:
@@ -75,6 +73,11 @@ class SummaryOptions:
         return self.trial is not None or "confusion" in self.sections
 
 
+def grid_axes(run: store.RunTables, rows: str | None = None, cols: str | None = None) -> tuple[str, str]:
+    """The grid's two config keys for this run (analysis.grid_axes, the study's grid keys first)."""
+    return analysis.grid_axes(run.trials, rows, cols, order=list(run.info.get("study", {}).get("grid", {})))
+
+
 def confusion_records(result: analysis.Confusion) -> pd.DataFrame:
     per_class = result.per_class.reset_index(drop=True)
     counts = result.matrix.reset_index(drop=True)
@@ -83,12 +86,11 @@ def confusion_records(result: analysis.Confusion) -> pd.DataFrame:
 
 
 def tables(run: store.RunTables, options: SummaryOptions) -> dict[str, pd.DataFrame]:
-    """The machine-readable tables of the chosen sections, keyed as in the JSON output."""
+    """The machine-readable tables of the chosen sections, keyed as in the JSON output
+    (`options` with its grid axes decided: SummaryOptions.with_axes)."""
     trials = run.trials
     out: dict[str, pd.DataFrame] = {}
     sections = options.chosen_sections()
-    if {"grid", "overfit"} & set(sections):
-        options = options.with_axes(run)
     if "best" in sections:
         out["best"] = analysis.best(trials, options.metric)
     if "reference" in sections:
@@ -265,7 +267,7 @@ def reference_parts(reference: pd.DataFrame) -> list[tuple[str, pd.DataFrame, bo
     """The reference table whole when it fits the terminal, else one small table per `where`
     with the choices, the epochs and the note in its subheading (long `where`s like seed
     004's). Rows about trials this run does not have are left out (the note names them)."""
-    reference = reference[reference["trials"] > 0]
+    reference = rows_in_run(reference)
     if reference.empty:
         return []
     display = reference_display(reference)
@@ -273,6 +275,11 @@ def reference_parts(reference: pd.DataFrame) -> list[tuple[str, pd.DataFrame, bo
         return [("", display, False)]
     return [(reference_heading(rows.iloc[0]), reference_display(rows)[["figure", "seed reported", "this run"]], False)
             for _, rows in reference.groupby("where", sort=False)]
+
+
+def rows_in_run(reference: pd.DataFrame) -> pd.DataFrame:
+    """The reference rows about trials this run has (a run cut by --set has fewer)."""
+    return reference[reference["trials"] > 0]
 
 
 def reference_note(reference: pd.DataFrame) -> str:
@@ -372,8 +379,6 @@ def run_header(run: store.RunTables) -> list[str]:
 
 def blocks(run: store.RunTables, found: dict[str, pd.DataFrame], options: SummaryOptions):
     """(heading, note, [(subheading, display frame, show index)]) per section, for people."""
-    if {"grid", "overfit"} & set(found):
-        options = options.with_axes(run)
     metric, rows, cols = options.metric, options.rows, options.cols
     out = []
     if "best" in found:
@@ -469,6 +474,8 @@ def text_table(frame: pd.DataFrame, index: bool, width: int = WIDTH) -> str:
 def render(run: store.RunTables, options: SummaryOptions, fmt: str = "table") -> str:
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if {"grid", "overfit"} & set(options.chosen_sections()):  # decided once, for the tables and their headings
+        options = options.with_axes(run)
     found = tables(run, options)
     if fmt == "json":
         return json.dumps({key: json.loads(frame.to_json(orient="records", double_precision=15)) for key, frame in found.items()},
