@@ -6,6 +6,7 @@ Every script writes `<out>/<name>.json` (the command, the machine, the rows) and
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import platform
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from tunefm import bench
+from tunefm import bench, devices
 
 
 def memory_gib() -> float | None:
@@ -30,12 +31,12 @@ def machine(device: str = "cpu") -> dict:
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(), "device": device}
     if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
-    try:
-        import ray
-        info["ray"] = ray.__version__
-    except ImportError:
+        info["gpu"] = devices.name(torch.device("cuda", 0))
+        info["gpu_memory_gib"] = round(devices.memory(torch.device("cuda", 0))[1] / 2**30, 1)
+        info["gpus"] = devices.count()
+    try:  # the installed version, without importing Ray (the GPU scripts must run without it)
+        info["ray"] = importlib.metadata.version("ray")
+    except importlib.metadata.PackageNotFoundError:
         pass
     return info
 

@@ -31,6 +31,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import queue as queue_module
 import time
 from pathlib import Path
 
@@ -41,6 +42,7 @@ import common
 METHODS = ("processes", "fused", "fused-captured", "auto")
 CHUNK_STEPS = 40  # steps per timed call: short enough to stop near --seconds, long enough to hide the call
 ROUNDS = 3
+WORKER_SETUP_S = 300  # a worker's start (torch, CUDA context, data) or a row's set-up, at most
 
 
 def load_tensors(data_dir, images: int, device: torch.device):
@@ -156,11 +158,20 @@ class Pool:
         for queue in self.jobs[:n]:
             queue.put((model, batch_size, seconds))
         for _ in range(n):
-            assert self.results.get()[0] == "ready"
+            assert self._result(WORKER_SETUP_S)[0] == "ready"
         self.start.set()
-        rates = [self.results.get()[1] for _ in range(n)]
+        rates = [self._result(seconds + WORKER_SETUP_S)[1] for _ in range(n)]
         self.start.clear()  # every worker has passed its wait
         return sum(rates)
+
+    def _result(self, timeout: float) -> tuple:
+        """The next worker message; a worker that died (or hangs) is an error, not a wait forever."""
+        try:
+            return self.results.get(timeout=timeout)
+        except queue_module.Empty:
+            dead = [p.pid for p in self.processes if not p.is_alive()]
+            raise RuntimeError(f"no answer from the worker processes in {timeout:.0f} s"
+                               + (f" (exited: {dead})" if dead else "")) from None
 
     def close(self) -> None:
         for queue in self.jobs:

@@ -18,7 +18,8 @@ For each model and batch size, one process times one training epoch of
 All use the same thread count; the methods are interleaved over several rounds and each
 keeps its fastest epoch (noise only ever adds time), so background noise hits all three alike. Writes
 throughput.json and throughput.md (with the machine description) to --out. The target:
-tunefm >= 0.97x plain for every row, on the machine at hand.
+tunefm >= 0.97x plain for every row, on the machine at hand. Needs torchvision (for the
+DataLoader baseline) besides torch; no Ray.
 """
 
 from __future__ import annotations

@@ -203,6 +203,8 @@ def test_a_killed_executors_trials_are_retried_from_their_checkpoints(ray_sessio
 
 @pytest.mark.slow
 def test_ctrl_c_of_a_fused_search_then_resume_loses_and_repeats_nothing(six, tmp_path, data_dir):
+    from test_gpu_path import retag_checkpoints_as_cuda
+
     env = {**fresh_ray_env(tmp_path), "TUNEFM_DATA_DIR": str(data_dir)}
     results = tmp_path / "results"
     args = ["search", "--space", str(six), "--fuse", "on", "--group-size", "4", "--cpus-per-trial", "2",
@@ -220,6 +222,8 @@ def test_ctrl_c_of_a_fused_search_then_resume_loses_and_repeats_nothing(six, tmp
     assert group_is_gone(process.pid)
     before = store.read_epochs(run_dir)
     assert 8 <= len(before) < 42
+    # As if a GPU had written them: the members rejoin their executor from them on this CPU.
+    assert retag_checkpoints_as_cuda(run_dir) >= 6
 
     resumed = subprocess.run([sys.executable, "-c", "from tunefm.cli import main; main()", "search", "--name", "f",
                               "--resume", "--results", str(results)], env=env, capture_output=True, text=True,

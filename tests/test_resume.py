@@ -267,8 +267,9 @@ def test_asha_after_a_resume_holds_the_rungs_it_held_before():
 
 def test_an_interrupted_search_resumes_in_the_same_process(ray_session, tmp_path, data_dir):
     """The fast tier's resume, in-process on the session's Ray: SIGINT after the first of three
-    trials (one at a time), then `resume.run` with nothing given; every trial ends with all
-    its epochs, once each, and run.json tells the story."""
+    trials (one at a time), then `resume.run` with nothing given, from checkpoints saved as a
+    GPU saves them; every trial ends with all its epochs, once each, and run.json tells the story."""
+    from test_gpu_path import retag_checkpoints_as_cuda
     import threading
 
     from tunefm.errors import Interrupted
@@ -296,6 +297,8 @@ def test_an_interrupted_search_resumes_in_the_same_process(ray_session, tmp_path
     assert RunRecord.load(run_dir).status == "interrupted"
     finished_before = int((store.read_trials(run_dir).status == "TERMINATED").sum())
     assert 1 <= finished_before < 3
+    # As if a GPU had written them: the resumed trials and the test evaluation read them on this CPU.
+    assert retag_checkpoints_as_cuda(run_dir) >= 1
 
     lines = []
     outcome = resume.run(search.SearchSettings(name="r", results_dir=str(tmp_path)), echo=lines.append)

@@ -130,7 +130,7 @@ def test_trial_under_ray_equals_plain_loop_and_checkpoint_restores(asha_run, dat
     checkpoints = sorted((run_dir / store.TUNE_DIR / trial.trial_id).glob("checkpoint_*"))
     assert checkpoints, "every trial keeps a checkpoint"
     state = torch.load(checkpoints[-1] / trainable.CHECKPOINT_FILE, weights_only=False)
-    assert set(state) >= {"model", "optimizer", "epoch", "generator", "torch_rng"}
+    assert set(state) >= {"model", "optimizer", "epoch", "generator", "dropout_rng", "loop"}
     assert state["epoch"] == trial.epochs
 
 

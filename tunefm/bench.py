@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from tunefm import data, loops, models, trainable
+from tunefm import data, devices, loops, models, trainable
 from tunefm.errors import UserError
 
 MB = 2**20
@@ -68,9 +68,9 @@ class Machine:
     def here(device: torch.device, cpus_per_trial: float = 1.0) -> "Machine":
         cores = os.cpu_count() or 1
         if device.type == "cuda":
-            free, total = torch.cuda.mem_get_info()  # creates this process's context first
-            return Machine("cuda", torch.cuda.get_device_name(), total / MB,
-                           max(1, cores // torch.cuda.device_count()), cpus_per_trial,
+            free, total = devices.memory(device)  # creates this process's context first
+            return Machine("cuda", devices.name(device), total / MB,
+                           max(1, cores // devices.count()), cpus_per_trial,
                            context_mb=(total - free) / MB)  # only the context, if nothing else uses the GPU
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         return Machine("cpu", cpu_name(), total / MB, cores, cpus_per_trial)
@@ -113,15 +113,7 @@ class Packing:
         return asdict(self)
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "CPU"
+cpu_name = devices.cpu_name
 
 
 def _status_kb(field: str) -> float | None:
@@ -167,10 +159,10 @@ def split_mb(images: int) -> float:
 def resolve_device(name: str | None) -> torch.device:
     if name not in (None, "cpu", "cuda"):
         raise UserError(f"--device must be cpu or cuda, got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
+    if name == "cuda" and not devices.cuda_available():
         raise UserError("--device cuda: no CUDA device is available here (torch.cuda.is_available() is False); "
                         "use --device cpu")
-    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return torch.device(name or ("cuda" if devices.cuda_available() else "cpu"))
 
 
 def check(model_names: list[str], batch_sizes: list[int], seconds: float) -> None:
@@ -183,9 +175,7 @@ def check(model_names: list[str], batch_sizes: list[int], seconds: float) -> Non
         raise UserError(f"--seconds must be > 0, got {seconds}")
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+sync = devices.synchronize
 
 
 def release_freed_memory(device: torch.device) -> None:
@@ -193,7 +183,7 @@ def release_freed_memory(device: torch.device) -> None:
     row's peak counts what it allocates, not what an earlier row left cached."""
     gc.collect()
     if device.type == "cuda":
-        torch.cuda.empty_cache()
+        devices.empty_cache(device)
         return
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -205,8 +195,7 @@ def _reset_peak(device: torch.device) -> float:
     """Start a new peak window; returns what is held now, in MB."""
     release_freed_memory(device)
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        return torch.cuda.memory_reserved() / MB
+        return devices.reset_peak(device) / MB
     reset_peak_rss()
     return resident_mb()
 
@@ -214,7 +203,8 @@ def _reset_peak(device: torch.device) -> float:
 def _peaks(device: torch.device) -> tuple[float, float]:
     """(peak as reported, peak as held), in MB: CUDA max allocated and max reserved; on CPU both peak RSS."""
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / MB, torch.cuda.max_memory_reserved() / MB
+        allocated, reserved = devices.peaks(device)
+        return allocated / MB, reserved / MB
     peak = peak_rss_mb()
     return peak, peak
 

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from tunefm import fused, loops, models
+from tunefm import devices, fused, loops, models
 
 CACHE_ENV = "TUNEFM_CACHE_DIR"
 CACHE_FILE = "calibration.json"
@@ -70,12 +70,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or "~/.cache/tunefm").expanduser()
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    from tunefm.bench import cpu_name
-
-    return cpu_name()
+device_name = devices.name
 
 
 def machine_key(device: torch.device, threads: int) -> str:

@@ -45,9 +45,9 @@ def cluster_nodes() -> list[dict[str, float]]:
 
 def local_node() -> list[dict[str, float]]:
     """What a local Ray would detect here, known before starting one."""
-    import torch
+    from tunefm import devices  # torch: only where a local Ray is started
 
-    return [{"CPU": len(os.sched_getaffinity(0)), "GPU": torch.cuda.device_count()}]
+    return [{"CPU": len(os.sched_getaffinity(0)), "GPU": devices.count()}]
 
 
 def check_resources_fit(cpus: float, gpus: float | None, nodes: list[dict[str, float]]) -> None:

@@ -20,7 +20,6 @@ Needs torch but not Ray: it reads checkpoint files directly.
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 import time
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ import pyarrow.fs as pafs
 import torch
 from torch import nn
 
-from tunefm import analysis, calibrate, data, lifecycle, loops, retention, store, trainable, trial_summary
+from tunefm import analysis, calibrate, data, devices, lifecycle, loops, retention, store, trainable, trial_summary
 from tunefm.errors import UserError
 
 DEFAULT_TOP_K = 3
@@ -60,9 +59,9 @@ def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
         return stream.read()
 
 
-def load_state(fs: pafs.FileSystem, checkpoint: str, device: torch.device | str = "cpu") -> dict:
-    state = read_bytes(fs, f"{checkpoint}/{trainable.CHECKPOINT_FILE}")
-    return torch.load(io.BytesIO(state), map_location=device, weights_only=False)
+def load_state(fs: pafs.FileSystem, checkpoint: str) -> dict:
+    """A checkpoint's state, every tensor on the CPU (whatever device wrote it)."""
+    return trainable.load_checkpoint(read_bytes(fs, f"{checkpoint}/{trainable.CHECKPOINT_FILE}"))
 
 
 def checkpoint_epochs(fs: pafs.FileSystem, trial_dir: str) -> dict[int, str]:
@@ -105,7 +104,7 @@ def load_model(config: dict, fs: pafs.FileSystem, checkpoint: str, device: torch
     big_batches = {**config, "batch_size": trainable.EVAL_BATCH_SIZE}
     layout = calibrate.borrowed_loop(big_batches, device, threads=None) == "channels_last"
     model = loops.place_model(trainable.build_model(config), "channels_last" if layout else "plain", device)
-    model.load_state_dict(load_state(fs, checkpoint, device)["model"])
+    model.load_state_dict(load_state(fs, checkpoint)["model"])
     return model.eval()
 
 
@@ -139,7 +138,7 @@ def evaluate_trials(run_dir: Path, test_x: np.ndarray, test_y: np.ndarray, top_k
     trials["test_acc"], trials["test_loss"] = np.nan, np.nan
     tables = []
     if chosen:
-        device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = device or torch.device("cuda" if devices.cuda_available() else "cpu")
         outcome.device = device.type
         echo(f"Test set ({len(test_y)} images): evaluating {len(chosen)} trial(s), the top {top_k} "
              f"configuration(s) per model by val acc, from their best-validation checkpoints on {device.type}")

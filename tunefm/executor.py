@@ -20,17 +20,17 @@ actor around it is made in `placement.py`.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import threading
 import time
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from tunefm import calibrate, columns, fused, interrupt, loops, models, trainable
+from tunefm import calibrate, columns, devices, fused, interrupt, loops, models, trainable
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +58,20 @@ class Executor:
 
     def __init__(self, arrays: dict[str, np.ndarray], device: str, threads: int = 1, loop: str = loops.AUTO,
                  fuse: str = "auto", capacity: int = 8, max_epochs: int = 100, name: str = "executor",
-                 facts: dict | None = None, patience_s: float = 300.0):
+                 facts: dict | None = None, patience_s: float = 300.0, gpu_id: str | None = None):
+        """`device`: "cpu" or "cuda"; with `gpu_id` (Ray's id of a GPU of this node) the CUDA device
+        is that GPU's index in this process, found here, on the executor's own node."""
         interrupt.quiet_exit_during_garbage_collection()  # a Ray actor, stopped with SIGTERM
         torch.set_num_threads(max(1, threads))
-        self.device = torch.device(device)
+        self.device = devices.for_ray_gpu(gpu_id) if gpu_id not in (None, "") else torch.device(device)
+        if loop != loops.AUTO:
+            devices.make_deterministic(self.device)
         self.threads, self.loop, self.fuse, self.capacity = max(1, threads), loop, fuse, capacity
         self.max_epochs, self.name, self.patience_s = max_epochs, name, patience_s
         self.facts = {"device": self.device.type, "threads": self.threads, **(facts or {})}
-        self.x, self.y = trainable.to_tensors(arrays["train_x"], arrays["train_y"], self.device)
-        self.val_x, self.val_y = trainable.to_tensors(arrays["val_x"], arrays["val_y"], self.device)
+        with devices.bound(self.device):
+            self.x, self.y = trainable.to_tensors(arrays["train_x"], arrays["train_y"], self.device)
+            self.val_x, self.val_y = trainable.to_tensors(arrays["val_x"], arrays["val_y"], self.device)
         self.members: dict[str, _Member] = {}
         self.groups: list[fused.FusedGroup] = []
         self.rounds = 0
@@ -74,15 +79,17 @@ class Executor:
         self._groups_made = 0
         self._changed = threading.Condition()
         self._stopped = False
-        threading.Thread(target=self._run_rounds, name=f"{name}-rounds", daemon=True).start()
+        self._thread = threading.Thread(target=self._run_rounds, name=f"{name}-rounds", daemon=True)
+        self._thread.start()
 
     # ---- what trials call ------------------------------------------------------------
     def ping(self) -> str:
         return self.name
 
     def join(self, trial_id: str, config: dict, state: bytes | None = None) -> None:
-        """Add a trial; again after a retry, its checkpoint replacing what was here."""
-        saved = torch.load(io.BytesIO(state), map_location=self.device, weights_only=False) if state else None
+        """Add a trial; again after a retry, its checkpoint replacing what was here. Runs in a caller's
+        thread, so it only reads the checkpoint, on the CPU: the round thread places it on the device."""
+        saved = trainable.load_checkpoint(state) if state else None
         limit = columns.epoch_limit(config, self.max_epochs)
         with self._changed:
             if trial_id in self.members:
@@ -121,10 +128,14 @@ class Executor:
             return {"name": self.name, "members": sorted(self.members), "groups": [len(g) for g in self.groups],
                     "rounds": self.rounds}
 
-    def stop(self) -> None:
+    def stop(self, wait_s: float = 30.0) -> None:
+        """Stop after the round in progress, waiting up to `wait_s` for it (so no CUDA work is
+        left running in a thread when the process exits)."""
         with self._changed:
             self._stopped = True
             self._changed.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=wait_s)
 
     # ---- rounds ----------------------------------------------------------------------
     def _ready(self) -> list[_Member]:
@@ -143,6 +154,10 @@ class Executor:
         return asked
 
     def _run_rounds(self) -> None:
+        with devices.bound(self.device):  # every CUDA call of this thread on the executor's own device
+            self._rounds()
+
+    def _rounds(self) -> None:
         while True:
             with self._changed:
                 while not self._stopped and not (ready := self._ready()):
@@ -199,8 +214,9 @@ class Executor:
             if self.fuse == "auto" and not pinned and self.device.type == "cpu":
                 return None
             variant = "captured" if self.device.type == "cuda" and self.loop in (loops.AUTO, "captured") else "plain"
-            return calibrate.FusionPlan(self.capacity, variant, 0.0, 0.0)
+            return calibrate.FusionPlan(self.capacity, trainable.runnable_loop(variant, config), 0.0, 0.0)
         plan = calibrate.fusion_plan(config, self.device, self.threads, largest=self.capacity)
+        plan = dataclasses.replace(plan, variant=trainable.runnable_loop(plan.variant, config))
         if plan.group_size > 1:
             return plan
         if self.fuse == "on":  # fusing was asked for: as many as fit, with the kernels measured best
@@ -208,7 +224,7 @@ class Executor:
             rates = {v: r for options in entry.get("fused", {}).values()
                      for v, r in calibrate.group_variants(options).items()}
             variant = max(rates, key=rates.get) if rates else ("captured" if self.device.type == "cuda" else "plain")
-            return calibrate.FusionPlan(self.capacity, variant, 0.0, 0.0)
+            return calibrate.FusionPlan(self.capacity, trainable.runnable_loop(variant, config), 0.0, 0.0)
         return None
 
     def _place(self, members: list[_Member]) -> list[_Member]:
@@ -220,21 +236,27 @@ class Executor:
             saved, member.pending = member.pending, None
             try:
                 plan = self._plan(member)
+                solo_loop = None
                 if plan is None:
-                    loop = trainable.checkpoint_loop(saved) if saved else trainable.resolve_loop(
-                        self.loop, member.config, self.device, self._steps(member))
-                    member.state = trainable.init_state(member.config, self.device, loop)
-                    if saved:
-                        member.state.load_state_dict(saved)
-                    continue
+                    loop = trainable.runnable_loop(trainable.checkpoint_loop(saved), member.config) if saved else \
+                        trainable.resolve_loop(self.loop, member.config, self.device, self._steps(member))
+                    if loop != "captured":
+                        member.state = trainable.init_state(member.config, self.device, loop)
+                        if saved:
+                            member.state.load_state_dict(saved)
+                        continue
+                    # The captured solo loop is a group of one with its step as a CUDA graph (as `trainable.fit`).
+                    plan, solo_loop = calibrate.FusionPlan(1, "captured", 0.0, 0.0), loop
                 key = fused.shape_key(member.config)
-                group = next((g for g in self.groups if g.key == key and g.variant == plan.variant
-                              and len(g) < plan.group_size), None)
+                group = None if solo_loop else next(
+                    (g for g in self.groups if g.key == key and g.variant == plan.variant and not g.solo_loop
+                     and len(g) < plan.group_size), None)
                 if group is None:
                     group = fused.FusedGroup(self.device, capture=plan.variant == "captured",
                                              onednn=plan.variant != "native_conv")
                     self._groups_made += 1
                     group.variant, group.id = plan.variant, f"{self.name}/g{self._groups_made}"
+                    group.solo_loop = solo_loop  # a trial's own loop, not a fused group
                     self.groups.append(group)
                 group.add(member.config, saved, member_id=member.trial_id)
                 member.group = group
@@ -284,8 +306,12 @@ class Executor:
             trained = time.perf_counter()
             val = group.evaluate(self.val_x, self.val_y)
             states = group.state_dicts()
-            facts = {"execution": f"fused:{group.variant}", "fused_group": group.id, "group_size": len(group),
-                     "params": sum(p[0].numel() for p in group.params.values())}
+            if group.solo_loop:  # a trial alone in its captured loop, which may have run eagerly (short epochs)
+                states = [{**states[0], "loop": group.solo_loop}]
+                facts = {"execution": group.ran, "fused_group": "", "group_size": 1}
+            else:
+                facts = {"execution": f"fused:{group.ran}", "fused_group": group.id, "group_size": len(group)}
+            facts["params"] = sum(p[0].numel() for p in group.params.values())
         else:
             state, config = unit[0].state, unit[0].config
             loss_fn = trainable.loss_function(config)
@@ -306,9 +332,7 @@ class Executor:
             metrics = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
                        "val_acc": val_acc, "epoch_time_s": elapsed / len(unit), "train_time_s": train_s / len(unit),
                        "checkpoint_score": trainable.checkpoint_score(val_acc, epoch)}
-            buffer = io.BytesIO()
-            torch.save(state, buffer)
-            files = {trainable.CHECKPOINT_FILE: buffer.getvalue(),
+            files = {trainable.CHECKPOINT_FILE: trainable.checkpoint_bytes(state),
                      trainable.CHECKPOINT_META: json.dumps({"epoch": epoch, "val_acc": val_acc}).encode()}
             results.append((metrics, files, {**self.facts, **facts}))
         return results

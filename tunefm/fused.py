@@ -31,6 +31,7 @@ masks are drawn on the host from its own generator).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -38,7 +39,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from tunefm import loops, models, trainable
+from tunefm import devices, loops, models, trainable
 
 # Config keys that change no tensor's shape: they may differ within a group.
 PER_MEMBER_KEYS = frozenset({"lr", "momentum", "weight_decay", "lr_decay", "seed", "init", "augment",
@@ -91,7 +92,8 @@ class GroupedForward:
                 raise NotFusable(f"layer {name}: only zero-padded, ungrouped convolutions are fused")
             if isinstance(layer, nn.BatchNorm2d) and (layer.momentum is None or not layer.track_running_stats):
                 raise NotFusable(f"layer {name}: batch norm needs a momentum and running statistics")
-        self.dropouts = [(name, layer.p) for name, layer in self.layers if isinstance(layer, nn.Dropout)]
+        # Masks for the layers that drop anything (a p=0 layer draws none, alone or fused).
+        self.dropouts = [(name, layer.p) for name, layer in self.layers if isinstance(layer, nn.Dropout) and layer.p > 0]
         flat = False
         for name, layer in self.layers:
             flat = flat or isinstance(layer, nn.Flatten)
@@ -152,12 +154,23 @@ class Member:
     checkpoints are written through) and its generators."""
 
     config: dict
-    solo: trainable.TrainingState  # weights and optimizer here are stale between exports
-    dropout_generator: torch.Generator  # the stream a solo trial's dropout draws from (torch's global RNG)
+    solo: trainable.TrainingState  # weights and optimizer here are stale between exports; its
+    # generators (batch order and augmentation; dropout masks) are the member's own, as a solo trial's
     has_momentum: bool = False  # the solo optimizer holds momentum buffers (SGD has stepped)
     member_id: str = ""
     steps: int = 0  # optimizer steps taken
     lr: float = 0.0  # the current lr, after decay
+
+
+def _on_own_device(method):
+    """Run a FusedGroup method with its device current (streams, graphs and caches on it)."""
+
+    @functools.wraps(method)
+    def on_device(self, *args, **kwargs):
+        with devices.bound(self.device):
+            return method(self, *args, **kwargs)
+
+    return on_device
 
 
 class FusedGroup:
@@ -175,11 +188,15 @@ class FusedGroup:
         self.buffers: dict[str, torch.Tensor] = {}
         self.optimizer_state: dict[str, dict[str, torch.Tensor]] = {}
         self._graph = None
+        self.ran = "captured" if self.capture else "native_conv" if not onednn else "plain"  # the last epoch's
+        self.variant, self.id = self.ran, ""  # how an executor made it, and its name there
+        self.solo_loop: str | None = None  # set where the group is one trial's own loop (captured)
 
     # ---- membership -------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.members)
 
+    @_on_own_device
     def add(self, config: dict, state: dict | None = None, member_id: str | None = None) -> int:
         """A new member, fresh (seeded as `trainable.init_state` seeds a solo trial) or from
         a solo checkpoint's `state`; returns its slot. `member_id` names it (`slot_of`)."""
@@ -187,11 +204,9 @@ class FusedGroup:
         if self.key is not None and key != self.key:
             raise ValueError("a fused group's members must share every shape key")
         solo = trainable.init_state(config, self.device)
-        dropout_generator = torch.Generator().manual_seed(0)
         if state is not None:
-            solo.load_state_dict(state)  # also sets torch's global RNG to the trial's
-        dropout_generator.set_state(torch.get_rng_state())  # the solo trial's dropout stream from here on
-        member = Member(dict(config), solo, dropout_generator, has_momentum=bool(solo.optimizer.state),
+            solo.load_state_dict(state)
+        member = Member(dict(config), solo, has_momentum=bool(solo.optimizer.state),
                         member_id=member_id if member_id is not None else str(len(self.members)))
         member.lr = solo.optimizer.param_groups[0]["lr"]
         member.steps = solo.scheduler.last_epoch if solo.scheduler is not None else self._adam_steps(solo)
@@ -212,6 +227,7 @@ class FusedGroup:
     def slot_of(self, member_id: str) -> int:
         return self.member_ids.index(member_id)
 
+    @_on_own_device
     def remove(self, slot: int) -> None:
         self._sync_out()
         del self.members[slot]
@@ -221,15 +237,11 @@ class FusedGroup:
         """Member `slot` as a solo trial's checkpoint (`TrainingState.state_dict`)."""
         return self.state_dicts()[slot]
 
+    @_on_own_device
     def state_dicts(self) -> list[dict]:
         """Every member as a solo trial's checkpoint, by slot."""
         self._sync_out()
-        states = []
-        for member in self.members:
-            state = member.solo.state_dict()
-            state["torch_rng"] = member.dropout_generator.get_state()  # its dropout stream, as a solo trial's
-            states.append(state)
-        return states
+        return [member.solo.state_dict() for member in self.members]
 
     def set_epoch(self, slot: int, epoch: int) -> None:
         self.members[slot].solo.epoch = epoch
@@ -371,8 +383,7 @@ class FusedGroup:
         for member in self.members:
             for name, p in self.dropouts:
                 shape = (batch, *self._dropout_shapes[name])
-                noise = torch.empty(shape).bernoulli_(1 - p, generator=member.dropout_generator)
-                masks[name].append(noise.div_(1 - p))
+                masks[name].append(trainable.dropout_mask(shape, p, member.solo.dropout_generator))
         return {name: torch.stack(values).to(self.device) for name, values in masks.items()}
 
     def _probe_dropout_shapes(self, x: torch.Tensor) -> None:
@@ -426,6 +437,7 @@ class FusedGroup:
             xb = torch.where(self.augment_mask, augmented, xb)
         return xb, yb
 
+    @_on_own_device
     def train_epoch(self, x: torch.Tensor, y: torch.Tensor, steps: int | None = None) -> list[tuple[float, float]]:
         """One epoch of every member over (x, y) in its own order; [(mean loss, accuracy)] by slot.
         `steps`: stop after that many batches (calibration: the same tensors, a shorter pass)."""
@@ -443,6 +455,8 @@ class FusedGroup:
         correct = torch.zeros(G, dtype=torch.int64, device=x.device)
         full_steps = n // batch_size
         captured = self.capture and not self.dropouts and full_steps > WARM_STEPS
+        # What this epoch really ran, as a trial reports it (`execution`).
+        self.ran = "captured" if captured else "native_conv" if self.device.type == "cpu" and not self.onednn else "plain"
         with loops.onednn(self.onednn):
             for start in range(0, trained, batch_size):
                 stop = min(start + batch_size, n)
@@ -469,18 +483,17 @@ class FusedGroup:
         if self._graph is None:
             if self._warm_steps < WARM_STEPS:
                 self._warm_steps += 1
-                stream = torch.cuda.Stream()
-                stream.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(stream):
+                stream = devices.side_stream(self.device)
+                with devices.on_stream(stream):
                     xb, yb = self._batch(x, y, order, rows, cols, start, stop)
                     out = self._step(xb, yb, {})
-                torch.cuda.current_stream().wait_stream(stream)
+                devices.join_stream(stream, self.device)
                 return out
             self._static_idx = order[:, start:stop].clone()
             self._static_rows = None if rows is None else rows[:, start:stop].clone()
             self._static_cols = None if cols is None else cols[:, start:stop].clone()
-            self._graph, self._graph_inputs = torch.cuda.CUDAGraph(), inputs
-            with torch.cuda.graph(self._graph):
+            self._graph, self._graph_inputs = devices.new_graph(), inputs
+            with devices.capturing(self._graph, self.device, devices.side_stream(self.device)):
                 xb, yb = self._batch(x, y, self._static_idx, self._static_rows,
                                      self._static_cols, 0, stop - start)
                 self._static_out = self._step(xb, yb, {})
@@ -493,6 +506,7 @@ class FusedGroup:
         return losses.clone(), hits.clone()
 
     # ---- evaluation -------------------------------------------------------------------
+    @_on_own_device
     @torch.inference_mode()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor,
                  batch_size: int = trainable.EVAL_BATCH_SIZE) -> list[tuple[float, float]]:

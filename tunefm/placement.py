@@ -30,6 +30,7 @@ AUTO_MIN_SPEEDUP times faster; for most shapes a CPU gains nothing from fusing.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import threading
@@ -92,8 +93,8 @@ def _decide(mode: str, configs: list[dict] | None, cluster_has_gpus: bool, cpus_
     if counts is not None and max(counts.values(), default=0) < 2:
         return Decision(False, 1, "no two trials share a shape (model and options, batch size, optimizer, "
                                   "output), so there is nothing to fuse; every trial trains alone")
-    if cluster_has_gpus:
-        capacity = int(1 / gpus_per_trial) if gpus_per_trial else GPU_CAPACITY
+    if uses_gpus(cluster_has_gpus, gpus_per_trial):
+        capacity = int(1 / gpus_per_trial + 1e-9) if gpus_per_trial else GPU_CAPACITY
         if capacity < 2:
             return Decision(False, 1, f"--gpus-per-trial {gpus_per_trial:g} leaves room for one trial per GPU")
         return Decision(True, capacity, f"up to {capacity} trials per GPU, fused by shape")
@@ -177,14 +178,26 @@ def fused_order(configs: list[dict], seed: int) -> list[dict]:
     return ordered
 
 
-def member_resources(cpus_per_trial: float, capacity: int, cluster_has_gpus: bool):
-    """A fused trial's share: 1/capacity of a CPU slot, and of a GPU where there are GPUs."""
-    from ray.tune.execution.placement_groups import PlacementGroupFactory
+RESOURCE_UNIT = 1e-4  # Ray counts fractional resources in units of 1/10,000
 
-    bundle = {"CPU": round(cpus_per_trial / capacity, 4)}
-    if cluster_has_gpus:
-        bundle["GPU"] = round(1 / capacity, 4)
-    return PlacementGroupFactory([bundle])
+
+def share(amount: float, capacity: int) -> float:
+    """amount/capacity floored to Ray's resource unit, so that `capacity` shares fit in `amount`
+    (rounded to nearest, 1/6 of a GPU would be 0.1667, and only 5 of them fit in one GPU)."""
+    return math.floor(amount / capacity / RESOURCE_UNIT + 1e-9) * RESOURCE_UNIT
+
+
+def member_resources(cpus_per_trial: float, capacity: int, uses_gpus: bool) -> dict[str, float]:
+    """A fused trial's share: 1/capacity of a CPU slot, and of a GPU where trials use GPUs."""
+    bundle = {"CPU": share(cpus_per_trial, capacity)}
+    if uses_gpus:
+        bundle["GPU"] = share(1.0, capacity)
+    return bundle
+
+
+def uses_gpus(cluster_has_gpus: bool, gpus_per_trial: float | None) -> bool:
+    """Whether a search's trials train on GPUs: the cluster has some and --gpus-per-trial is not 0."""
+    return cluster_has_gpus and gpus_per_trial != 0
 
 
 # ---- the coordinator (a Ray actor) ----------------------------------------------------------
@@ -277,21 +290,15 @@ class Coordinator:
         node_id, kind, slot = key
         self.started += 1
         name = f"tunefm-executor-{self.run_name}-{os.getpid()}-{self.started}"
-        device = "cpu" if kind == "cpu" else f"cuda:{cuda_index(slot)}"
         node_ip = next((n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node_id), "")
         facts = {"node_id": node_id, "node_ip": node_ip, "gpu_ids": "" if kind == "cpu" else str(slot)}
         actor = ray.remote(Executor).options(
             name=name, num_cpus=0, num_gpus=0, max_concurrency=4 * self.capacity + 16,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False))
-        return actor.remote(self.arrays_ref, device, self.threads, self.loop, self.fuse, self.capacity,
-                            self.max_epochs, name, facts)
-
-
-def cuda_index(gpu_id: str) -> int:
-    """The torch device index of Ray's GPU id in a process that sees the node's GPUs
-    (an executor asks Ray for no GPU, so Ray leaves CUDA_VISIBLE_DEVICES as the node has it)."""
-    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
-    return visible.index(gpu_id) if gpu_id in visible else int(gpu_id)
+        # The executor finds the device of Ray's GPU id itself: it runs on that GPU's node, which
+        # may not be this coordinator's.
+        return actor.remote(self.arrays_ref, kind, self.threads, self.loop, self.fuse, self.capacity,
+                            self.max_epochs, name, facts, gpu_id=None if kind == "cpu" else str(slot))
 
 
 @dataclass
@@ -326,13 +333,15 @@ def stop(running: Running | None) -> None:
         pass
 
 
-def member_trainable_for(coordinator: str, cpus_per_trial: float, decision: Decision, cluster_has_gpus: bool):
+def member_trainable_for(coordinator: str, cpus_per_trial: float, decision: Decision, on_gpus: bool):
     from ray import tune
+    from ray.tune.execution.placement_groups import PlacementGroupFactory
 
     from tunefm.member import member_trainable
 
+    bundle = member_resources(cpus_per_trial, decision.capacity, on_gpus)
     return tune.with_resources(tune.with_parameters(member_trainable, coordinator=coordinator),
-                               member_resources(cpus_per_trial, decision.capacity, cluster_has_gpus))
+                               PlacementGroupFactory([bundle]))
 
 
 class Membership(Callback):

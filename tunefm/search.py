@@ -191,7 +191,7 @@ def make_trainable(study: studies.Study, settings: SearchSettings, splits: data.
         from tunefm import placement
 
         return placement.member_trainable_for(fusion.running.name, settings.cpus_per_trial, fusion.decision,
-                                              cluster_has_gpus)
+                                              placement.uses_gpus(cluster_has_gpus, settings.gpus_per_trial))
 
     arrays = {"train_x": splits.train_x, "train_y": splits.train_y,
               "val_x": splits.val_x, "val_y": splits.val_y}  # the test set never reaches a trial

@@ -28,6 +28,7 @@ used directly by the tests and the benchmarks; only `tune_trainable` needs Ray.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -40,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tunefm import columns, interrupt, loops, models
+from tunefm import columns, devices, interrupt, loops, models
 
 # Fashion-MNIST pixel statistics (training set, pixels / 255).
 PIXEL_MEAN, PIXEL_STD = 0.2860, 0.3530
@@ -173,9 +174,45 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return loss, (predicted == y).sum().item() / len(y)
 
 
+class DrawnDropout(nn.Dropout):
+    """nn.Dropout whose masks are drawn on the host from the trial's own generator and then
+    moved to its device: the same masks on a CPU and on any GPU, alone or in a fused group
+    (`fused.FusedGroup` draws each member's from the same generator, in the same order).
+    nn.Dropout's own masks come from the device's global generator: on a GPU that is the
+    CUDA one, which a group cannot share out per member."""
+
+    def __init__(self, p: float, generator: torch.Generator):
+        super().__init__(p)
+        self.generator = generator
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        return x * dropout_mask(tuple(x.shape), self.p, self.generator).to(x.device, non_blocking=True)
+
+
+def dropout_mask(shape: tuple, p: float, generator: torch.Generator) -> torch.Tensor:
+    """A dropout mask on the CPU (`bernoulli_(1 - p) / (1 - p)`, F.dropout's arithmetic)."""
+    return torch.empty(shape).bernoulli_(1 - p, generator=generator).div_(1 - p)
+
+
+def draw_dropout_from(model: nn.Module, generator: torch.Generator) -> nn.Module:
+    """Every nn.Dropout of `model` replaced by a `DrawnDropout` on `generator` (in place)."""
+    for parent in model.modules():
+        for child_name, child in parent.named_children():
+            if type(child) is nn.Dropout:
+                setattr(parent, child_name, DrawnDropout(child.p, generator))
+    return model
+
+
 @dataclass
 class TrainingState:
-    """Everything needed to continue a trial bit-for-bit: saved in each checkpoint."""
+    """Everything needed to continue a trial bit-for-bit: saved in each checkpoint.
+
+    A trial's randomness after its init is its own: `generator` draws the batch order and
+    augmentation, `dropout_generator` the dropout masks, both CPU generators. Nothing reads
+    the process's global or CUDA generators, so a checkpoint carries no process-wide state
+    and restores the same on any device."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -183,6 +220,7 @@ class TrainingState:
     scheduler: object = None  # lr decay per step, if any
     epoch: int = 0  # epochs completed
     loop: str = "plain"  # how the steps run (loops.py)
+    dropout_generator: torch.Generator | None = None  # the dropout masks' stream (DrawnDropout)
 
     def state_dict(self) -> dict:
         state = {
@@ -191,24 +229,57 @@ class TrainingState:
             "optimizer": self.optimizer.state_dict(),
             "epoch": self.epoch,
             "generator": self.generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
         }
+        if self.dropout_generator is not None:
+            state["dropout_rng"] = self.dropout_generator.get_state()
         if self.scheduler is not None:
             state["scheduler"] = self.scheduler.state_dict()
-        if torch.cuda.is_available():
-            state["cuda_rng"] = torch.cuda.get_rng_state_all()
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        """From a checkpoint loaded anywhere (`load_checkpoint` puts every tensor on the CPU; the
+        model's and optimizer's are copied to this state's device)."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = state["epoch"]
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(_cpu_rng(state["generator"]))
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        if "cuda_rng" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        # Checkpoints from before `dropout_rng` kept the dropout stream as torch's global RNG.
+        dropout_rng = state.get("dropout_rng", state.get("torch_rng"))
+        if self.dropout_generator is not None and dropout_rng is not None:
+            self.dropout_generator.set_state(_cpu_rng(dropout_rng))
+
+
+def _cpu_rng(state: torch.Tensor) -> torch.Tensor:
+    """A generator state as `Generator.set_state` takes it: a CPU byte tensor."""
+    return state.detach().to("cpu", torch.uint8)
+
+
+def on_cpu(value):
+    """`value` (a checkpoint: nested dicts, lists, tuples) with every tensor moved to the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: on_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(on_cpu(v) for v in value)
+    return value
+
+
+def checkpoint_bytes(state: dict) -> bytes:
+    """A checkpoint's `state.pt` bytes, every tensor saved from the CPU: it loads on any node,
+    with a GPU or without, whatever device index it was trained on."""
+    buffer = io.BytesIO()
+    torch.save(on_cpu(state), buffer)
+    return buffer.getvalue()
+
+
+def load_checkpoint(source: bytes | str | os.PathLike) -> dict:
+    """A `state.pt` (bytes or a path) with every tensor on the CPU, wherever it was saved
+    (also a checkpoint of an older tunefm that kept device tensors)."""
+    stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+    return torch.load(stream, map_location="cpu", weights_only=False)
 
 
 def build_model(config: dict) -> nn.Module:
@@ -233,20 +304,39 @@ def init_state(config: dict, device: torch.device, loop: str = "plain") -> Train
     """A fresh model and optimizer, seeded from config['seed'], laid out for `loop`."""
     seed = int(config.get("seed", 0))
     torch.manual_seed(seed)
-    model = loops.place_model(build_model(config), loop, device)
+    model = build_model(config)
+    # The dropout stream continues torch's seeded stream after the init (where a CPU trial's
+    # nn.Dropout would have drawn from), but as the trial's own generator, on every device.
+    dropout_generator = torch.Generator()
+    dropout_generator.set_state(torch.get_rng_state())
+    model = loops.place_model(draw_dropout_from(model, dropout_generator), loop, device)
     generator = torch.Generator().manual_seed(seed)
     optimizer = build_optimizer(config, model.parameters())
-    return TrainingState(model, optimizer, generator, build_scheduler(config, optimizer), loop=loop)
+    return TrainingState(model, optimizer, generator, build_scheduler(config, optimizer), loop=loop,
+                         dropout_generator=dropout_generator)
 
 
 def resolve_loop(loop: str, config: dict, device: torch.device, steps: int | None = None) -> str:
     """`auto`: the loop calibration measured fastest for this shape here (`plain` for a trial of
-    too few `steps` to repay measuring); a fixed loop as it applies on `device`."""
+    too few `steps` to repay measuring); a fixed loop as it applies on `device` and config."""
     if loop == loops.AUTO:
         from tunefm import calibrate
 
-        return calibrate.choose_loop(config, device, torch.get_num_threads(), steps)
-    return loops.for_device(loop, device)
+        return runnable_loop(calibrate.choose_loop(config, device, torch.get_num_threads(), steps), config)
+    return runnable_loop(loops.for_device(loop, device), config)
+
+
+def runnable_loop(loop: str, config: dict) -> str:
+    """The loop a trial of `config` really runs: a captured step cannot draw each step's dropout
+    masks on the host, so a model that drops anything runs `captured` as `plain` (and says so)."""
+    return "plain" if loop == "captured" and draws_dropout(config) else loop
+
+
+def draws_dropout(config: dict) -> bool:
+    """Whether config's model has a dropout layer with p > 0."""
+    with torch.random.fork_rng(devices=[]):  # building the model draws its init
+        model = build_model(config)
+    return any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())
 
 
 def training_steps(config: dict, train_images: int, max_epochs: int, from_epoch: int = 0) -> int:
@@ -313,7 +403,8 @@ def _fit_captured(config, state, train_x, train_y, val_x, val_y, max_epochs, dev
         [(train_loss, train_acc)] = group.train_epoch(train_x, train_y)
         trained = time.perf_counter()
         [(val_loss, val_acc)] = group.evaluate(val_x, val_y)
-        yield epoch_metrics(member.epoch, train_loss, train_acc, val_loss, val_acc, started, trained), member
+        metrics = epoch_metrics(member.epoch, train_loss, train_acc, val_loss, val_acc, started, trained)
+        yield {**metrics, "execution": group.ran}, member  # an epoch too short to capture ran eagerly
 
 
 def pick_device(gpu_ids: list) -> torch.device:
@@ -322,7 +413,7 @@ def pick_device(gpu_ids: list) -> torch.device:
     A GPU id with no CUDA device behind it (logical GPUs, a driver problem) falls back
     to CPU; the trial reports `gpu_ids` and `device`, and the search warns once per node.
     """
-    return torch.device("cuda") if gpu_ids and torch.cuda.is_available() else torch.device("cpu")
+    return torch.device("cuda") if gpu_ids and devices.cuda_available() else torch.device("cpu")
 
 
 def checkpoint_loop(state: dict) -> str:
@@ -342,13 +433,16 @@ def tune_trainable(config: dict, arrays: dict[str, np.ndarray], max_epochs: int,
     torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
     gpu_ids = [str(i) for i in ray.get_gpu_ids()]
     device = pick_device(gpu_ids)
+    if loop != loops.AUTO:  # pinned: the same bits every run, on CUDA too
+        devices.make_deterministic(device)
 
     checkpoint, saved = tune.get_checkpoint(), None
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            saved = torch.load(os.path.join(folder, CHECKPOINT_FILE), weights_only=False)
+            saved = load_checkpoint(os.path.join(folder, CHECKPOINT_FILE))
     steps = training_steps(config, len(arrays["train_y"]), max_epochs)
-    state = init_state(config, device, checkpoint_loop(saved) if saved else resolve_loop(loop, config, device, steps))
+    state = init_state(config, device, runnable_loop(checkpoint_loop(saved), config) if saved
+                       else resolve_loop(loop, config, device, steps))
     if saved:
         state.load_state_dict(saved)
 
@@ -367,9 +461,11 @@ def tune_trainable(config: dict, arrays: dict[str, np.ndarray], max_epochs: int,
     }
     for metrics, state in fit(config, arrays, max_epochs, device, state):
         with tempfile.TemporaryDirectory() as folder:
-            torch.save(state.state_dict(), os.path.join(folder, CHECKPOINT_FILE))
+            with open(os.path.join(folder, CHECKPOINT_FILE), "wb") as f:
+                f.write(checkpoint_bytes(state.state_dict()))
             with open(os.path.join(folder, CHECKPOINT_META), "w") as f:  # lets evaluation find an epoch cheaply
                 json.dump({"epoch": metrics["epoch"], "val_acc": metrics["val_acc"]}, f)
             score = checkpoint_score(metrics["val_acc"], metrics["epoch"])
-            tune.report({**metrics, **trial_facts, "checkpoint_score": score},
+            ran = {"execution": metrics.pop("execution", state.loop)}
+            tune.report({**metrics, **trial_facts, **ran, "checkpoint_score": score},
                         checkpoint=tune.Checkpoint.from_directory(folder))
