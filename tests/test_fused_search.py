@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from local_cluster import descendants, fresh_ray_env
-from test_resume import group_is_gone, restored_from_checkpoint, start_tunefm
+from test_resume import assert_only_tunefms_lines, group_is_gone, restored_from_checkpoint, start_tunefm
 from tunefm import placement, store
 from tunefm.search import SearchSettings, run
 
@@ -95,13 +95,19 @@ def test_fused_members_report_like_trials_and_match_unfused_ones(fused_and_alone
     assert not epochs.duplicated(["trial_id", "epoch"]).any() and len(epochs) == trials.epochs.sum()
     info = store.read_json(fused / store.RUN_FILE)
     assert info["fusion"]["fuse"] and info["fusion"]["capacity"] == 4
-    # Every epoch both runs trained, to float32 rounding: fusion is how trials run, not what they are.
+    # Every epoch both runs trained: fusion is how trials run, not what they are. The group's
+    # kernels round differently from a trial's own (about 1e-7 per step), so the first two epochs
+    # agree to 1e-5; later, once rounding has flipped a ReLU, two runs part as any two on
+    # different kernels do (3.4e-5 at epoch 8 on one machine of this kind; README, "Numerics"),
+    # so later epochs are held to 1e-3.
     mine, theirs = by_config(epochs), by_config(store.read_epochs(alone))
     both = mine.index.intersection(theirs.index)
-    assert len(both) >= 10
+    early = both[both.get_level_values("epoch") <= 2]
+    assert len(both) >= 10 and len(early) >= 6
     for column in ("train_loss", "val_loss"):
-        pd.testing.assert_series_equal(mine.loc[both, column], theirs.loc[both, column], rtol=1e-5, atol=0)
-    assert ((mine.loc[both, "val_acc"] - theirs.loc[both, "val_acc"]).abs() <= 1 / 500).all()
+        pd.testing.assert_series_equal(mine.loc[early, column], theirs.loc[early, column], rtol=1e-5, atol=0)
+        pd.testing.assert_series_equal(mine.loc[both, column], theirs.loc[both, column], rtol=1e-3, atol=0)
+    assert ((mine.loc[both, "val_acc"] - theirs.loc[both, "val_acc"]).abs() <= 3 / 500).all()
     assert set(store.read_trials(alone).execution) == {"plain"}
 
 
@@ -136,8 +142,9 @@ def test_a_small_fused_search_trains_its_trials_through_one_executor(ray_session
     assert len(trials) == 2 and (trials.status == "TERMINATED").all() and (trials.epochs == 2).all(), shown
     assert trials.execution.str.startswith("fused:").all() and (trials.fused_group != "").all(), shown
     assert trials.test_acc.notna().sum() == 1, shown
+    assert trials.fused_group.str.split("/").str[0].nunique() == 2, shown  # one per CPU slot: spread, not stacked
     info = store.read_json(outcome.run_dir / store.RUN_FILE)
-    assert info["fusion"]["fuse"] is True and info["status"] == "completed"
+    assert info["fusion"]["fuse"] is True and info["status"] == "completed" and info["fusion"]["capacity"] == 2
 
 
 def test_fuse_is_checked_and_explained():
@@ -149,7 +156,12 @@ def test_fuse_is_checked_and_explained():
     assert not alone.fuse and "no two trials share a shape" in alone.reason
     assert placement.decide("off", None, True, 1, None).reason == "--fuse off"
     gpu = placement.decide("auto", [{"model": "iaro1", "batch_size": 8, "lr": lr} for lr in (0.1, 0.2)], True, 1, None)
-    assert gpu.fuse and gpu.capacity == placement.GPU_CAPACITY
+    assert gpu.fuse and gpu.on_gpus and gpu.capacity == 2  # two trials: a share of 1/2 each, not 1/16
+    many = [{"model": "iaro1", "batch_size": 8, "lr": lr / 100} for lr in range(1, 41)]
+    assert placement.decide("auto", many, True, 1, None, gpus=1).capacity == placement.GPU_CAPACITY
+    assert placement.decide("auto", many, True, 1, None, gpus=4).capacity == 10  # spread over the GPUs
+    assert placement.decide("on", many, False, 1, None, slots=2).capacity == placement.CPU_CAPACITY
+    assert placement.decide("on", many[:10], False, 1, None, slots=2).capacity == 5
     assert placement.decide("auto", None, True, 1, 0.125).capacity == 8
     pinned = placement.decide("auto", [{"model": "iaro1", "batch_size": 8, "lr": lr} for lr in (0.1, 0.2)], True, 1,
                               None, loop="plain")
@@ -230,6 +242,7 @@ def test_ctrl_c_of_a_fused_search_then_resume_loses_and_repeats_nothing(six, tmp
                              timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Fusion: on" in resumed.stdout
+    assert_only_tunefms_lines(out, err, resumed.stdout, resumed.stderr)
     trials, epochs = store.read_trials(run_dir), store.read_epochs(run_dir)
     assert len(trials) == 6 and set(trials.status) == {"TERMINATED"} and (trials.epochs == trials.max_epochs).all()
     assert not epochs.duplicated(["trial_id", "epoch"]).any() and len(epochs) == 42

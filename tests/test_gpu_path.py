@@ -232,8 +232,9 @@ def test_ray_gpu_ids_map_to_devices_in_the_executors_own_process(monkeypatch):
 
 def test_the_coordinator_leaves_the_gpu_index_to_the_executor():
     """The coordinator passes Ray's GPU id on; it computes no device index (its node may differ)."""
-    source = (REPO / "tunefm" / "placement.py").read_text()
-    assert "cuda_index" not in source and "gpu_id=" in source
+    for module in ("placement.py", "coordinator.py"):
+        assert "cuda_index" not in (REPO / "tunefm" / module).read_text()
+    assert "gpu_id=" in (REPO / "tunefm" / "coordinator.py").read_text()
 
 
 def test_pinned_loops_ask_for_deterministic_kernels(arrays, monkeypatch):
@@ -269,7 +270,7 @@ def test_gpus_per_trial_zero_means_no_gpu():
     """--gpus-per-trial 0 on a GPU cluster: fused trials ask for no GPU and train on CPU slots."""
     configs = [{**BASE, "lr": lr} for lr in (0.01, 0.02)]
     on_gpus = placement.decide("on", configs, cluster_has_gpus=True, cpus_per_trial=1, gpus_per_trial=0)
-    assert on_gpus.fuse and on_gpus.capacity == placement.CPU_CAPACITY and "GPU" not in on_gpus.reason
+    assert on_gpus.fuse and not on_gpus.on_gpus and "GPU" not in on_gpus.reason
     assert not placement.uses_gpus(True, 0) and placement.uses_gpus(True, None) and placement.uses_gpus(True, 0.25)
     assert "GPU" not in placement.member_resources(1, 8, placement.uses_gpus(True, 0))
     assert placement.member_resources(1, 6, True) == {"CPU": 0.1666, "GPU": 0.1666}

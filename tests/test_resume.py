@@ -30,6 +30,15 @@ def start_tunefm(env: dict[str, str], *args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
+def assert_only_tunefms_lines(*outputs: str) -> None:
+    """The terminal is tunefm's: no Ray worker output (a checkpoint line per trial and epoch,
+    `(... pid=...)` prefixes), no raylet warnings, no Python shutdown noise."""
+    for text in outputs:
+        for noise in ("(raylet)", "Checkpoint successfully created", " pid=", "Exception ignored in",
+                      "terminate called"):
+            assert noise not in text, f"{noise!r} in the output:\n{text[-3000:]}"
+
+
 def wait_for_finished_trials(run_dir: Path, count: int, process: subprocess.Popen, timeout_s: float = 300) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and process.poll() is None:
@@ -213,6 +222,7 @@ def test_sigterm_stops_cleanly_and_the_run_resumes(tmp_path, data_dir):
     trials, epochs = store.read_trials(results / "t"), store.read_epochs(results / "t")
     assert len(trials) == 28 and set(trials.status) == {"TERMINATED"}
     assert not epochs.duplicated(["trial_id", "epoch"]).any() and len(epochs) == trials.epochs.sum()
+    assert_only_tunefms_lines(out, err, resumed.stdout, resumed.stderr)
 
 
 @pytest.mark.slow

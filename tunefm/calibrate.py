@@ -34,6 +34,9 @@ import hashlib
 import json
 import math
 import os
+import resource
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,6 +132,36 @@ def forget(machine: str | None = None) -> int:
         keys = [machine] if machine else list(contents)
         dropped = sum(len(contents.pop(k, {})) for k in keys)
     return dropped
+
+
+# ---- process start-up -----------------------------------------------------------------------
+STARTUP_FILE = "startup.json"
+STARTUP_IMPORTS = {"member_s": "ray.tune", "trainer_s": "torch"}  # what each kind of process imports
+
+
+def _import_cpu_seconds(module: str) -> float:
+    """CPU-seconds (user + system) a fresh Python spends importing `module`: what a process that
+    needs it costs the node's cores, whatever else they are doing."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run([sys.executable, "-c", f"import {module}"], check=True, capture_output=True, timeout=300)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def start_costs(refresh: bool = False) -> dict[str, float]:
+    """{"member_s": CPU-seconds to start a process that imports Tune, "trainer_s": one that
+    imports torch}, measured once per machine and Python environment (a few seconds), then cached."""
+    key = f"{devices.cpu_name()} | {sys.executable} | torch {torch.__version__}"
+    path = cache_dir() / STARTUP_FILE
+    with _file_lock(cache_dir() / (STARTUP_FILE + ".lock")):
+        contents = read_cache(path)
+        if key not in contents or refresh:
+            contents[key] = {name: round(_import_cpu_seconds(module), 3) for name, module in STARTUP_IMPORTS.items()}
+            contents[key]["measured_at"] = _now()
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps(contents, indent=1, sort_keys=True) + "\n")
+            os.replace(tmp, path)
+    return {name: contents[key][name] for name in STARTUP_IMPORTS}
 
 
 # ---- measuring ------------------------------------------------------------------------------

@@ -152,6 +152,8 @@ def search(**options) -> None:
     given.discard("resume")
     options["early_stop"] = not options.pop("no_early_stop")
     options["sets"] = tuple(options["sets"])
+    options["ray_logs"] = bool(context.find_root().params.get("debug"))  # Ray's own output only with --debug
+    given.add("ray_logs")
     resuming = options.pop("resume")
     settings = search.SearchSettings(**options)
     try:

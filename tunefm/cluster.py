@@ -80,7 +80,7 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
                         f"start one with `ray start --head` or give its head node's address") from None
 
 
-def start_ray(address: str | None, **local_options) -> tuple[bool, str | None]:
+def start_ray(address: str | None, log_to_driver: bool = False, **local_options) -> tuple[bool, str | None]:
     """Join `address`, or start a local Ray (`local_options` such as num_cpus go to its
     ray.init); returns (we started it, dashboard URL).
 
@@ -90,6 +90,9 @@ def start_ray(address: str | None, **local_options) -> tuple[bool, str | None]:
     join). It gets its dashboard on 127.0.0.1 only, with token authentication on
     (Ray's local default since 2.59 when RAY_AUTH_MODE is unset; `announce` warns when
     it is off); the token is in ~/.ray/auth_token and `ray get-auth-token` prints it.
+    Without `log_to_driver` the terminal shows tunefm's lines only: no worker output ("Checkpoint
+    successfully created" per trial and epoch), no raylet warnings; each trial's errors are in its
+    error.txt, and tunefm prints a line per failed trial.
     """
     import ray
 
@@ -101,10 +104,11 @@ def start_ray(address: str | None, **local_options) -> tuple[bool, str | None]:
         # Ray's own "Connected"/"Started" lines and its "token authentication is enabled"
         # notice repeat what tunefm prints itself, and would make a user error two lines.
         ray_internals.quiet_auth_notice()
-        quiet = dict(log_to_driver=True, logging_level=logging.WARNING)
+        quiet = dict(log_to_driver=log_to_driver, logging_level=logging.WARNING)
         if address:
             context = ray.init(address=address, **quiet)
         else:
+            ray_internals.quiet_worker_pool_warning(int(local_options.get("num_cpus") or len(os.sched_getaffinity(0))))
             context = ray.init(**{"address": "local", "include_dashboard": True, "dashboard_host": "127.0.0.1",
                                   **quiet, **local_options})
     except (ConnectionError, ValueError, RuntimeError) as e:
@@ -138,6 +142,20 @@ class Cluster:
     @property
     def multi_node(self) -> bool:
         return len(self.nodes) > 1 or bool(self.launchable)
+
+    @property
+    def gpus(self) -> int:
+        """GPUs of the live nodes."""
+        return int(sum(n.get("GPU", 0) for n in self.nodes))
+
+    @property
+    def cpus(self) -> float:
+        """CPUs of the live nodes."""
+        return float(sum(n.get("CPU", 0) for n in self.nodes))
+
+    def cpu_slots(self, cpus_per_trial: float) -> int:
+        """Trials of `cpus_per_trial` CPUs that the live nodes hold at once (at least 1)."""
+        return max(1, sum(int(n.get("CPU", 0) // cpus_per_trial) for n in self.nodes))
 
 
 def connect(cpus_per_trial: float, gpus_per_trial: float | None) -> Cluster:

@@ -29,6 +29,11 @@ REPORTABLE = [c for c in SUMMARY_COLUMNS if c not in TRIAL_FACTS or c == "params
 TRIAL_STATE = ["trial_id", "status", "stopped_early", "epochs", "retries"]
 INTERRUPTED = "INTERRUPTED"
 
+# Config keys that change no tensor's shape: trials may differ in them and still train as one
+# fused group (fused.shape_key: every other key must match).
+PER_MEMBER_KEYS = frozenset({"lr", "momentum", "weight_decay", "lr_decay", "seed", "init", "augment",
+                             "max_epochs"})
+
 INT_COLUMNS = {"epochs", "retries", "epoch", "best_epoch", "min_train_loss_epoch", "params", "threads", "group_size"}
 TEXT_COLUMNS = {"trial_id", "status", "device", "node_id", "node_ip", "gpu_ids", "execution", "fused_group"}
 
@@ -41,6 +46,13 @@ def is_missing(value: Any) -> bool:
         return bool(value != value)  # only NaN and NaT differ from themselves
     except TypeError:  # pd.NA: its comparison is NA, which has no truth value
         return True
+
+
+def rough_shape(config: Mapping[str, Any]) -> str:
+    """A trial's shape as far as it shows without the model registry (which needs torch): its
+    config less the per-member keys. Trials with equal rough shapes share a `fused.shape_key`;
+    the coordinator uses it to put same-shape trials on the same executor."""
+    return repr(sorted((k, repr(v)) for k, v in config.items() if k not in PER_MEMBER_KEYS))
 
 
 def epoch_limit(config: Mapping[str, Any], max_epochs: int) -> int:

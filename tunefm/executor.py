@@ -58,16 +58,20 @@ class Executor:
 
     def __init__(self, arrays: dict[str, np.ndarray], device: str, threads: int = 1, loop: str = loops.AUTO,
                  fuse: str = "auto", capacity: int = 8, max_epochs: int = 100, name: str = "executor",
-                 facts: dict | None = None, patience_s: float = 300.0, gpu_id: str | None = None):
+                 facts: dict | None = None, patience_s: float = 300.0, gpu_id: str | None = None,
+                 settle_s: float = 1.0):
         """`device`: "cpu" or "cuda"; with `gpu_id` (Ray's id of a GPU of this node) the CUDA device
-        is that GPU's index in this process, found here, on the executor's own node."""
+        is that GPU's index in this process, found here, on the executor's own node. `settle_s`: while
+        it has room, a round starts only this long after the last trial joined (others are likely
+        on their way: a round started without them would leave them waiting for its whole length)."""
         interrupt.quiet_exit_during_garbage_collection()  # a Ray actor, stopped with SIGTERM
         torch.set_num_threads(max(1, threads))
         self.device = devices.for_ray_gpu(gpu_id) if gpu_id not in (None, "") else torch.device(device)
         if loop != loops.AUTO:
             devices.make_deterministic(self.device)
         self.threads, self.loop, self.fuse, self.capacity = max(1, threads), loop, fuse, capacity
-        self.max_epochs, self.name, self.patience_s = max_epochs, name, patience_s
+        self.max_epochs, self.name, self.patience_s, self.settle_s = max_epochs, name, patience_s, settle_s
+        self._last_join = float("-inf")
         self.facts = {"device": self.device.type, "threads": self.threads, **(facts or {})}
         with devices.bound(self.device):
             self.x, self.y = trainable.to_tensors(arrays["train_x"], arrays["train_y"], self.device)
@@ -96,6 +100,7 @@ class Executor:
                 self._leaving.append(self.members.pop(trial_id))
             if saved is None or saved["epoch"] < limit:  # a checkpoint of its last epoch: nothing left to train
                 self.members[trial_id] = _Member(trial_id, dict(config), limit, pending=saved)
+                self._last_join = time.monotonic()
             self._changed.notify_all()
 
     def next_epoch(self, trial_id: str) -> tuple[dict, dict[str, bytes], dict] | None:
@@ -140,9 +145,12 @@ class Executor:
     # ---- rounds ----------------------------------------------------------------------
     def _ready(self) -> list[_Member]:
         """The next round's members, once every member has asked (or the first to ask has
-        waited `patience_s`: then those that have not asked are set aside until they do)."""
+        waited `patience_s`: then those that have not asked are set aside until they do), and,
+        while there is room for more, no trial has joined in the last `settle_s`."""
         asked = [m for m in self.members.values() if m.asked]
         if not asked:
+            return []
+        if len(self.members) < self.capacity and time.monotonic() - self._last_join < self.settle_s:
             return []
         waiting = [m for m in self.members.values() if not m.asked and not m.parked]
         if waiting and time.monotonic() - min(m.asked_at for m in asked) < self.patience_s:
@@ -161,7 +169,7 @@ class Executor:
         while True:
             with self._changed:
                 while not self._stopped and not (ready := self._ready()):
-                    self._changed.wait(timeout=1.0)
+                    self._changed.wait(timeout=0.1)
                 if self._stopped:
                     return
                 for member in self._leaving:

@@ -39,11 +39,10 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from tunefm import devices, loops, models, trainable
+from tunefm import columns, devices, loops, models, trainable
 
 # Config keys that change no tensor's shape: they may differ within a group.
-PER_MEMBER_KEYS = frozenset({"lr", "momentum", "weight_decay", "lr_decay", "seed", "init", "augment",
-                             "max_epochs"})
+PER_MEMBER_KEYS = columns.PER_MEMBER_KEYS
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, as solo trials use
 WARM_STEPS = 3  # eager steps before a CUDA graph is captured (cuBLAS/cuDNN set-up, autograd's buffers)
 

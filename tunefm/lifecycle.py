@@ -201,9 +201,10 @@ class RaySession:
 
 @contextlib.contextmanager
 def ray_session(address: str | None, cpus_per_trial: float = 1.0, gpus_per_trial: float | None = None,
-                **local_options) -> Iterator[RaySession]:
+                log_to_driver: bool = False, **local_options) -> Iterator[RaySession]:
     """Join `address` (or the Ray this process already runs), or start a local Ray
     (`local_options` such as num_cpus go to it); shut down on leaving what was started here.
+    `log_to_driver`: Ray's worker and raylet output in this terminal (else tunefm's lines only).
 
     Fails with one UserError, before anything is written, when no node can hold a trial."""
     import ray
@@ -213,7 +214,7 @@ def ray_session(address: str | None, cpus_per_trial: float = 1.0, gpus_per_trial
     if not address and not ray.is_initialized():
         # A local Ray would detect these; refusing now spares its start-up and logs.
         cluster.check_resources_fit(cpus_per_trial, gpus_per_trial, cluster.local_node())
-    started, dashboard = cluster.start_ray(address, **local_options)
+    started, dashboard = cluster.start_ray(address, log_to_driver=log_to_driver, **local_options)
     try:
         yield RaySession(cluster.connect(cpus_per_trial, gpus_per_trial), dashboard, address, cluster.gcs_address())
     finally:
@@ -231,7 +232,7 @@ class Fusion:
 
 @contextlib.contextmanager
 def fused_coordinator(decision: "placement.Decision", run_name: str, splits: "data.Splits",
-                      settings: "SearchSettings", max_epochs: int) -> Iterator[Fusion | None]:
+                      settings: "SearchSettings", max_epochs: int, trials: int | None = None) -> Iterator[Fusion | None]:
     """The coordinator of a fused search (None where trials train alone), stopped on leaving."""
     if not decision.fuse:
         yield None
@@ -239,7 +240,7 @@ def fused_coordinator(decision: "placement.Decision", run_name: str, splits: "da
     from tunefm import placement
 
     arrays = {"train_x": splits.train_x, "train_y": splits.train_y, "val_x": splits.val_x, "val_y": splits.val_y}
-    running = placement.start(run_name, arrays, settings, decision, max_epochs)
+    running = placement.start(run_name, arrays, settings, decision, max_epochs, trials)
     try:
         yield Fusion(decision, running)
     finally:
@@ -281,10 +282,11 @@ def live(plan: RunPlan, echo: Callable[[str], None] = print) -> SearchOutcome:
     from tunefm import placement
 
     settings = plan.settings
-    with ray_session(settings.address, settings.cpus_per_trial, settings.gpus_per_trial) as session:
+    with ray_session(settings.address, settings.cpus_per_trial, settings.gpus_per_trial, settings.ray_logs) as session:
         decision = plan.placement(session)
         writer = plan.open_writer()
-        with fused_coordinator(decision, plan.run_dir.name, plan.splits, settings, plan.study.max_epochs) as fusion:
+        with fused_coordinator(decision, plan.run_dir.name, plan.splits, settings, plan.study.max_epochs,
+                               plan.study.num_trials) as fusion:
             pruning = make_pruning(settings, plan.tune_dir, plan.study)
             tuner = plan.tuner(session, writer, fusion, pruning, echo)
             session.announce(settings.storage, echo)

@@ -14,6 +14,7 @@ so sixteen of them cost little beside the one executor that trains them.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -27,6 +28,7 @@ def member_trainable(config: dict, coordinator: str) -> None:
 
     from tunefm import interrupt
 
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "checkpoint created" line per epoch is noise
     interrupt.quiet_exit_during_garbage_collection()
     started_at = time.time()  # as a solo trial's: when the trial began, waiting for its executor included
     context = tune.get_context()

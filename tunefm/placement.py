@@ -1,31 +1,32 @@
 """Fused execution on a Ray cluster: whether to fuse, what a fused trial asks of Ray, and
-which executor trains it.
+the coordinator that places its trials.
 
-    decision = placement.decide("auto", study.configs(), cluster_has_gpus, cpus_per_trial=1, gpus_per_trial=None)
-    running = placement.start(run_name, arrays, settings, decision, max_epochs)   # the coordinator actor
-    trainable = placement.member_trainable_for(running.name, 1, decision, cluster_has_gpus)
+    decision = placement.decide("auto", study.configs(), cluster_has_gpus, 1, None, slots=2, cores=2)
+    running = placement.start(run_name, arrays, settings, decision, max_epochs, trials)  # coordinator
+    trainable = placement.member_trainable_for(running.name, 1, decision, decision.on_gpus)
     callbacks.append(placement.Membership(running.name))
     ...
     placement.stop(running)
 
 Resources. Fused trials are accounted like fractional GPUs: a trial asks Ray for
-1/capacity of a CPU slot (`--cpus-per-trial`), and of a GPU where the cluster has them, so
-Ray runs `capacity` trials per slot or GPU, and for each slot or GPU one executor
-(`executor.py`, a Ray actor that asks for nothing itself) trains them. The executors hold
-the data once per device; the trial processes hold no data and no torch.
+1/capacity of a CPU slot (`--cpus-per-trial`), and of a GPU where trials use GPUs, each
+share floored to Ray's unit so that `capacity` of them fit; Ray runs `capacity` trials per
+slot or GPU, and for each slot or GPU one executor (`executor.py`, a Ray actor that asks for
+nothing itself) trains them. The executors hold the data once per device; the trial
+processes hold no data and no torch. The capacity spreads a study over the cluster: 16
+trials on 2 CPU slots are 8 per slot, not 16 on one.
 
-Placement. One coordinator actor per search starts executors where trials land, on first
-use: one per GPU (the GPU Ray gave the trial), or on a CPU node one per CPU slot, up to the
-node's slots; a trial goes to the executor of its node that already trains its shape and
-has room, else the least busy one. An executor that died (killed, its node lost) is
-replaced on the next trial that asks for it; its trials fail and Tune retries them from
-their checkpoints (`--max-failures`). When ASHA stops a trial, `Membership` (a Tune
-callback on the driver) tells its executor at once, so the group never waits for it.
+Placement (`coordinator.py`): the coordinator starts the CPU executors as the search starts
+(a GPU's when its first trial lands), and sends each trial to the least loaded slot of its
+node. When ASHA stops a trial, `Membership` (a Tune callback on the driver) tells its
+executor at once, so the group never waits for it; an executor that died is replaced when
+Tune retries its trials from their checkpoints (`--max-failures`).
 
-Deciding (`--fuse auto`): where the cluster has GPUs, fuse (small nets leave a GPU mostly
-idle; results/benchmarks/packing-cuda.md). On CPUs only, fuse if calibration
-(`calibrate.py`, on this machine) says the study as a whole would train at least
-AUTO_MIN_SPEEDUP times faster; for most shapes a CPU gains nothing from fusing.
+Deciding (`--fuse auto`): where trials use GPUs, fuse (small nets leave a GPU mostly idle:
+results/benchmarks/gpu-acceptance.md). On CPUs only, fuse if the whole study is estimated to
+finish at least AUTO_MIN_SPEEDUP times faster (`fusion_cost.py`: the calibrated group gains
+of its shapes, `calibrate.py`, against the start of every trial process a fused search adds),
+at the group size per slot estimated fastest; for most shapes a CPU gains nothing from fusing.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from dataclasses import dataclass
 
 from ray.tune import Callback
 
-from tunefm import calibrate, fused
+from tunefm import calibrate, fused, fusion_cost
+from tunefm.coordinator import Coordinator
 from tunefm.errors import UserError
 
 FUSE_MODES = ("auto", "on", "off")
@@ -53,9 +55,10 @@ class Decision:
     fuse: bool
     capacity: int  # trials per CPU slot or GPU
     reason: str
+    on_gpus: bool = False  # fused trials share GPUs (else CPU slots)
 
     def record(self) -> dict:
-        return {"fuse": self.fuse, "capacity": self.capacity, "reason": self.reason}
+        return {"fuse": self.fuse, "capacity": self.capacity, "reason": self.reason, "on_gpus": self.on_gpus}
 
 
 def check_mode(mode: str) -> str:
@@ -70,39 +73,53 @@ def shape_counts(configs: list[dict]) -> Counter:
 
 def decide(mode: str, configs: list[dict] | None, cluster_has_gpus: bool, cpus_per_trial: float,
            gpus_per_trial: float | None, group_size: int | None = None, train_images: int = 50_000,
-           max_epochs: int = 100, loop: str = "auto") -> Decision:
+           max_epochs: int = 100, loop: str = "auto", slots: int = 1, gpus: int = 1,
+           cores: float | None = None) -> Decision:
     """Whether the study's trials train fused, and how many share a slot or GPU (`group_size`
     if given). `configs`: the grid's trials (None for a searcher that draws them as it goes);
-    `train_images` and `max_epochs` size their work, for what is worth measuring; `loop`: the
-    search's --loop."""
+    `train_images` and `max_epochs` size their work; `loop`: the search's --loop; `slots`,
+    `gpus`, `cores`: the cluster's CPU slots (CPUs / --cpus-per-trial), GPUs and CPUs."""
     check_mode(mode)
     if mode == "off":
         return Decision(False, 1, "--fuse off")
     if mode == "auto" and loop != "auto":  # which trials share a group depends on timing, and so would the bits
         return Decision(False, 1, f"--loop {loop} pins how trials train, so auto keeps them apart and a run "
                                   f"gives the same bits every time (--fuse on fuses anyway)")
-    decision = _decide(mode, configs, cluster_has_gpus, cpus_per_trial, gpus_per_trial, train_images, max_epochs)
+    decision = _decide(mode, configs, cluster_has_gpus, cpus_per_trial, gpus_per_trial, train_images, max_epochs,
+                       max(1, slots), max(1, gpus), cores or max(1, slots))
     if decision.fuse and group_size:
         return Decision(True, group_size, f"{decision.reason}; --group-size {group_size}")
     return decision
 
 
+def spread(largest: int, trials: int | None, places: int) -> int:
+    """Trials per slot or GPU: up to `largest`, but no more than spreading the study's trials
+    evenly over its `places` needs (16 trials on 2 slots: 8 each, not 16 on one)."""
+    if trials is None:
+        return largest
+    return max(2, min(largest, math.ceil(trials / places)))
+
+
 def _decide(mode: str, configs: list[dict] | None, cluster_has_gpus: bool, cpus_per_trial: float,
-            gpus_per_trial: float | None, train_images: int, max_epochs: int) -> Decision:
+            gpus_per_trial: float | None, train_images: int, max_epochs: int, slots: int, gpus: int,
+            cores: float) -> Decision:
     counts = shape_counts(configs) if configs is not None else None
     if counts is not None and max(counts.values(), default=0) < 2:
         return Decision(False, 1, "no two trials share a shape (model and options, batch size, optimizer, "
                                   "output), so there is nothing to fuse; every trial trains alone")
+    trials = len(configs) if configs is not None else None
     if uses_gpus(cluster_has_gpus, gpus_per_trial):
-        capacity = int(1 / gpus_per_trial + 1e-9) if gpus_per_trial else GPU_CAPACITY
-        if capacity < 2:
+        largest = int(1 / gpus_per_trial + 1e-9) if gpus_per_trial else GPU_CAPACITY
+        if largest < 2:
             return Decision(False, 1, f"--gpus-per-trial {gpus_per_trial:g} leaves room for one trial per GPU")
-        return Decision(True, capacity, f"up to {capacity} trials per GPU, fused by shape")
+        capacity = spread(largest, trials, gpus)
+        return Decision(True, capacity, f"up to {capacity} trials per GPU, fused by shape", on_gpus=True)
     if mode == "on":  # each executor still picks the fastest measured group up to this size
-        return Decision(True, CPU_CAPACITY, f"--fuse on: up to {CPU_CAPACITY} trials per CPU slot")
+        capacity = spread(CPU_CAPACITY, trials, slots)
+        return Decision(True, capacity, f"--fuse on: up to {capacity} trials per CPU slot")
     if counts is None:
         return Decision(False, 1, "a searcher drawing trials one by one on CPUs: auto fuses only measured gains")
-    return _decide_on_cpu(counts, configs, cpus_per_trial, train_images, max_epochs)
+    return _decide_on_cpu(counts, configs, cpus_per_trial, train_images, max_epochs, slots, cores)
 
 
 def _plan_for(config: dict, threads: int, largest: int) -> calibrate.FusionPlan:
@@ -113,13 +130,31 @@ def _plan_for(config: dict, threads: int, largest: int) -> calibrate.FusionPlan:
     return calibrate.fusion_plan(config, torch.device("cpu"), threads, largest=largest)
 
 
+def shape_work(config: dict, trials: int, samples: float, threads: int) -> fusion_cost.ShapeWork:
+    """A calibrated shape's figures for the whole-search estimate: its best solo loop's rate and
+    the aggregate rate of each group size that beat it by calibrate.FUSION_MARGIN."""
+    import torch
+
+    entry = calibrate.cached_entry(config, torch.device("cpu"), threads)
+    solo_rate = entry["solo"][calibrate.best_solo(entry)]
+    rates = {}
+    for size, figures in entry.get("fused", {}).items():
+        if calibrate.SKIPPED in figures or not calibrate.group_variants(figures):
+            continue
+        speedup = calibrate.group_speedup(figures, solo_rate)
+        if speedup >= calibrate.FUSION_MARGIN:  # within the noise of a shared machine below this
+            rates[int(size)] = solo_rate * speedup
+    return fusion_cost.ShapeWork(trials, samples, solo_rate, rates)
+
+
 def _decide_on_cpu(counts: Counter, configs: list[dict], cpus_per_trial: float, train_images: int,
-                   max_epochs: int) -> Decision:
+                   max_epochs: int, slots: int, cores: float) -> Decision:
     """Calibrate the shapes that could form groups (two trials or more, each with enough steps
     to repay measuring its loop, so that the solo loops measured here are ones its trials would
-    measure anyway; cached) and compare their training time alone and fused, each shape at its
-    best group size up to its trial count. Shapes too short to measure count as neither. The
-    shapes are measured side by side, one process per CPU slot, as trials would run."""
+    measure anyway; cached), then estimate the whole search alone and fused at each measured
+    group size, the start of every process a fused search adds included (`fusion_cost.py`).
+    Shapes too short to measure count as neither. The shapes are measured side by side, one
+    process per CPU slot, as trials would run."""
     import multiprocessing as mp
 
     import torch
@@ -138,28 +173,29 @@ def _decide_on_cpu(counts: Counter, configs: list[dict], cpus_per_trial: float, 
         return Decision(False, 1, "no shape has enough training ahead to repay measuring whether fusing pays")
     tasks = [(example[key], threads, min(max(calibrate.GROUP_SIZES), counts[key])) for key in chosen]
     cpu = torch.device("cpu")
-    plans = [calibrate.cached_plan(config, cpu, threads, largest) for config, _, largest in tasks]
-    missing = [task for task, plan in zip(tasks, plans) if plan is None]
+    missing = [task for task in tasks if calibrate.cached_plan(task[0], cpu, threads, task[2]) is None]
     workers = min(len(missing), max(1, (os.cpu_count() or 1) // threads))
     if workers > 1:  # worker processes only to measure: starting them costs seconds
         with mp.get_context("spawn").Pool(workers) as pool:
-            measured = iter(pool.starmap(_plan_for, missing))
+            pool.starmap(_plan_for, missing)
     else:
-        measured = iter([_plan_for(*task) for task in missing])
-    plans = [plan if plan is not None else next(measured) for plan in plans]
-    alone = together = 0.0
-    largest = 1
-    for key, plan in zip(chosen, plans):
-        samples = steps[key] * int(example[key]["batch_size"])
-        alone += samples / plan.solo_samples_per_s
-        together += samples / plan.samples_per_s
-        largest = max(largest, plan.group_size)
-    speedup = alone / together
-    if speedup >= AUTO_MIN_SPEEDUP and largest > 1:
-        return Decision(True, largest, f"calibration expects {speedup:.2f}x for this study here, "
-                                       f"up to {largest} trials per CPU slot")
-    return Decision(False, 1, f"calibration expects {speedup:.2f}x from fusing this study on this machine's "
-                              f"CPUs (auto fuses from {AUTO_MIN_SPEEDUP:g}x)")
+        for task in missing:
+            _plan_for(*task)
+    shapes = [shape_work(example[key], counts[key], steps[key] * int(example[key]["batch_size"]), threads)
+              for key in chosen]
+    starts = calibrate.start_costs()
+    costs = fusion_cost.StartCosts(member_s=starts["member_s"], trainer_s=starts["trainer_s"])
+    best = fusion_cost.best(shapes, slots, cores, costs, largest=max(calibrate.GROUP_SIZES))
+    figures = (f"{best.seconds_alone:.0f} s alone, {best.seconds_fused:.0f} s fused at {best.group_size} per slot, "
+               f"on {slots} CPU slot(s), starting {costs.member_s:.1f} s a trial process included")
+    if best.speedup >= AUTO_MIN_SPEEDUP and best.group_size > 1:
+        return Decision(True, best.group_size, f"the study is estimated {best.speedup:.2f}x faster fused here "
+                                               f"({figures})")
+    fastest = max((fusion_cost.estimate(shapes, slots, cores, costs, size) for size in calibrate.GROUP_SIZES),
+                  key=lambda e: e.speedup)
+    return Decision(False, 1, f"fusing is estimated at {fastest.speedup:.2f}x for the whole study here at best "
+                              f"({fastest.seconds_alone:.0f} s alone, {fastest.seconds_fused:.0f} s fused at "
+                              f"{fastest.group_size} per slot; auto fuses from {AUTO_MIN_SPEEDUP:g}x)")
 
 
 def fused_order(configs: list[dict], seed: int) -> list[dict]:
@@ -200,107 +236,6 @@ def uses_gpus(cluster_has_gpus: bool, gpus_per_trial: float | None) -> bool:
     return cluster_has_gpus and gpus_per_trial != 0
 
 
-# ---- the coordinator (a Ray actor) ----------------------------------------------------------
-class Coordinator:
-    """Starts executors where trials land and tells each trial its executor."""
-
-    def __init__(self, arrays_box: list, run_name: str, threads: int, loop: str, fuse: str, capacity: int,
-                 max_epochs: int, cpus_per_trial: float):
-        self.arrays_ref = arrays_box[0]  # in a list, so Ray passes the reference, not 47 MB of arrays
-        self.run_name, self.threads, self.loop, self.fuse = run_name, threads, loop, fuse
-        self.capacity, self.max_epochs, self.cpus_per_trial = capacity, max_epochs, cpus_per_trial
-        self.executors: dict[tuple, object] = {}  # (node, device, slot) -> actor handle
-        self.members: dict[tuple, dict[str, tuple]] = {}  # executor key -> {trial id: shape}
-        self.assigned: dict[str, tuple] = {}  # trial id -> executor key
-        self.started = 0
-        self.lock = threading.Lock()
-
-    def executor_for(self, trial_id: str, config: dict, node_id: str, gpu_ids: list[str]):
-        with self.lock:
-            key = self.assigned.get(trial_id)
-            if key is None or not self._alive(key):
-                if key is not None:
-                    self.members.get(key, {}).pop(trial_id, None)
-                key = self._choose(node_id, gpu_ids, fused.shape_key(config))
-                self.assigned[trial_id] = key
-                self.members.setdefault(key, {})[trial_id] = fused.shape_key(config)
-            return self.executors[key]
-
-    def leave(self, trial_id: str) -> None:
-        with self.lock:
-            key = self.assigned.pop(trial_id, None)
-            if key is not None:
-                self.members.get(key, {}).pop(trial_id, None)
-                if key in self.executors:
-                    self.executors[key].leave.remote(trial_id)
-
-    def status(self) -> dict:
-        import ray
-
-        with self.lock:
-            handles = dict(self.executors)
-        return {"/".join(map(str, key)): ray.get(handle.status.remote()) for key, handle in handles.items()}
-
-    def shutdown(self) -> None:
-        import ray
-
-        with self.lock:
-            for handle in self.executors.values():
-                ray.kill(handle, no_restart=True)
-            self.executors.clear()
-
-    def _alive(self, key: tuple) -> bool:
-        import ray
-
-        handle = self.executors.get(key)
-        if handle is None:
-            return False
-        try:
-            ray.get(handle.ping.remote(), timeout=60)
-            return True
-        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-            del self.executors[key]  # dead, or gone with its node: the next trial here starts another
-            return False
-
-    def _choose(self, node_id: str, gpu_ids: list[str], shape: tuple) -> tuple:
-        if gpu_ids:
-            key = (node_id, "cuda", gpu_ids[0])
-        else:
-            slots = self._cpu_slots(node_id)
-            keys = [(node_id, "cpu", slot) for slot in range(slots)]
-            load = {k: len(self.members.get(k, {})) for k in keys}
-            same_shape = [k for k in keys if shape in self.members.get(k, {}).values() and load[k] < self.capacity]
-            key = same_shape[0] if same_shape else min(keys, key=lambda k: (load[k], k[2]))
-        if key not in self.executors or not self._alive(key):
-            self.executors[key] = self._start(key)
-        return key
-
-    def _cpu_slots(self, node_id: str) -> int:
-        import ray
-
-        cpus = next((n["Resources"].get("CPU", 1) for n in ray.nodes() if n["NodeID"] == node_id), 1)
-        return max(1, int(cpus // self.cpus_per_trial))
-
-    def _start(self, key: tuple):
-        import ray
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        from tunefm.executor import Executor
-
-        node_id, kind, slot = key
-        self.started += 1
-        name = f"tunefm-executor-{self.run_name}-{os.getpid()}-{self.started}"
-        node_ip = next((n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node_id), "")
-        facts = {"node_id": node_id, "node_ip": node_ip, "gpu_ids": "" if kind == "cpu" else str(slot)}
-        actor = ray.remote(Executor).options(
-            name=name, num_cpus=0, num_gpus=0, max_concurrency=4 * self.capacity + 16,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False))
-        # The executor finds the device of Ray's GPU id itself: it runs on that GPU's node, which
-        # may not be this coordinator's.
-        return actor.remote(self.arrays_ref, kind, self.threads, self.loop, self.fuse, self.capacity,
-                            self.max_epochs, name, facts, gpu_id=None if kind == "cpu" else str(slot))
-
-
 @dataclass
 class Running:
     name: str
@@ -308,7 +243,8 @@ class Running:
     arrays_ref: object  # kept alive as long as the search runs
 
 
-def start(run_name: str, arrays: dict, settings, decision: Decision, max_epochs: int) -> Running:
+def start(run_name: str, arrays: dict, settings, decision: Decision, max_epochs: int,
+          trials: int | None = None) -> Running:
     """The coordinator of this search (a named Ray actor), its data in the object store once."""
     import ray
 
@@ -317,6 +253,8 @@ def start(run_name: str, arrays: dict, settings, decision: Decision, max_epochs:
     handle = ray.remote(Coordinator).options(name=name, num_cpus=0, max_concurrency=64).remote(
         [ref], run_name, max(1, int(settings.cpus_per_trial)), settings.loop, settings.fuse, decision.capacity,
         max_epochs, settings.cpus_per_trial)
+    if not decision.on_gpus:  # started while Tune starts the trials; a GPU's executor waits for its first trial
+        handle.prestart.remote(math.ceil(trials / decision.capacity) if trials else 1 << 30)
     return Running(name, handle, ref)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
 from typing import Any
 
@@ -37,6 +38,19 @@ def quiet_auth_notice() -> None:
     """Drop Ray's "token authentication is enabled" notice: tunefm prints its own dashboard
     line. Ray logs it from a private module, under that module's name."""
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+
+
+WORKER_STARTS_PER_CPU = 16  # a fused search's member trials per CPU slot, with room to spare
+
+
+def quiet_worker_pool_warning(cpus: int) -> None:
+    """For a Ray started here: the raylet warns ("N PYTHON worker processes have been started
+    ... 4x the maximum expected startup concurrency") each time the workers it has started
+    reach a multiple of its startup concurrency, which is the CPU count. A fused search means
+    many light trial processes per CPU (fractional CPUs), so that warning is its normal state.
+    The raylet reads the limit only from the RAY_worker_maximum_startup_concurrency variable
+    (no public option); a user's own setting is kept. It also lets more workers boot at once."""
+    os.environ.setdefault("RAY_worker_maximum_startup_concurrency", str(max(1, cpus) * WORKER_STARTS_PER_CPU))
 
 
 def auth_mode() -> str:

@@ -35,7 +35,7 @@ from tunefm.lifecycle import Fusion, RaySession, RunRecord, SearchOutcome
 from tunefm.run_writer import RunWriter
 from tunefm.study import Study
 
-CHANGEABLE = ("address", "data_dir", "max_failures")  # where and how robustly it runs, not what it runs
+CHANGEABLE = ("address", "data_dir", "max_failures", "ray_logs")  # where, how robustly and how loudly it runs
 LOCATORS = ("name", "results_dir")  # which run
 
 

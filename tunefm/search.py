@@ -64,6 +64,7 @@ class SearchSettings:
     sets: tuple[str, ...] = field(default_factory=tuple)
     test_top: int | None = None  # configs per model evaluated on the test set afterwards (the study's); 0: none
     flush_interval_s: float = 5.0
+    ray_logs: bool = False  # Ray's own worker and raylet output in the terminal (--debug)
     loop: str = "auto"  # how trials' steps run (loops.py): measured per machine and shape, or pinned
     fuse: str = "auto"  # train same-shape trials as one stacked model (placement.py): auto | on | off
     group_size: int | None = None  # fused: trials per CPU slot or GPU (default: calibrated / 16 per GPU)
@@ -324,9 +325,12 @@ class NewRun:
         from tunefm import placement
 
         settings = self.settings
-        return placement.decide(settings.fuse, self.study.search.configs(self.study), session.cluster.has_gpus,
+        cluster = session.cluster
+        return placement.decide(settings.fuse, self.study.search.configs(self.study), cluster.has_gpus,
                                 settings.cpus_per_trial, settings.gpus_per_trial, settings.group_size,
-                                len(self.splits.train_y), self.study.max_epochs, settings.loop)
+                                len(self.splits.train_y), self.study.max_epochs, settings.loop,
+                                slots=cluster.cpu_slots(settings.cpus_per_trial), gpus=cluster.gpus,
+                                cores=cluster.cpus)
 
     def open_writer(self) -> RunWriter:
         create_run_dir(self.run_dir)
