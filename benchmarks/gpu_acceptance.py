@@ -212,7 +212,10 @@ def numerics_section(report: Report, args, splits: data.Splits) -> list[dict]:
         for tf32 in ((True, False) if device.type == "cuda" else (None,)):
             if tf32 is not None:
                 torch.backends.cudnn.allow_tf32 = tf32
-            tolerance = 2e-2 if tf32 else 1e-4  # TF32 rounds to 10 mantissa bits, differently per kernel
+            # Rounding over 4 steps stays under 1e-4 (cnn3's 4M-weight layers: 4e-5 on an H200); masks drawn
+            # differently, or a member's stream out of order, would differ by 1e-2 or more. TF32 rounds to
+            # 10 mantissa bits, differently per kernel.
+            tolerance = 2e-2 if tf32 else 1e-3
             steps = {"eager": first_steps(configs, splits, device, False)}
             if device.type == "cuda":
                 steps["captured"] = first_steps(configs, splits, device, True)

@@ -280,6 +280,8 @@ class Executor:
         """Out of its group or solo state, its state kept as a checkpoint to be placed again."""
         if member.group is not None:
             member.pending = member.group.state_dict(member.group.slot_of(member.trial_id))
+            if member.group.solo_loop:  # placed again in its own loop
+                member.pending["loop"] = member.group.solo_loop
         elif member.state is not None:
             member.pending = member.state.state_dict()
         self._remove(member)

@@ -333,10 +333,17 @@ def runnable_loop(loop: str, config: dict) -> str:
 
 
 def draws_dropout(config: dict) -> bool:
-    """Whether config's model has a dropout layer with p > 0."""
-    with torch.random.fork_rng(devices=[]):  # building the model draws its init
-        model = build_model(config)
-    return any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())
+    """Whether config's model has a dropout layer with p > 0 (built once per model and options)."""
+    spec = models.get(config["model"])
+    key = (config["model"], tuple(sorted((k, repr(v)) for k, v in config.items() if k in spec.options)))
+    if key not in _DROPOUT:
+        with torch.random.fork_rng(devices=[]):  # building the model draws its init
+            model = build_model(config)
+        _DROPOUT[key] = any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())
+    return _DROPOUT[key]
+
+
+_DROPOUT: dict[tuple, bool] = {}
 
 
 def training_steps(config: dict, train_images: int, max_epochs: int, from_epoch: int = 0) -> int:
