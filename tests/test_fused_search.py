@@ -160,8 +160,9 @@ def test_fuse_is_checked_and_explained():
     many = [{"model": "iaro1", "batch_size": 8, "lr": lr / 100} for lr in range(1, 41)]
     assert placement.decide("auto", many, True, 1, None, gpus=1).capacity == placement.GPU_CAPACITY
     assert placement.decide("auto", many, True, 1, None, gpus=4).capacity == 10  # spread over the GPUs
-    assert placement.decide("on", many, False, 1, None, slots=2).capacity == placement.CPU_CAPACITY
-    assert placement.decide("on", many[:10], False, 1, None, slots=2).capacity == 5
+    # A pinned loop: nothing calibrated, so `on` spreads up to CPU_CAPACITY per slot.
+    assert placement.decide("on", many, False, 1, None, loop="plain", slots=2).capacity == placement.CPU_CAPACITY
+    assert placement.decide("on", many[:10], False, 1, None, loop="plain", slots=2).capacity == 5
     assert placement.decide("auto", None, True, 1, 0.125).capacity == 8
     pinned = placement.decide("auto", [{"model": "iaro1", "batch_size": 8, "lr": lr} for lr in (0.1, 0.2)], True, 1,
                               None, loop="plain")

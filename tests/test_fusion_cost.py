@@ -125,3 +125,6 @@ def test_auto_decides_on_the_whole_study_from_measured_figures(tmp_path, monkeyp
     assert long.fuse and long.capacity == 4 and "estimated 1." in long.reason and "4 per slot" in long.reason
     short = placement.decide("auto", configs, False, 1, None, train_images=3_000, max_epochs=1, slots=2, cores=2)
     assert not short.fuse and short.capacity == 1 and "auto fuses from 1.2x" in short.reason
+    # --fuse on fuses regardless, at the group size estimated fastest.
+    forced = placement.decide("on", configs, False, 1, None, train_images=3_000, max_epochs=1, slots=2, cores=2)
+    assert forced.fuse and forced.capacity == 2 and "estimated fastest" in forced.reason

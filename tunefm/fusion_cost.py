@@ -84,10 +84,20 @@ def estimate(shapes: list[ShapeWork], slots: int, cores: float, costs: StartCost
                     seconds_fused(shapes, slots, cores, costs, group_size))
 
 
+def estimates(shapes: list[ShapeWork], slots: int, cores: float, costs: StartCosts,
+              largest: int = 16) -> list[Estimate]:
+    """The study alone (group size 1) and fused at every group size measured for any of its
+    shapes, up to `largest`."""
+    sizes = sorted({size for shape in shapes for size in shape.group_rates if 1 < size <= largest})
+    return [estimate(shapes, slots, cores, costs, size) for size in [1] + sizes]
+
+
+def fastest(candidates: list[Estimate]) -> Estimate:
+    """The estimate of the fastest search; on a tie the smaller group (fewer processes)."""
+    return max(candidates, key=lambda e: (e.speedup, -e.group_size))
+
+
 def best(shapes: list[ShapeWork], slots: int, cores: float, costs: StartCosts, largest: int) -> Estimate:
     """The group size per slot (among the measured ones up to `largest`) whose whole search is
     estimated fastest; group size 1 (alone) if none beats training every trial alone."""
-    sizes = sorted({size for shape in shapes for size in shape.group_rates if size <= largest})
-    alone = Estimate(1, seconds_alone(shapes, slots, cores, costs), seconds_alone(shapes, slots, cores, costs))
-    candidates = [estimate(shapes, slots, cores, costs, size) for size in sizes]
-    return max(candidates + [alone], key=lambda e: (e.speedup, -e.group_size))
+    return fastest(estimates(shapes, slots, cores, costs, largest))

@@ -86,7 +86,7 @@ def decide(mode: str, configs: list[dict] | None, cluster_has_gpus: bool, cpus_p
         return Decision(False, 1, f"--loop {loop} pins how trials train, so auto keeps them apart and a run "
                                   f"gives the same bits every time (--fuse on fuses anyway)")
     decision = _decide(mode, configs, cluster_has_gpus, cpus_per_trial, gpus_per_trial, train_images, max_epochs,
-                       max(1, slots), max(1, gpus), cores or max(1, slots))
+                       max(1, slots), max(1, gpus), cores or max(1, slots), loop)
     if decision.fuse and group_size:
         return Decision(True, group_size, f"{decision.reason}; --group-size {group_size}")
     return decision
@@ -102,7 +102,7 @@ def spread(largest: int, trials: int | None, places: int) -> int:
 
 def _decide(mode: str, configs: list[dict] | None, cluster_has_gpus: bool, cpus_per_trial: float,
             gpus_per_trial: float | None, train_images: int, max_epochs: int, slots: int, gpus: int,
-            cores: float) -> Decision:
+            cores: float, loop: str = "auto") -> Decision:
     counts = shape_counts(configs) if configs is not None else None
     if counts is not None and max(counts.values(), default=0) < 2:
         return Decision(False, 1, "no two trials share a shape (model and options, batch size, optimizer, "
@@ -115,11 +115,32 @@ def _decide(mode: str, configs: list[dict] | None, cluster_has_gpus: bool, cpus_
         capacity = spread(largest, trials, gpus)
         return Decision(True, capacity, f"up to {capacity} trials per GPU, fused by shape", on_gpus=True)
     if mode == "on":  # each executor still picks the fastest measured group up to this size
+        estimates = (_estimates_on_cpu(counts, configs, cpus_per_trial, train_images, max_epochs, slots, cores)
+                     if counts is not None and loop == "auto" else None)
+        fused_sizes = [e for e in estimates or [] if e.group_size > 1]
+        if fused_sizes:  # fuse regardless, at the group size estimated fastest for this study
+            fastest = fusion_cost.fastest(fused_sizes)
+            return Decision(True, fastest.group_size, f"--fuse on: {fastest.group_size} trials per CPU slot, the "
+                                                      f"group size estimated fastest here ({_figures(fastest)})")
         capacity = spread(CPU_CAPACITY, trials, slots)
         return Decision(True, capacity, f"--fuse on: up to {capacity} trials per CPU slot")
     if counts is None:
         return Decision(False, 1, "a searcher drawing trials one by one on CPUs: auto fuses only measured gains")
-    return _decide_on_cpu(counts, configs, cpus_per_trial, train_images, max_epochs, slots, cores)
+    estimates = _estimates_on_cpu(counts, configs, cpus_per_trial, train_images, max_epochs, slots, cores)
+    if estimates is None:
+        return Decision(False, 1, "no shape has enough training ahead to repay measuring whether fusing pays")
+    best = fusion_cost.fastest(estimates)
+    if best.speedup >= AUTO_MIN_SPEEDUP and best.group_size > 1:
+        return Decision(True, best.group_size, f"the study is estimated {best.speedup:.2f}x faster fused here "
+                                               f"({_figures(best)})")
+    fastest = fusion_cost.fastest([e for e in estimates if e.group_size > 1] or [best])
+    return Decision(False, 1, f"fusing is estimated at {fastest.speedup:.2f}x for the whole study here at best "
+                              f"({_figures(fastest)}; auto fuses from {AUTO_MIN_SPEEDUP:g}x)")
+
+
+def _figures(estimate: fusion_cost.Estimate) -> str:
+    return (f"{estimate.seconds_alone:.0f} s alone, {estimate.seconds_fused:.0f} s fused at {estimate.group_size} "
+            f"per slot, the start of every trial process included")
 
 
 def _plan_for(config: dict, threads: int, largest: int) -> calibrate.FusionPlan:
@@ -147,14 +168,15 @@ def shape_work(config: dict, trials: int, samples: float, threads: int) -> fusio
     return fusion_cost.ShapeWork(trials, samples, solo_rate, rates)
 
 
-def _decide_on_cpu(counts: Counter, configs: list[dict], cpus_per_trial: float, train_images: int,
-                   max_epochs: int, slots: int, cores: float) -> Decision:
-    """Calibrate the shapes that could form groups (two trials or more, each with enough steps
-    to repay measuring its loop, so that the solo loops measured here are ones its trials would
-    measure anyway; cached), then estimate the whole search alone and fused at each measured
-    group size, the start of every process a fused search adds included (`fusion_cost.py`).
-    Shapes too short to measure count as neither. The shapes are measured side by side, one
-    process per CPU slot, as trials would run."""
+def _estimates_on_cpu(counts: Counter, configs: list[dict], cpus_per_trial: float, train_images: int,
+                      max_epochs: int, slots: int, cores: float) -> list[fusion_cost.Estimate] | None:
+    """The whole study estimated alone (group size 1) and fused at each group size calibration
+    measured a gain for (`fusion_cost.py`, the start of every process a fused search adds
+    included); None where no shape can be measured. Measured: the shapes that could form groups
+    (two trials or more, each with enough steps to repay measuring its loop, so that the solo
+    loops measured here are ones its trials would measure anyway; cached). Shapes too short to
+    measure count as neither. The shapes are measured side by side, one process per CPU slot,
+    as trials would run."""
     import multiprocessing as mp
 
     import torch
@@ -170,7 +192,7 @@ def _decide_on_cpu(counts: Counter, configs: list[dict], cpus_per_trial: float, 
         longest[key] = max(longest[key], trial_steps)
     chosen = [key for key, n in counts.items() if n >= 2 and calibrate.worth_measuring(longest[key])]
     if not chosen:
-        return Decision(False, 1, "no shape has enough training ahead to repay measuring whether fusing pays")
+        return None
     tasks = [(example[key], threads, min(max(calibrate.GROUP_SIZES), counts[key])) for key in chosen]
     cpu = torch.device("cpu")
     missing = [task for task in tasks if calibrate.cached_plan(task[0], cpu, threads, task[2]) is None]
@@ -185,17 +207,7 @@ def _decide_on_cpu(counts: Counter, configs: list[dict], cpus_per_trial: float, 
               for key in chosen]
     starts = calibrate.start_costs()
     costs = fusion_cost.StartCosts(member_s=starts["member_s"], trainer_s=starts["trainer_s"])
-    best = fusion_cost.best(shapes, slots, cores, costs, largest=max(calibrate.GROUP_SIZES))
-    figures = (f"{best.seconds_alone:.0f} s alone, {best.seconds_fused:.0f} s fused at {best.group_size} per slot, "
-               f"on {slots} CPU slot(s), starting {costs.member_s:.1f} s a trial process included")
-    if best.speedup >= AUTO_MIN_SPEEDUP and best.group_size > 1:
-        return Decision(True, best.group_size, f"the study is estimated {best.speedup:.2f}x faster fused here "
-                                               f"({figures})")
-    fastest = max((fusion_cost.estimate(shapes, slots, cores, costs, size) for size in calibrate.GROUP_SIZES),
-                  key=lambda e: e.speedup)
-    return Decision(False, 1, f"fusing is estimated at {fastest.speedup:.2f}x for the whole study here at best "
-                              f"({fastest.seconds_alone:.0f} s alone, {fastest.seconds_fused:.0f} s fused at "
-                              f"{fastest.group_size} per slot; auto fuses from {AUTO_MIN_SPEEDUP:g}x)")
+    return fusion_cost.estimates(shapes, slots, cores, costs, largest=max(calibrate.GROUP_SIZES))
 
 
 def fused_order(configs: list[dict], seed: int) -> list[dict]:
