@@ -1,6 +1,6 @@
 """Whole `tunefm search` commands with --fuse off, on and auto: what fusion does to a search.
 
-    python benchmarks/fusion_search.py                         # both studies, once each (~15 min, 2 cores)
+    python benchmarks/fusion_search.py                         # both studies, once each (~15 min, 2 cores; --repeats 3: ~40 min)
     python benchmarks/fusion_search.py --studies small --repeats 2
 
 A fused group's kernels can win while the search around them loses (a worker process per
@@ -44,15 +44,24 @@ MODES = ("off", "on", "auto")
 NOISE = ("(raylet)", "Checkpoint successfully created", " pid=", "Exception ignored in", "terminate called")
 
 
-def warm_calibration(study_args: list[str]) -> None:
-    """Fill the calibration cache as `--fuse auto` would on this machine's first search."""
+def warm_calibration(study_args: list[str]) -> float:
+    """Fill the calibration cache as `--fuse auto` would on this machine's first search; return
+    what auto's decision then costs a search (seconds, the cache warm), its only work beyond off's."""
     from tunefm import placement, search
 
     settings = search.SearchSettings(**settings_from(study_args))
     plan = search.NewRun.make(settings)
     slots = len(os.sched_getaffinity(0))
-    placement.decide("auto", plan.study.search.configs(plan.study), False, 1, None, None,
-                     len(plan.splits.train_y), plan.study.max_epochs, slots=slots, cores=slots)
+    configs = plan.study.search.configs(plan.study)
+
+    def decide():
+        placement.decide("auto", configs, False, 1, None, None, len(plan.splits.train_y), plan.study.max_epochs,
+                         slots=slots, cores=slots)
+
+    decide()
+    started = time.perf_counter()
+    decide()
+    return time.perf_counter() - started
 
 
 def settings_from(study_args: list[str]) -> dict:
@@ -103,11 +112,11 @@ def main() -> None:
     cache = tempfile.mkdtemp(prefix="tunefm-cache-")
     os.environ["TUNEFM_CACHE_DIR"] = cache  # this process's warm-up and the searches share it
     env = {**os.environ, "TUNEFM_CACHE_DIR": cache}
-    runs = []
+    runs, decision_s = [], {}
     with tempfile.TemporaryDirectory(prefix="tunefm-fusion-search-") as folder:
         for study in args.studies:
             print(f"== {study}: warming the calibration cache", flush=True)
-            warm_calibration(STUDIES[study])
+            decision_s[study] = warm_calibration(STUDIES[study])
             for repeat in range(args.repeats):
                 for mode in MODES:
                     runs.append({"study": study, "repeat": repeat + 1,
@@ -122,16 +131,26 @@ def main() -> None:
                      **{f"{m}_s": median[m] for m in MODES},
                      "on_vs_off": round(median["on"] / median["off"], 3) if median["on"] and median["off"] else None,
                      "auto_vs_off": round(median["auto"] / median["off"], 3) if median["auto"] and median["off"] else None,
+                     "on_decided": fusion["on"].removeprefix("Fusion: "),
                      "auto_decided": fusion["auto"].removeprefix("Fusion: "),
+                     "auto_decision_s": round(decision_s[study], 3),
                      "noise_lines": sum(r["noise_lines"] for r in runs if r["study"] == study)})
-    lines = ["| study | --fuse off | on | auto | on / off | auto / off | auto decided | Ray lines |",
-             "|---|---:|---:|---:|---:|---:|---|---:|"]
+    lines = ["| study | --fuse off | on | auto | on / off | auto / off | auto decided | auto's decision | Ray lines |",
+             "|---|---:|---:|---:|---:|---:|---|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['study']} | {r['off_s']} s | {r['on_s']} s | {r['auto_s']} s | {r['on_vs_off']} | "
-                     f"{r['auto_vs_off']} | {r['auto_decided']} | {r['noise_lines']} |")
+        walls = {m: ", ".join(f"{x['wall_s']:.1f}" for x in runs if x["study"] == r["study"] and x["mode"] == m)
+                 for m in MODES}
+        lines.append(f"| {r['study']} | {r['off_s']} s ({walls['off']}) | {r['on_s']} s ({walls['on']}) | "
+                     f"{r['auto_s']} s ({walls['auto']}) | {r['on_vs_off']} | "
+                     f"{r['auto_vs_off']} | {r['auto_decided']} | {r['auto_decision_s']} s | {r['noise_lines']} |")
     notes = ("Wall clock of each whole `tunefm search` command (a fresh process: Ray's start, the search, the "
-             f"test evaluation), the median of {args.repeats} run(s) per mode, modes in turn. The studies:\n\n"
+             f"test evaluation), the median of {args.repeats} run(s) per mode (each run in brackets), modes in "
+             "turn. The studies:\n\n"
              + "\n".join(f"- {r['study']}: `{r['command']}`" for r in rows)
+             + "\n\nauto's decision: what `--fuse auto` adds to a search before it starts, timed here with the "
+               "calibration cache warm (the study's configs estimated alone and fused). Where auto decides off, "
+               "the search that follows is off's own, so a difference between the auto and off columns there is "
+               "the machine's run-to-run spread (compare the runs in brackets), not auto's doing."
              + "\n\nRay lines: output lines that are not tunefm's (Ray worker or raylet output), over every run.")
     common.write(args.out, "fusion-search", "Whole searches with --fuse off, on and auto", common.machine(), rows,
                  "\n".join(lines) + "\n", notes, runs=runs)

@@ -276,6 +276,18 @@ def test_gpus_per_trial_zero_means_no_gpu():
     assert placement.member_resources(1, 6, True) == {"CPU": 0.1666, "GPU": 0.1666}
 
 
+def test_group_size_on_a_gpu_cluster_keeps_the_trials_on_gpus():
+    """--group-size sets how many share a GPU; it must not send fused trials to CPU slots."""
+    configs = [{**BASE, "lr": lr} for lr in (0.01, 0.02, 0.03)]
+    sized = placement.decide("on", configs, cluster_has_gpus=True, cpus_per_trial=1, gpus_per_trial=None,
+                             group_size=3)
+    assert sized.fuse and sized.on_gpus and sized.capacity == 3
+    assert sized.reason.startswith("3 trials per GPU, as --group-size asks")
+    on_cpus = placement.decide("on", configs, cluster_has_gpus=False, cpus_per_trial=1, gpus_per_trial=None,
+                               group_size=3, train_images=3_000, max_epochs=1)
+    assert on_cpus.fuse and not on_cpus.on_gpus and on_cpus.capacity == 3 and "per CPU slot" in on_cpus.reason
+
+
 def test_the_packing_benchmark_does_not_wait_forever_on_a_dead_worker(data_dir):
     """Defect 10: a worker that crashed is an error within the timeout, not a hang."""
     sys.path.insert(0, str(REPO / "benchmarks"))

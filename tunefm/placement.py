@@ -31,6 +31,7 @@ at the group size per slot estimated fastest; for most shapes a CPU gains nothin
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -87,8 +88,10 @@ def decide(mode: str, configs: list[dict] | None, cluster_has_gpus: bool, cpus_p
                                   f"gives the same bits every time (--fuse on fuses anyway)")
     decision = _decide(mode, configs, cluster_has_gpus, cpus_per_trial, gpus_per_trial, train_images, max_epochs,
                        max(1, slots), max(1, gpus), cores or max(1, slots), loop)
-    if decision.fuse and group_size:
-        return Decision(True, group_size, f"{decision.reason}; --group-size {group_size}")
+    if decision.fuse and group_size:  # where the trials train stays as decided; only how many share a place
+        place = "GPU" if decision.on_gpus else "CPU slot"
+        return dataclasses.replace(decision, capacity=group_size, reason=f"{group_size} trials per {place}, as "
+                                   f"--group-size asks (without it: {decision.reason})")
     return decision
 
 
