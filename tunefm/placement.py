@@ -31,7 +31,6 @@ at the group size per slot estimated fastest; for most shapes a CPU gains nothin
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import random
@@ -86,13 +85,13 @@ def decide(mode: str, configs: list[dict] | None, cluster_has_gpus: bool, cpus_p
     if mode == "auto" and loop != "auto":  # which trials share a group depends on timing, and so would the bits
         return Decision(False, 1, f"--loop {loop} pins how trials train, so auto keeps them apart and a run "
                                   f"gives the same bits every time (--fuse on fuses anyway)")
-    decision = _decide(mode, configs, cluster_has_gpus, cpus_per_trial, gpus_per_trial, train_images, max_epochs,
-                       max(1, slots), max(1, gpus), cores or max(1, slots), loop)
-    if decision.fuse and group_size:  # where the trials train stays as decided; only how many share a place
-        place = "GPU" if decision.on_gpus else "CPU slot"
-        return dataclasses.replace(decision, capacity=group_size, reason=f"{group_size} trials per {place}, as "
-                                   f"--group-size asks (without it: {decision.reason})")
-    return decision
+    return _decide(mode, configs, cluster_has_gpus, cpus_per_trial, gpus_per_trial, train_images, max_epochs,
+                   max(1, slots), max(1, gpus), cores or max(1, slots), loop, group_size)
+
+
+def _sized(group_size: int, place: str, why: str, on_gpus: bool = False) -> Decision:
+    """A fused decision at the size --group-size gives."""
+    return Decision(True, group_size, f"{group_size} trials per {place}, as --group-size asks ({why})", on_gpus)
 
 
 def spread(largest: int, trials: int | None, places: int) -> int:
@@ -105,7 +104,7 @@ def spread(largest: int, trials: int | None, places: int) -> int:
 
 def _decide(mode: str, configs: list[dict] | None, cluster_has_gpus: bool, cpus_per_trial: float,
             gpus_per_trial: float | None, train_images: int, max_epochs: int, slots: int, gpus: int,
-            cores: float, loop: str = "auto") -> Decision:
+            cores: float, loop: str = "auto", group_size: int | None = None) -> Decision:
     counts = shape_counts(configs) if configs is not None else None
     if counts is not None and max(counts.values(), default=0) < 2:
         return Decision(False, 1, "no two trials share a shape (model and options, batch size, optimizer, "
@@ -115,8 +114,12 @@ def _decide(mode: str, configs: list[dict] | None, cluster_has_gpus: bool, cpus_
         largest = int(1 / gpus_per_trial + 1e-9) if gpus_per_trial else GPU_CAPACITY
         if largest < 2:
             return Decision(False, 1, f"--gpus-per-trial {gpus_per_trial:g} leaves room for one trial per GPU")
+        if group_size:
+            return _sized(group_size, "GPU", "fused by shape", on_gpus=True)
         capacity = spread(largest, trials, gpus)
         return Decision(True, capacity, f"up to {capacity} trials per GPU, fused by shape", on_gpus=True)
+    if mode == "on" and group_size:  # the size is given: nothing to measure
+        return _sized(group_size, "CPU slot", "--fuse on")
     if mode == "on":  # each executor still picks the fastest measured group up to this size
         estimates = (_estimates_on_cpu(counts, configs, cpus_per_trial, train_images, max_epochs, slots, cores)
                      if counts is not None and loop == "auto" else None)
@@ -134,8 +137,8 @@ def _decide(mode: str, configs: list[dict] | None, cluster_has_gpus: bool, cpus_
         return Decision(False, 1, "no shape has enough training ahead to repay measuring whether fusing pays")
     best = fusion_cost.fastest(estimates)
     if best.speedup >= AUTO_MIN_SPEEDUP and best.group_size > 1:
-        return Decision(True, best.group_size, f"the study is estimated {best.speedup:.2f}x faster fused here "
-                                               f"({_figures(best)})")
+        reason = f"the study is estimated {best.speedup:.2f}x faster fused here ({_figures(best)})"
+        return _sized(group_size, "CPU slot", reason) if group_size else Decision(True, best.group_size, reason)
     fastest = fusion_cost.fastest([e for e in estimates if e.group_size > 1] or [best])
     return Decision(False, 1, f"fusing is estimated at {fastest.speedup:.2f}x for the whole study here at best "
                               f"({_figures(fastest)}; auto fuses from {AUTO_MIN_SPEEDUP:g}x)")
