@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from tunefm import bench, devices
+from tunefm.engine import bench, devices
 
 
 def memory_gib() -> float | None:
@@ -51,13 +51,13 @@ def describe(info: dict) -> str:
     return text + f"; device {info['device']}."
 
 
-sync, timed = bench.sync, bench.timed  # the same timing as `tunefm bench`
+sync, timed = devices.synchronize, devices.timed  # the same timing as `tunefm bench`
 
 
 def tunefm_fit(settings) -> tuple[float, Path]:
-    """Seconds in `Tuner.fit` of `tunefm search` with `settings` (a `search.SearchSettings`,
+    """Seconds in `Tuner.fit` of `tunefm search` with `settings` (a `SearchSettings`,
     run whole, on the Ray of the caller's `lifecycle.ray_session`), and the run folder it wrote."""
-    from tunefm import search
+    from tunefm.tune import search
 
     outcome = search.run(settings, echo=lambda line: None)
     return outcome.fit_seconds, outcome.run_dir

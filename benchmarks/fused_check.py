@@ -11,7 +11,7 @@ what the executor delivers end to end.
    The group's kernels round differently from the solo ones (about 1e-7 relative per
    step); once such a difference flips a ReLU or a max-pool tie, the two runs part as two
    runs on different kernels do, fastest at high lr with momentum.
-2. The executor (`tunefm.executor.Executor`, the worker behind `--fuse`): N member trials of
+2. The executor (`tunefm.tune.executor.Executor`, the worker behind `--fuse`): N member trials of
    one shape trained for 2 epochs through it (rounds, evaluation, checkpoint bytes and all),
    each member asking for its epochs from its own thread as a trial process does; the
    second epoch's aggregate samples/s, against one trial alone through the same executor.
@@ -26,10 +26,11 @@ import threading
 import time
 import traceback
 
+import common
 import torch
 
-import common
-from tunefm import data, executor, fused, trainable
+from tunefm.engine import data, fused, solo, training
+from tunefm.tune import executor
 
 B = {"batch_size": 32}
 CASES = {
@@ -48,9 +49,9 @@ CASES = {
 
 def numerics(name: str, configs: list[dict], arrays: dict, device: torch.device, tf32: bool) -> dict:
     torch.backends.cudnn.allow_tf32 = tf32
-    x, y = trainable.to_tensors(arrays["train_x"], arrays["train_y"], device)
-    val_x, val_y = trainable.to_tensors(arrays["val_x"], arrays["val_y"], device)
-    solo = [[m for m, _ in trainable.fit(c, arrays, 2, device, loop="plain")] for c in configs]
+    x, y = training.to_tensors(arrays["train_x"], arrays["train_y"], device)
+    val_x, val_y = training.to_tensors(arrays["val_x"], arrays["val_y"], device)
+    alone = [[m for m, _ in solo.fit(c, arrays, 2, device, loop="plain")] for c in configs]
     row = {"case": name, "members": len(configs), "cudnn_tf32": tf32 if device.type == "cuda" else None}
     for capture in ((False, True) if device.type == "cuda" else (False,)):
         group = fused.FusedGroup(device, capture=capture)
@@ -59,7 +60,7 @@ def numerics(name: str, configs: list[dict], arrays: dict, device: torch.device,
         worst = 0.0
         for epoch in range(2):
             train, val = group.train_epoch(x, y), group.evaluate(val_x, val_y)
-            for i, metrics in enumerate(s[epoch] for s in solo):
+            for i, metrics in enumerate(s[epoch] for s in alone):
                 worst = max(worst, abs(train[i][0] - metrics["train_loss"]) / metrics["train_loss"],
                             abs(val[i][0] - metrics["val_loss"]) / metrics["val_loss"])
         row["captured" if capture else "eager"] = float(f"{worst:.3g}")
@@ -91,7 +92,7 @@ def through_executor(model: str, trials: int, fuse: str, arrays: dict, device: t
     return {"model": model, "trials": trials, "fuse": fuse, "execution": second[0][2]["execution"],
             "group_size": second[0][2]["group_size"], "wall_s": round(wall, 2),
             "samples_per_s": round(trials * train_images / round_s, 1),
-            "checkpoint_kb": round(len(second[0][1][trainable.CHECKPOINT_FILE]) / 1024, 1)}
+            "checkpoint_kb": round(len(second[0][1]) / 1024, 1)}
 
 
 def main() -> None:

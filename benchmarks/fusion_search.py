@@ -24,7 +24,6 @@ fusion-search.json and fusion-search.md to --out.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -47,9 +46,10 @@ NOISE = ("(raylet)", "Checkpoint successfully created", " pid=", "Exception igno
 def warm_calibration(study_args: list[str]) -> float:
     """Fill the calibration cache as `--fuse auto` would on this machine's first search; return
     what auto's decision then costs a search (seconds, the cache warm), its only work beyond off's."""
-    from tunefm import placement, search
+    from tunefm.tune import placement, search
+    from tunefm.tune.settings import SearchSettings
 
-    settings = search.SearchSettings(**settings_from(study_args))
+    settings = SearchSettings(**settings_from(study_args))
     plan = search.NewRun.make(settings)
     slots = len(os.sched_getaffinity(0))
     configs = plan.study.search.configs(plan.study)

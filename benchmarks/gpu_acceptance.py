@@ -40,13 +40,14 @@ import traceback
 from pathlib import Path
 from types import SimpleNamespace
 
-import torch
-
 import common
 import fused_check
 import packing
 import throughput
-from tunefm import data, devices, executor, fused, trainable
+import torch
+
+from tunefm.engine import data, devices, fused, solo, training
+from tunefm.tune import executor
 
 PASS, FAIL = "pass", "fail"
 
@@ -120,7 +121,7 @@ def arrays_of(splits: data.Splits) -> dict:
 # ---- loops --------------------------------------------------------------------------------
 def loops_section(report: Report, args, splits: data.Splits) -> list[dict]:
     device = report.device
-    x_all, y_all = trainable.to_tensors(splits.train_x, splits.train_y, device)
+    x_all, y_all = training.to_tensors(splits.train_x, splits.train_y, device)
     rows = []
     for model in args.models:
         for batch_size in args.batch_sizes:
@@ -128,7 +129,7 @@ def loops_section(report: Report, args, splits: data.Splits) -> list[dict]:
             x, y = x_all[:images], y_all[:images]
             config = {"model": model, "lr": 0.001, "batch_size": batch_size, "seed": 0}
             torch.manual_seed(0)
-            bare = trainable.build_model(config).to(device)
+            bare = training.build_model(config).to(device)
             bare_optimizer = torch.optim.SGD(bare.parameters(), lr=0.001)
             generator = torch.Generator().manual_seed(0)
             runs = {"plain PyTorch": lambda: throughput.bare_epoch(bare, bare_optimizer, x, y, batch_size, generator),
@@ -154,7 +155,7 @@ def loops_section(report: Report, args, splits: data.Splits) -> list[dict]:
 # ---- packing ------------------------------------------------------------------------------
 def packing_section(report: Report, args, splits: data.Splits) -> list[dict]:
     device = report.device
-    x, y = trainable.to_tensors(splits.train_x, splits.train_y, device)
+    x, y = training.to_tensors(splits.train_x, splits.train_y, device)
     pool_args = SimpleNamespace(data_dir=args.data_dir, images=len(y), device=device.type)
     processes = max(args.processes)
     pool = packing.Pool(processes, pool_args)
@@ -173,7 +174,7 @@ def packing_section(report: Report, args, splits: data.Splits) -> list[dict]:
                 row[f"{args.group} fused {variant} samples/s"] = round(value, 1)
             best_fused = max(v for k, v in row.items() if "fused" in k)
             one, several = row[f"{args.processes[0]} process(es) samples/s"], row[f"{processes} process(es) samples/s"]
-            row[f"fused / 1 process"] = round(best_fused / one, 2)
+            row["fused / 1 process"] = round(best_fused / one, 2)
             row[f"fused / {processes} processes"] = round(best_fused / several, 2)
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -194,13 +195,13 @@ def first_steps(configs: list[dict], splits: data.Splits, device: torch.device, 
     n = 4 * batch_size if not capture else (fused.WARM_STEPS + 2) * batch_size
     arrays = {"train_x": splits.train_x[:n], "train_y": splits.train_y[:n], "val_x": splits.val_x[:64],
               "val_y": splits.val_y[:64]}
-    x, y = trainable.to_tensors(arrays["train_x"], arrays["train_y"], device)
-    solo = [next(iter(trainable.fit(c, arrays, 1, device, loop="plain")))[0]["train_loss"] for c in configs]
+    x, y = training.to_tensors(arrays["train_x"], arrays["train_y"], device)
+    alone = [next(iter(solo.fit(c, arrays, 1, device, loop="plain")))[0]["train_loss"] for c in configs]
     group = fused.FusedGroup(device, capture=capture)
     for config in configs:
         group.add(config)
     together = [loss for loss, _ in group.train_epoch(x, y)]
-    return max(relative(a, b) for a, b in zip(together, solo))
+    return max(relative(a, b) for a, b in zip(together, alone))
 
 
 def numerics_section(report: Report, args, splits: data.Splits) -> list[dict]:
@@ -297,7 +298,7 @@ def executor_section(report: Report, args, splits: data.Splits) -> list[dict]:
                      f"iaro1 members: {sorted({ran[t] for t in configs if t[0] == 't'})} (expected {expected})", "8")
         report.check("execution of a group with dropout", all(ran[t] == "fused:plain" for t in configs if t[0] == "d"),
                      f"cnn3 members: {sorted({ran[t] for t in configs if t[0] == 'd'})} (expected fused:plain)", "8")
-        blob = first["t0"][1][trainable.CHECKPOINT_FILE]
+        blob = first["t0"][1]
         import io
 
         where = tensor_devices(torch.load(io.BytesIO(blob), weights_only=False))  # no map_location: as saved
@@ -315,10 +316,10 @@ def executor_section(report: Report, args, splits: data.Splits) -> list[dict]:
                          a["epoch"] == b["epoch"] == 2 and diff <= 1e-5,
                          f"epoch {a['epoch']} vs {source}'s {b['epoch']}, largest relative loss difference {diff:.2g}",
                          "1")
-        alone = trainable.init_state(configs["t0"], torch.device("cpu"))
-        alone.load_state_dict(trainable.load_checkpoint(blob))
+        alone = training.init_state(configs["t0"], torch.device("cpu"))
+        alone.load_state_dict(training.load_checkpoint(blob))
         cpu_arrays = arrays
-        on_cpu = next(iter(trainable.fit(configs["t0"], cpu_arrays, 2, torch.device("cpu"), alone)))[0]
+        on_cpu = next(iter(solo.fit(configs["t0"], cpu_arrays, 2, torch.device("cpu"), alone)))[0]
         diff = max(relative(on_cpu[k], second["t0"][0][k]) for k in ("train_loss", "val_loss"))
         report.check("a GPU checkpoint restored on the CPU" if device.type == "cuda" else "a checkpoint restored alone",
                      on_cpu["epoch"] == 2 and diff <= 2e-2,
@@ -348,7 +349,7 @@ def pinned_worker(device_name: str, data_dir, models: list[str], results) -> Non
                 config = {"model": model, "batch_size": 32, "lr": 0.02, "momentum": 0.9, "seed": 7}
                 runs = []
                 for _ in range(2):
-                    metrics, state = list(trainable.fit(config, arrays, 2, device, loop=loop))[-1]
+                    metrics, state = list(solo.fit(config, arrays, 2, device, loop=loop))[-1]
                     params = torch.cat([t.detach().flatten().cpu() for t in state.state_dict()["model"].values()
                                         if t.is_floating_point()])
                     runs.append((metrics["train_loss"], metrics["val_loss"], params))

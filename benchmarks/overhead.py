@@ -30,18 +30,21 @@ import tempfile
 import time
 from pathlib import Path
 
+import common
 from ray import tune
 
-import common
-from tunefm import data, lifecycle, search, store
-from tunefm.trainable import tune_trainable
+from tunefm.engine import data
+from tunefm.run import store
+from tunefm.tune import lifecycle, search
+from tunefm.tune.settings import SearchSettings
+from tunefm.tune.trial import tune_trainable
 
 LRS_FROM, LRS_STEP = 0.001, 0.0001  # a grid of distinct learning rates: one trial each
 
 
-def settings_for(trials: int, results: Path, data_dir: str | None) -> search.SearchSettings:
+def settings_for(trials: int, results: Path, data_dir: str | None) -> SearchSettings:
     lrs = ",".join(f"{LRS_FROM + i * LRS_STEP:.4f}" for i in range(trials))
-    return search.SearchSettings(space="fourfam", name="overhead", results_dir=str(results), data_dir=data_dir,
+    return SearchSettings(space="fourfam", name="overhead", results_dir=str(results), data_dir=data_dir,
                                  train_size=64, val_size=64, test_size=10, max_epochs=1, test_top=0, fuse="off",
                                  sets=("model=iaro1", "batch_size=64", f"lr={lrs}"))
 
@@ -52,7 +55,7 @@ def fit_seconds(tuner) -> tuple[float, object]:
     return time.perf_counter() - started, results
 
 
-def tunefm_run(settings: search.SearchSettings) -> tuple[float, float, int, dict]:
+def tunefm_run(settings: SearchSettings) -> tuple[float, float, int, dict]:
     wall, run_dir = common.tunefm_fit(settings)
     epochs = store.read_epochs(run_dir)
     return wall, float(epochs["epoch_time_s"].sum()), epochs["trial_id"].nunique(), pace(store.read_trials(run_dir))
@@ -73,7 +76,7 @@ def ray_defaults() -> None:
     os.environ.pop("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", None)
 
 
-def defaults_run(settings: search.SearchSettings, storage: Path) -> tuple[float, float, int]:
+def defaults_run(settings: SearchSettings, storage: Path) -> tuple[float, float, int]:
     ray_defaults()
     study = search.build_study(settings)
     splits = data.load(settings.data_dir, settings.train_size, settings.val_size, settings.test_size)

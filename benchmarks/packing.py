@@ -5,7 +5,7 @@
 
 For each model, batch size and N (trials on the one device), it measures the aggregate
 training samples/s of
-  - processes:      N processes, each running tunefm's solo loop (`trainable.train_epoch`,
+  - processes:      N processes, each running tunefm's solo loop (`training.train_epoch`,
                     the data on the device, one torch thread; on CPU the calibrated loop, on
                     CUDA eager), timed together: separate trials sharing the device, as with
                     fractional GPUs and `--fuse off`;
@@ -35,9 +35,8 @@ import queue as queue_module
 import time
 from pathlib import Path
 
-import torch
-
 import common
+import torch
 
 METHODS = ("processes", "fused", "fused-captured", "auto")
 CHUNK_STEPS = 40  # steps per timed call: short enough to stop near --seconds, long enough to hide the call
@@ -46,14 +45,14 @@ WORKER_SETUP_S = 300  # a worker's start (torch, CUDA context, data) or a row's 
 
 
 def load_tensors(data_dir, images: int, device: torch.device):
-    from tunefm import data, trainable
+    from tunefm.engine import data, training
 
     splits = data.load(data_dir, train_size=images, val_size=100, test_size=10)
-    return trainable.to_tensors(splits.train_x, splits.train_y, device)
+    return training.to_tensors(splits.train_x, splits.train_y, device)
 
 
 def fused_min_steps() -> int:
-    from tunefm import fused
+    from tunefm.engine import fused
 
     return fused.WARM_STEPS + 2
 
@@ -90,7 +89,7 @@ def best_rates(runs: dict, seconds: float, device: torch.device) -> dict[str, fl
 
 def solo_trainer(config: dict, loop: str, device: torch.device, x, y):
     """(train, samples per call) for one trial alone in `loop`."""
-    from tunefm import fused, loops, trainable
+    from tunefm.engine import fused, loops, training
 
     batch_size = int(config["batch_size"])
     if loop == "captured":
@@ -98,11 +97,11 @@ def solo_trainer(config: dict, loop: str, device: torch.device, x, y):
         group.add(config)
         group.train_epoch(x, y)  # warm-up and capture
         return (lambda: group.train_epoch(x, y)), len(y)
-    state = trainable.init_state(config, device, loop)
+    state = training.init_state(config, device, loop)
 
     def train():
         with loops.kernels(loop):
-            trainable.train_epoch(state.model, state.optimizer, x, y, batch_size, state.generator)
+            training.train_epoch(state.model, state.optimizer, x, y, batch_size, state.generator)
     train()  # warm-up
     return train, len(y)
 
@@ -110,7 +109,7 @@ def solo_trainer(config: dict, loop: str, device: torch.device, x, y):
 def group_trainer(config: dict, n: int, variant: str, device: torch.device, x, y):
     """(train, samples per call) for n trials of config's shape as one fused group; a call
     trains CHUNK_STEPS / n steps (at least WARM_STEPS + 2), so a large group's call stays short."""
-    from tunefm import fused
+    from tunefm.engine import fused
 
     group = fused.FusedGroup(device, capture=variant == "captured", onednn=variant != "native_conv")
     for seed in range(n):
@@ -123,7 +122,7 @@ def group_trainer(config: dict, n: int, variant: str, device: torch.device, x, y
 
 def worker(rank: int, data_dir, images: int, device_name: str, jobs, results, start) -> None:
     """A solo trial's process: runs jobs (model, batch size, seconds) until it gets None."""
-    from tunefm import trainable
+    from tunefm.engine import training_plan
 
     pin_to_one_core(device_name)
     torch.set_num_threads(1)
@@ -132,7 +131,7 @@ def worker(rank: int, data_dir, images: int, device_name: str, jobs, results, st
     while (job := jobs.get()) is not None:
         model, batch_size, seconds = job
         config = {"model": model, "lr": 0.001, "batch_size": batch_size, "seed": rank}
-        loop = trainable.resolve_loop("plain" if device.type == "cuda" else "auto", config, device)
+        loop = training_plan.solo_loop("plain" if device.type == "cuda" else "auto", config, device)
         n = chunk(batch_size, len(y))
         train, samples = solo_trainer(config, loop, device, x[:n], y[:n])  # --fuse off's loop (eager on CUDA)
         common.sync(device)
@@ -183,7 +182,7 @@ class Pool:
 def in_process(n: int, model: str, batch_size: int, methods: list[str], seconds: float, x, y,
                device: torch.device) -> tuple[dict, dict]:
     """The fused and auto figures of one row, timed in interleaved rounds; (rates, details)."""
-    from tunefm import calibrate, loops, trainable
+    from tunefm.engine import calibrate, loops, training_plan
 
     config = {"model": model, "lr": 0.001, "batch_size": batch_size}
     images = chunk(batch_size, len(y))
@@ -196,7 +195,7 @@ def in_process(n: int, model: str, batch_size: int, methods: list[str], seconds:
         runs["fused-captured"] = group_trainer(config, n, "captured", device, xs, ys)
     if "auto" in methods:
         plan = calibrate.fusion_plan(config, device, threads=1, largest=n)
-        off_loop = trainable.resolve_loop(loops.AUTO, config, device)
+        off_loop = training_plan.solo_loop(loops.AUTO, config, device)
         details["auto_runs"] = off_loop if plan.group_size == 1 else f"{plan.group_size} x {plan.variant}"
         if plan.group_size > 1:
             runs["off"] = solo_trainer(config, off_loop, device, xs, ys)

@@ -25,8 +25,9 @@ import time
 from pathlib import Path
 
 import common
-from tunefm import store
-from tunefm.run_writer import RunWriter
+
+from tunefm.run import store
+from tunefm.run.writer import RunWriter
 
 CONFIG_KEYS = ["model", "lr", "batch_size", "momentum", "optimizer", "seed"]
 

@@ -19,11 +19,14 @@ import tempfile
 from pathlib import Path
 
 import common
-from tunefm import lifecycle, search, store
+
+from tunefm.run import store
+from tunefm.tune import lifecycle
+from tunefm.tune.settings import SearchSettings
 
 
 def sweep(results: Path, name: str, early_stop: bool, args) -> dict:
-    settings = search.SearchSettings(space="fourfam", name=name, results_dir=str(results), data_dir=args.data_dir,
+    settings = SearchSettings(space="fourfam", name=name, results_dir=str(results), data_dir=args.data_dir,
                                      train_size=args.train_size, val_size=args.val_size, test_size=10,
                                      max_epochs=args.max_epochs, test_top=0, early_stop=early_stop,
                                      concurrency=args.concurrency, fuse="off")

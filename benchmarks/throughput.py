@@ -5,7 +5,7 @@
     python benchmarks/throughput.py --device cuda         # on a GPU, the data on the GPU
 
 For each model and batch size, one process times one training epoch of
-  - tunefm:     what a trial runs with `--loop auto`: `tunefm.trainable.train_epoch` (preloaded
+  - tunefm:     what a trial runs with `--loop auto`: `tunefm.engine.training.train_epoch` (preloaded
                 tensors on the device, a seeded permutation, on-device loss/accuracy sums) in
                 the loop calibration chose on this machine (`tunefm bench --calibration`), or
                 on CUDA the captured step if that was faster;
@@ -30,11 +30,11 @@ import json
 import tempfile
 from pathlib import Path
 
+import common
 import torch
 from torch import nn
 
-import common
-from tunefm import data, loops, models, trainable
+from tunefm.engine import data, loops, models, training, training_plan
 
 
 def bare_epoch(model, optimizer, x, y, batch_size, generator):
@@ -60,7 +60,7 @@ def torchvision_dataset(data_dir: Path, workdir: Path, limit: int):
         with opener(source, "rb") as f:
             (raw / stem).write_bytes(f.read())
     transform = transforms.Compose([transforms.ToTensor(),
-                                    transforms.Normalize((trainable.PIXEL_MEAN,), (trainable.PIXEL_STD,))])
+                                    transforms.Normalize((training.PIXEL_MEAN,), (training.PIXEL_STD,))])
     full = datasets.FashionMNIST(str(workdir), train=True, transform=transform, download=False)
     return torch.utils.data.Subset(full, range(limit))
 
@@ -76,26 +76,26 @@ def dataloader_epoch(model, optimizer, loader, device):
 
 
 def tunefm_epoch(config: dict, loop: str, device: torch.device, x, y):
-    """One epoch as a trial with this loop runs it (`trainable.fit`)."""
+    """One epoch as a trial with this loop runs it (`solo.fit`)."""
     if loop == "captured":
-        from tunefm import fused
+        from tunefm.engine import fused
 
         group = fused.FusedGroup(device, capture=True)
         group.add(config)
         return lambda: group.train_epoch(x, y)
-    state = trainable.init_state(config, device, loop)
+    state = training.init_state(config, device, loop)
 
     def run():
         with loops.kernels(loop):
-            trainable.train_epoch(state.model, state.optimizer, x, y, int(config["batch_size"]), state.generator)
+            training.train_epoch(state.model, state.optimizer, x, y, int(config["batch_size"]), state.generator)
     return run
 
 
 def measure(model_name: str, batch_size: int, splits, dataset, rounds: int, device: torch.device) -> dict:
-    x, y = trainable.to_tensors(splits.train_x, splits.train_y, device)
+    x, y = training.to_tensors(splits.train_x, splits.train_y, device)
     n = len(y)
     config = {"model": model_name, "lr": 0.001, "batch_size": batch_size}  # small lr: finite for all rounds
-    loop = trainable.resolve_loop("auto", config, device)
+    loop = training_plan.solo_loop("auto", config, device)
     torch.manual_seed(0)
     plain = models.build(model_name).to(device)
     plain_optimizer = torch.optim.SGD(plain.parameters(), lr=0.001)

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tunefm import data, store
-from tunefm.run_writer import RunWriter
+from tunefm.engine import data
+from tunefm.run import store
+from tunefm.run.writer import RunWriter
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "fashion-mnist"
@@ -93,7 +94,8 @@ def quick_fourfam(tmp_path_factory, data_dir, ray_session) -> Path:
     Shared by the search, summarize, evaluate and report tests; they must not change it
     (copy it with `linked_copy` first).
     """
-    from tunefm.search import SearchSettings, run
+    from tunefm.tune.search import run
+    from tunefm.tune.settings import SearchSettings
 
     results = tmp_path_factory.mktemp("quick")
     settings = SearchSettings(**QUICK_FOURFAM, results_dir=str(results), data_dir=str(data_dir), name="quick")

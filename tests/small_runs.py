@@ -5,7 +5,7 @@ summary, report and evaluate tests.
 
 `small_fourfam` is the fourfam study cut to every model x 2 learning rates x 2 batch
 sizes (16 trials), 3 epochs on 512 training and 256 validation images: each trial is
-really trained (trainable.fit), ASHA (tunefm's own scheduler object) decides after every
+really trained (solo.fit), ASHA (tunefm's own scheduler object) decides after every
 epoch whether it goes on, every epoch goes through the Parquet writer and leaves a
 checkpoint where Tune would, the winners are evaluated on 256 test images
 (evaluate.evaluate_trials), each trial keeps its best checkpoint (retention.py), and
@@ -24,16 +24,19 @@ from types import SimpleNamespace
 
 import torch
 
-from tunefm import data, evaluate, lifecycle, models, placement, search, store, trainable
-from tunefm.run_writer import RunWriter
+from tunefm.engine import data, models, solo
+from tunefm.run import checkpoints, record, store
+from tunefm.run.writer import RunWriter
 from tunefm.searchers.grid import trial_order
+from tunefm.tune import evaluate, lifecycle, placement, search
+from tunefm.tune.settings import SearchSettings
 
 SMALL_FOURFAM = dict(space="fourfam", max_epochs=3, train_size=512, val_size=256, test_size=256,
                      sets=("lr=0.005,0.01", "batch_size=32,128"))
 
 
 def small_fourfam(run_dir: Path, data_dir: Path) -> Path:
-    settings = search.SearchSettings(**SMALL_FOURFAM, data_dir=str(data_dir), name=run_dir.name,
+    settings = SearchSettings(**SMALL_FOURFAM, data_dir=str(data_dir), name=run_dir.name,
                                      results_dir=str(run_dir.parent))
     study = search.build_study(settings)
     splits = data.load(settings.data_dir, settings.train_size, settings.val_size, settings.test_size)
@@ -49,11 +52,11 @@ def small_fourfam(run_dir: Path, data_dir: Path) -> Path:
         asha.on_trial_add(None, trial)
         writer.set_status(trial_id, config, "RUNNING")
         began = time.perf_counter()
-        for metrics, state in trainable.fit(config, arrays, study.max_epochs, torch.device("cpu")):
+        for metrics, state in solo.fit(config, arrays, study.max_epochs, torch.device("cpu")):
             folder = run_dir / store.TUNE_DIR / trial_id / f"checkpoint_{metrics['epoch'] - 1:06d}"
             folder.mkdir(parents=True)
-            torch.save(state.state_dict(), folder / trainable.CHECKPOINT_FILE)
-            (folder / trainable.CHECKPOINT_META).write_text(json.dumps({"epoch": metrics["epoch"],
+            torch.save(state.state_dict(), folder / checkpoints.STATE_FILE)
+            (folder / checkpoints.META_FILE).write_text(json.dumps({"epoch": metrics["epoch"],
                                                                         "val_acc": metrics["val_acc"]}))
             writer.add_epoch(trial_id, config, {
                 **metrics, "time_total_s": time.perf_counter() - began, "params": models.count_params(state.model),
@@ -66,12 +69,11 @@ def small_fourfam(run_dir: Path, data_dir: Path) -> Path:
     writer.compact()
     evaluation = evaluate.evaluate_trials(run_dir, splits.test_x, splits.test_y, study.test_top, echo=lambda s: None,
                                           device=torch.device("cpu"))
-    record = lifecycle.RunRecord(
+    run_record = record.RunRecord(
         study=study.record(), options=asdict(settings), host=socket.gethostname(), pid=os.getpid(),
-        versions=lifecycle.versions(), status="running", started_at=lifecycle.now(),
-        data={"source": splits.source, "sizes": splits.sizes(), "sha256": splits.checksums},
-        fusion=placement.Decision(False, 1, "trained by hand").record(), events=[lifecycle.event("started")])
+        versions=record.versions(), status="running", started_at=record.now(), data=splits.record(),
+        fusion=placement.Decision(False, 1, "trained by hand").record(), events=[record.event("started")])
     pruning = lifecycle.make_pruning(settings, str((run_dir / store.TUNE_DIR).resolve()), study)
     pruning.after_search(store.read_trials(run_dir))  # as a search ends: each trial's best checkpoint stays
-    record.evaluated(evaluation.record()).completed(failed_trials=0, checkpoints=pruning.record()).save(run_dir)
+    run_record.evaluated(evaluation.record()).completed(failed_trials=0, checkpoints=pruning.record()).save(run_dir)
     return run_dir

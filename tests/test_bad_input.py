@@ -15,11 +15,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-
 from conftest import tiny_run, write_idx
 from local_cluster import free_port
-from tunefm import search, store
+
 from tunefm.cli import main
+from tunefm.run import store
+from tunefm.tune import search
+from tunefm.tune.settings import SearchSettings
 
 TEST_IMAGES, TEST_LABELS = "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"
 
@@ -61,7 +63,7 @@ def results(tmp_path_factory) -> Path:
     results = tmp_path_factory.mktemp("results")
     tiny_run(results / "done")
     interrupted = tiny_run(results / "stateless", finished=False)
-    fourfam = json.loads(json.dumps(search.build_study(search.SearchSettings()).record(), default=str))
+    fourfam = json.loads(json.dumps(search.build_study(SearchSettings()).record(), default=str))
     store.write_json({**store.read_json(interrupted / store.RUN_FILE), "status": "interrupted", "study": fourfam,
                       "options": {"space": "fourfam"}}, interrupted / store.RUN_FILE)
     running = tiny_run(results / "busy", finished=False)

@@ -6,8 +6,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from tunefm import bench
+from tunefm import bench_report
 from tunefm.cli import main
+from tunefm.engine import bench
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,7 @@ def test_one_fraction_per_model_from_its_tightest_batch_size():
     tightest = bench.per_model(packings)
     assert (tightest["iaro1"].batch_size, tightest["iaro1"].trials) == (256, 2)
     assert tightest["iaro3"].trials == 4
-    text = bench.render([row(batch_size=8, busy=0.1), row(batch_size=256, busy=0.5), row("iaro3", busy=0.25)],
+    text = bench_report.bench_text([row(batch_size=8, busy=0.1), row(batch_size=256, busy=0.5), row("iaro3", busy=0.25)],
                         packings, GPU)
     assert "iaro1: 2 trial(s) per GPU (limited by compute at batch 256): --gpus-per-trial 0.5" in text
     assert "iaro3: 4 trial(s) per GPU (limited by compute at batch 32): --gpus-per-trial 0.25" in text
@@ -120,4 +121,4 @@ def test_a_trial_too_big_for_the_device_is_said_so():
     packing = bench.pack(too_big, GPU)
     assert (packing.trials, packing.limit, packing.gpu_fraction) == (0, "memory", None)
     assert ("iaro4: a trial at batch 256 needs 100,000 MB, more than 90% of this device's 80,000 MB"
-            in bench.render([too_big], [packing], GPU))
+            in bench_report.bench_text([too_big], [packing], GPU))

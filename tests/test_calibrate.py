@@ -9,9 +9,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from tunefm import calibrate, data, loops, placement, trainable
 from tunefm.cli import main
+from tunefm.engine import calibrate, data, loops, solo, training
 from tunefm.errors import UserError
+from tunefm.tune import placement
 
 CPU = torch.device("cpu")
 CONFIG = {"model": "iaro1", "lr": 0.05, "batch_size": 32, "momentum": 0.9, "seed": 3}
@@ -41,10 +42,10 @@ def test_loop_names_are_checked_per_device():
 
 
 def test_layouts_and_kernels():
-    model = loops.place_model(trainable.build_model({"model": "iaro3"}), "channels_last", CPU)
+    model = loops.place_model(training.build_model({"model": "iaro3"}), "channels_last", CPU)
     weight = model.features[2].weight  # (30, 8, 5, 5)
     assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
-    assert loops.place_model(trainable.build_model({"model": "iaro3"}), "native_conv", CPU).features[2] \
+    assert loops.place_model(training.build_model({"model": "iaro3"}), "native_conv", CPU).features[2] \
         .weight.is_contiguous()
     assert torch.backends.mkldnn.enabled
     with pytest.raises(RuntimeError):
@@ -56,7 +57,7 @@ def test_layouts_and_kernels():
 
 def test_every_cpu_loop_gives_the_same_curve(arrays):
     torch.set_num_threads(1)
-    curves = {loop: [(m["train_loss"], m["val_loss"]) for m, _ in trainable.fit(CONFIG, arrays, 2, CPU, loop=loop)]
+    curves = {loop: [(m["train_loss"], m["val_loss"]) for m, _ in solo.fit(CONFIG, arrays, 2, CPU, loop=loop)]
               for loop in loops.CANDIDATES["cpu"]}
     for loop, curve in curves.items():
         for (train, val), (plain_train, plain_val) in zip(curve, curves["plain"]):
@@ -80,7 +81,7 @@ def test_auto_measures_once_per_shape_and_remembers(cache, arrays, monkeypatch):
     assert calibrate.choose_loop({**CONFIG, "lr": 0.5, "seed": 9, "augment": True}, CPU, 1) == loop
     assert not calls
     # A fresh trial with --loop auto trains with that loop; its checkpoint keeps it.
-    state = next(trainable.fit(CONFIG, arrays, 1, CPU, loop="auto"))[1]
+    state = next(solo.fit(CONFIG, arrays, 1, CPU, loop="auto"))[1]
     assert state.loop == loop and state.state_dict()["loop"] == loop
     # Another shape is measured (here: by the spy) and the cache grows.
     assert calibrate.choose_loop({**CONFIG, "batch_size": 64}, CPU, 1) == "plain" and len(calls) == 1
@@ -89,10 +90,10 @@ def test_auto_measures_once_per_shape_and_remembers(cache, arrays, monkeypatch):
 def test_a_resumed_trial_keeps_the_loop_it_started_with(cache, arrays):
     entry_loop = calibrate.choose_loop(CONFIG, CPU, 1)
     other = next(loop for loop in loops.CANDIDATES["cpu"] if loop != entry_loop)
-    state = trainable.init_state(CONFIG, CPU, other)
+    state = training.init_state(CONFIG, CPU, other)
     saved = state.state_dict()
-    assert trainable.checkpoint_loop(saved) == other
-    assert trainable.checkpoint_loop({k: v for k, v in saved.items() if k != "loop"}) == "plain"  # older checkpoints
+    assert saved.get("loop", "plain") == other
+    assert {k: v for k, v in saved.items() if k != "loop"}.get("loop", "plain") == "plain"  # older checkpoints
 
 
 def _choose_in_another_process(cache_dir: str, results) -> None:

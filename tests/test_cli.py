@@ -6,10 +6,10 @@ import click
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-
 from local_cluster import free_port
-from tunefm import store
+
 from tunefm.cli import main
+from tunefm.run import store
 
 
 def invoke(*args):
@@ -165,7 +165,7 @@ def test_models_lists_every_model_with_its_count_and_seed():
     result = CliRunner().invoke(main, ["models"])
     assert result.exit_code == 0
     lines = result.output.splitlines()
-    from tunefm import models
+    from tunefm.engine import models
 
     for name in models.names():
         spec = models.get(name)

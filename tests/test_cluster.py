@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from local_cluster import LocalCluster, fresh_ray_env, run_tunefm
-from tunefm import cluster, ray_internals, store
+
 from tunefm.errors import UserError
+from tunefm.run import store
+from tunefm.tune import cluster, ray_internals
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "cluster" / "config.yaml"
@@ -172,7 +173,7 @@ def test_resources_count_the_nodes_an_autoscaler_may_start(ray_session, monkeypa
 
 DASHBOARD_PROBE = """
 import json, os, urllib.error, urllib.request
-from tunefm import cluster
+from tunefm.tune import cluster
 started, url = cluster.start_ray(None)  # what `tunefm search` does without --address
 token = open(os.path.expanduser("~/.ray/auth_token")).read().strip()
 def status(headers):
@@ -259,9 +260,8 @@ def test_without_address_a_search_starts_its_own_ray_whatever_the_machine_holds(
 def test_the_declared_ray_range_the_cluster_pin_and_the_tested_versions_agree():
     """pyproject.toml's bound, cluster/constraints.txt's pin and ray_internals.TESTED_RAY
     (which --resume checks) name the same Ray; this test session runs on it."""
-    import tomllib
-
     import ray
+    import tomllib
     from packaging.requirements import Requirement
 
     root = Path(__file__).parent.parent

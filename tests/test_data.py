@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import write_idx
-from tunefm import data
+
+from tunefm.engine import data
 from tunefm.errors import UserError
 
 

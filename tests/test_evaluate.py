@@ -9,18 +9,21 @@ import pandas as pd
 import pyarrow.fs as pafs
 import pytest
 import torch
-
 from conftest import linked_copy, write_idx
-from tunefm import analysis, data, evaluate, store, trainable, trial_summary
+
+from tunefm.analysis import queries
+from tunefm.engine import data, solo, training
 from tunefm.errors import UserError
-from tunefm.run_writer import RunWriter
+from tunefm.run import checkpoints, store, trial_summary
+from tunefm.run.writer import RunWriter
+from tunefm.tune import evaluate
 
 CONFIG = {"model": "iaro1", "lr": 0.05, "batch_size": 32, "optimizer": "sgd", "momentum": 0.0,
           "weight_decay": 0.0, "seed": 1}
 
 
 def test_checkpoint_score_prefers_higher_accuracy_then_the_earlier_epoch():
-    score = trainable.checkpoint_score
+    score = training.checkpoint_score
     assert score(0.80, 2) > score(0.80, 3)  # a tie keeps the first epoch at the best value
     assert score(0.8001, 10_000) > score(0.80, 1)  # any real accuracy step outweighs the epoch term
 
@@ -44,12 +47,12 @@ def hand_made_run(run_dir, splits, epochs_val_acc=(0.9, 0.5)):
     writer = RunWriter(run_dir, max_epochs=len(epochs_val_acc), config_keys=list(CONFIG))
     torch.set_num_threads(1)
     states = {}
-    for (metrics, state), val_acc in zip(trainable.fit(CONFIG, arrays, len(epochs_val_acc), torch.device("cpu")),
+    for (metrics, state), val_acc in zip(solo.fit(CONFIG, arrays, len(epochs_val_acc), torch.device("cpu")),
                                          epochs_val_acc):
         folder = run_dir / store.TUNE_DIR / "t0" / f"checkpoint_{metrics['epoch'] - 1:06d}"
         folder.mkdir(parents=True)
-        torch.save(state.state_dict(), folder / trainable.CHECKPOINT_FILE)
-        (folder / trainable.CHECKPOINT_META).write_text(json.dumps({"epoch": metrics["epoch"], "val_acc": val_acc}))
+        torch.save(state.state_dict(), folder / checkpoints.STATE_FILE)
+        (folder / checkpoints.META_FILE).write_text(json.dumps({"epoch": metrics["epoch"], "val_acc": val_acc}))
         states[metrics["epoch"]] = {k: v.clone() for k, v in state.model.state_dict().items()}
         writer.add_epoch("t0", CONFIG, {**metrics, "val_acc": val_acc, "time_total_s": 1.0, "params": 21352})
     writer.set_status("t0", CONFIG, "TERMINATED")
@@ -62,19 +65,19 @@ def test_evaluation_uses_the_best_validation_epoch_not_the_last(tmp_path, splits
     outcome = evaluate.evaluate_trials(tmp_path, splits.test_x, splits.test_y, top_k=3, echo=lambda s: None)
     assert outcome.evaluated == ["t0"] and outcome.skipped == {}
 
-    model = trainable.build_model(CONFIG)
+    model = training.build_model(CONFIG)
     model.load_state_dict(states[1])  # epoch 1 had the best (recorded) val acc
-    x, y = trainable.to_tensors(splits.test_x, splits.test_y, torch.device("cpu"))
-    loss, accuracy = trainable.evaluate(model, x, y)
+    x, y = training.to_tensors(splits.test_x, splits.test_y, torch.device("cpu"))
+    loss, accuracy = training.evaluate(model, x, y)
     trial = store.read_trials(tmp_path).iloc[0]
     assert trial.best_epoch == 1
     assert trial.test_acc == accuracy and trial.test_loss == pytest.approx(loss, rel=1e-6)
     model.load_state_dict(states[2])
-    assert trainable.evaluate(model, x, y)[1] != accuracy  # the last epoch would have given another answer
+    assert training.evaluate(model, x, y)[1] != accuracy  # the last epoch would have given another answer
 
     confusion = pd.read_parquet(tmp_path / store.CONFUSION_FILE)
     assert len(confusion) == 100 and confusion["count"].sum() == 500
-    assert analysis.confusion(confusion, store.read_trials(tmp_path)).accuracy == accuracy
+    assert queries.confusion(confusion, store.read_trials(tmp_path)).accuracy == accuracy
 
 
 def test_a_trial_without_its_best_checkpoint_is_skipped_and_said(tmp_path, splits):
@@ -95,7 +98,7 @@ def test_the_winners_are_evaluated_from_their_best_validation_checkpoints(small_
     """small_fourfam ran evaluate_trials as a search does when it ends (test_top 3 per model)."""
     trials = store.read_trials(small_fourfam)
     evaluated = trials[trials.test_acc.notna()]
-    assert sorted(evaluated.trial_id) == analysis.top_configs(trials, 3)
+    assert sorted(evaluated.trial_id) == queries.top_configs(trials, 3)
     assert evaluated.groupby("model").size().to_dict() == {f"iaro{i}": 3 for i in range(1, 5)}
     assert trials.test_loss.notna().sum() == 12
 
@@ -112,11 +115,11 @@ def test_the_winners_are_evaluated_from_their_best_validation_checkpoints(small_
     trial = evaluated.iloc[0]
     fs = pafs.LocalFileSystem()
     folder = evaluate.checkpoint_epochs(fs, str(small_fourfam / store.TUNE_DIR / trial.trial_id))[trial.best_epoch]
-    assert json.loads((Path(folder) / trainable.CHECKPOINT_META).read_text())["val_acc"] == trial.best_val_acc
+    assert json.loads((Path(folder) / checkpoints.META_FILE).read_text())["val_acc"] == trial.best_val_acc
     config = evaluate.trial_config(trial, trial_summary.config_columns(trials))
     model = evaluate.load_model(config, fs, folder, torch.device("cpu"))
     test = data.load(data_dir, 512, 256, 256)
-    loss, accuracy = trainable.evaluate(model, *trainable.to_tensors(test.test_x, test.test_y, torch.device("cpu")))
+    loss, accuracy = training.evaluate(model, *training.to_tensors(test.test_x, test.test_y, torch.device("cpu")))
     assert accuracy == trial.test_acc and loss == pytest.approx(trial.test_loss, rel=1e-5)
 
 

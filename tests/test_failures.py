@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from local_cluster import LocalCluster, descendants
 from test_resume import restored_from_checkpoint
-from tunefm import data, store, trainable, trial_summary
-from tunefm.search import SearchSettings, run
+
+from tunefm.engine import data, solo
+from tunefm.run import checkpoints, store, trial_summary
+from tunefm.tune.search import run
+from tunefm.tune.settings import SearchSettings
 
 SIZES = dict(train_size=2000, val_size=500)
 
@@ -77,7 +79,7 @@ def test_a_killed_trial_is_retried_from_its_checkpoint_and_matches_an_uninterrup
             if not (isinstance(row[k], float) and row[k] != row[k])}  # the trial's config, NaN keys left out
     assert {k: full[k] for k in config} == config
     torch.set_num_threads(1)
-    straight = [metrics for metrics, _ in trainable.fit(full, arrays, 4, torch.device("cpu"), loop=row.execution)]
+    straight = [metrics for metrics, _ in solo.fit(full, arrays, 4, torch.device("cpu"), loop=row.execution)]
     for column in ("train_loss", "train_acc", "val_loss", "val_acc"):
         assert epochs[column].tolist() == pytest.approx([m[column] for m in straight], abs=1e-6, rel=0)
 
@@ -98,7 +100,7 @@ def test_max_failures_zero_lets_a_killed_trial_fail(ray_session, tmp_path, data_
 def checkpointed_epoch(trial_dir: Path) -> int:
     """The latest epoch a trial has checkpointed so far (0: none yet)."""
     epochs = []
-    for meta in trial_dir.glob(f"checkpoint_*/{trainable.CHECKPOINT_META}"):
+    for meta in trial_dir.glob(f"checkpoint_*/{checkpoints.META_FILE}"):
         try:
             epochs.append(json.loads(meta.read_text())["epoch"])
         except (OSError, ValueError):

@@ -5,7 +5,7 @@ grouped forward is the stacked models' forward."""
 import pytest
 import torch
 
-from tunefm import data, fused, models, trainable
+from tunefm.engine import data, fused, models, solo, training
 
 CPU = torch.device("cpu")
 TOLERANCE = 1e-5  # relative, per epoch, on train and val loss
@@ -19,14 +19,14 @@ def arrays(data_dir):
 
 @pytest.fixture(scope="module")
 def tensors(arrays):
-    return (*trainable.to_tensors(arrays["train_x"], arrays["train_y"], CPU),
-            *trainable.to_tensors(arrays["val_x"], arrays["val_y"], CPU))
+    return (*training.to_tensors(arrays["train_x"], arrays["train_y"], CPU),
+            *training.to_tensors(arrays["val_x"], arrays["val_y"], CPU))
 
 
 def solo_curve(config, arrays, epochs):
     torch.set_num_threads(1)
     return [(m["train_loss"], m["train_acc"], m["val_loss"], m["val_acc"])
-            for m, _ in trainable.fit(config, arrays, epochs, CPU, loop="plain")]
+            for m, _ in solo.fit(config, arrays, epochs, CPU, loop="plain")]
 
 
 def group_curves(configs, tensors, epochs):
@@ -80,7 +80,7 @@ def test_members_join_and_leave_through_solo_checkpoints(arrays, tensors):
     config = {**BASE, "lr": 0.05, "momentum": 0.9, "lr_decay": 0.995, "seed": 7}
     alone = solo_curve(config, arrays, 3)
 
-    first = trainable.fit(config, arrays, 3, CPU, loop="plain")
+    first = solo.fit(config, arrays, 3, CPU, loop="plain")
     _, state = next(first)
     group = fused.FusedGroup(CPU)
     group.add({**BASE, "lr": 0.01, "seed": 8})  # a companion, trained from scratch
@@ -95,9 +95,9 @@ def test_members_join_and_leave_through_solo_checkpoints(arrays, tensors):
     assert checkpoint["epoch"] == 2 and checkpoint["optimizer"]["state"]  # momentum buffers travel
     group.remove(slot)
     assert len(group) == 1
-    restored = trainable.init_state(config, CPU)
+    restored = training.init_state(config, CPU)
     restored.load_state_dict(checkpoint)
-    (last, _), = [(m, s) for m, s in trainable.fit(config, arrays, 3, CPU, restored)]
+    (last, _), = [(m, s) for m, s in solo.fit(config, arrays, 3, CPU, restored)]
     assert last["epoch"] == 3
     assert last["val_loss"] == pytest.approx(alone[2][2], rel=TOLERANCE)
 
@@ -154,7 +154,7 @@ def test_the_executor_trains_its_members_in_rounds_as_they_would_alone(arrays):
     import io
     import threading
 
-    from tunefm.executor import Executor
+    from tunefm.tune.executor import Executor
 
     configs = {"a": {**BASE, "lr": 0.05, "seed": 1}, "b": {**BASE, "lr": 0.01, "seed": 2},
                "c": {**BASE, "lr": 0.02, "seed": 3}}
@@ -179,8 +179,7 @@ def test_the_executor_trains_its_members_in_rounds_as_they_would_alone(arrays):
         assert done is None and [first[0]["epoch"], second[0]["epoch"]] == [1, 2]
         curve = [(m["train_loss"], m["train_acc"], m["val_loss"], m["val_acc"]) for m, _, _ in (first, second)]
         assert_same_curve(curve, solo_curve(configs[trial_id], arrays, 2))
-        metrics, files, facts = second
-        assert set(files) == {trainable.CHECKPOINT_FILE, trainable.CHECKPOINT_META}
-        state = torch.load(io.BytesIO(files[trainable.CHECKPOINT_FILE]), weights_only=False)
+        metrics, blob, facts = second
+        state = torch.load(io.BytesIO(blob), weights_only=False)
         assert state["epoch"] == 2 and facts["device"] == "cpu" and facts["group_size"] == 2
     assert executor.status()["members"] == []

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from local_cluster import descendants, fresh_ray_env
 from test_resume import assert_only_tunefms_lines, group_is_gone, restored_from_checkpoint, start_tunefm
-from tunefm import placement, store
-from tunefm.search import SearchSettings, run
+
+from tunefm.run import store
+from tunefm.tune import placement
+from tunefm.tune.search import run
+from tunefm.tune.settings import SearchSettings
 
 SIX = '''
 """six: six trials of one shape (iaro1, batch 32) with mixed lr, momentum, weight decay and seed."""

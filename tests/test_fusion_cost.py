@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from tunefm import coordinator, fusion_cost
-from tunefm.fusion_cost import ShapeWork, StartCosts
+from tunefm.engine import fusion_cost
+from tunefm.engine.fusion_cost import ShapeWork, StartCosts
+from tunefm.tune import coordinator
 
 COSTS = StartCosts(member_s=1.7, trainer_s=2.5)  # as measured on this project's 2-core machine
 # The issue's study: 16 iaro1 trials at batch 8, 2 epochs of 24,000 images; calibrated here.
@@ -76,8 +77,8 @@ def test_the_first_round_waits_for_members_on_their_way(data_dir):
     """A member that asks at once does not train alone while the others join a moment later."""
     import numpy as np
 
-    from tunefm import data
-    from tunefm.executor import Executor
+    from tunefm.engine import data
+    from tunefm.tune.executor import Executor
 
     splits = data.load(data_dir, train_size=256, val_size=64, test_size=10)
     arrays = {"train_x": splits.train_x, "train_y": splits.train_y, "val_x": splits.val_x, "val_y": splits.val_y}
@@ -107,7 +108,8 @@ def test_auto_decides_on_the_whole_study_from_measured_figures(tmp_path, monkeyp
 
     import torch
 
-    from tunefm import calibrate, devices, placement
+    from tunefm.engine import calibrate, devices
+    from tunefm.tune import placement
 
     monkeypatch.setenv(calibrate.CACHE_ENV, str(tmp_path))
     config = {"model": "iaro1", "batch_size": 8}

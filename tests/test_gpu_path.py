@@ -18,10 +18,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO
-from tunefm import devices, executor, fused, placement, store, trainable
+
+from tunefm.engine import devices, fused, solo, training, training_plan
 from tunefm.errors import UserError
+from tunefm.run import checkpoints, store
+from tunefm.tune import executor, placement
 
 BASE = {"model": "iaro1", "batch_size": 32, "lr": 0.05, "momentum": 0.9, "seed": 3}
 DROPOUT = {"model": "cnn3", "batch_size": 32, "lr": 0.01, "momentum": 0.9, "seed": 5, "dropout": 0.5}
@@ -29,7 +31,7 @@ DROPOUT = {"model": "cnn3", "batch_size": 32, "lr": 0.01, "momentum": 0.9, "seed
 
 @pytest.fixture(scope="module")
 def arrays(data_dir):
-    from tunefm import data
+    from tunefm.engine import data
 
     splits = data.load(data_dir, train_size=256, val_size=128, test_size=10)
     return {"train_x": splits.train_x, "train_y": splits.train_y, "val_x": splits.val_x, "val_y": splits.val_y}
@@ -65,7 +67,7 @@ def as_gpu_checkpoint(state: dict) -> bytes:
 
 def retag_checkpoints_as_cuda(folder: Path) -> int:
     """Rewrite every state.pt under `folder` as if a GPU had saved it; returns how many."""
-    paths = sorted(folder.rglob(trainable.CHECKPOINT_FILE))
+    paths = sorted(folder.rglob(checkpoints.STATE_FILE))
     for path in paths:
         path.write_bytes(as_gpu_checkpoint(torch.load(path, weights_only=False)))
     return len(paths)
@@ -76,11 +78,11 @@ def test_the_gpu_checkpoint_fixture_is_one_a_plain_load_refuses_on_a_cpu():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA"):
             torch.load(io.BytesIO(blob), weights_only=False)
-    assert trainable.load_checkpoint(blob)["w"].device.type == "cpu"
+    assert training.load_checkpoint(blob)["w"].device.type == "cpu"
 
 
 def curve(config, arrays, epochs, state=None):
-    return [(m["train_loss"], m["val_loss"]) for m, _ in trainable.fit(config, arrays, epochs,
+    return [(m["train_loss"], m["val_loss"]) for m, _ in solo.fit(config, arrays, epochs,
                                                                         torch.device("cpu"), state)]
 
 
@@ -89,17 +91,17 @@ def test_a_checkpoint_from_a_gpu_continues_on_a_cpu_bit_for_bit(config, arrays):
     """Defect 2: restored with map_location="cpu" wherever it was saved, it continues exactly."""
     torch.set_num_threads(1)
     whole = curve(config, arrays, 2)
-    _, state = next(iter(trainable.fit(config, arrays, 2, torch.device("cpu"))))
-    restored = trainable.init_state(config, torch.device("cpu"))
-    restored.load_state_dict(trainable.load_checkpoint(as_gpu_checkpoint(state.state_dict())))
+    _, state = next(iter(solo.fit(config, arrays, 2, torch.device("cpu"))))
+    restored = training.init_state(config, torch.device("cpu"))
+    restored.load_state_dict(training.load_checkpoint(as_gpu_checkpoint(state.state_dict())))
     assert curve(config, arrays, 2, restored) == whole[1:]
 
 
 def test_checkpoints_are_saved_from_the_cpu_and_hold_no_process_wide_rng(arrays):
     """Defects 2 and 3: every tensor saved from the CPU; no torch or CUDA global RNG state (one
     per visible GPU, shared by every member of an executor), only the trial's own generators."""
-    state = trainable.init_state(DROPOUT, torch.device("cpu"))
-    blob = trainable.checkpoint_bytes(state.state_dict())
+    state = training.init_state(DROPOUT, torch.device("cpu"))
+    blob = training.checkpoint_bytes(state.state_dict())
     saved = torch.load(io.BytesIO(blob), weights_only=False)
     assert {"torch_rng", "cuda_rng"}.isdisjoint(saved) and {"generator", "dropout_rng"} <= set(saved)
     assert saved["dropout_rng"].dtype == torch.uint8 and saved["dropout_rng"].device.type == "cpu"
@@ -111,24 +113,24 @@ def test_dropout_masks_are_the_trials_own_whatever_else_draws(arrays):
     torch.set_num_threads(1)
     alone = curve(DROPOUT, arrays, 2)
     disturbed = []
-    for metrics, _ in trainable.fit(DROPOUT, arrays, 2, torch.device("cpu")):
+    for metrics, _ in solo.fit(DROPOUT, arrays, 2, torch.device("cpu")):
         disturbed.append((metrics["train_loss"], metrics["val_loss"]))
         torch.rand(1000)  # another trial's draws from torch's global generator
     assert disturbed == alone
-    model = trainable.init_state(DROPOUT, torch.device("cpu")).model
-    assert all(isinstance(m, trainable.DrawnDropout) for m in model.modules() if isinstance(m, torch.nn.Dropout))
+    model = training.init_state(DROPOUT, torch.device("cpu")).model
+    assert all(isinstance(m, training.DrawnDropout) for m in model.modules() if isinstance(m, torch.nn.Dropout))
 
 
 def test_a_checkpoint_of_the_old_format_keeps_its_dropout_stream(arrays):
     """Checkpoints from before `dropout_rng` held the dropout stream as torch's global RNG."""
     torch.set_num_threads(1)
     whole = curve(DROPOUT, arrays, 2)
-    _, state = next(iter(trainable.fit(DROPOUT, arrays, 2, torch.device("cpu"))))
+    _, state = next(iter(solo.fit(DROPOUT, arrays, 2, torch.device("cpu"))))
     old = state.state_dict()
     old["torch_rng"] = old.pop("dropout_rng")
     old["cuda_rng"] = [torch.zeros(16, dtype=torch.uint8)]  # the shape of get_rng_state_all(): ignored now
-    restored = trainable.init_state(DROPOUT, torch.device("cpu"))
-    restored.load_state_dict(trainable.load_checkpoint(as_gpu_checkpoint(old)))
+    restored = training.init_state(DROPOUT, torch.device("cpu"))
+    restored.load_state_dict(training.load_checkpoint(as_gpu_checkpoint(old)))
     assert curve(DROPOUT, arrays, 2, restored) == whole[1:]
 
 
@@ -151,7 +153,7 @@ def test_the_executor_joins_a_member_from_a_gpu_checkpoint(arrays):
     try:
         ex.join("a", BASE)
         first = run_epochs(ex, ["a"])["a"]
-        blob = as_gpu_checkpoint(torch.load(io.BytesIO(first[1][trainable.CHECKPOINT_FILE]), weights_only=False))
+        blob = as_gpu_checkpoint(torch.load(io.BytesIO(first[1]), weights_only=False))
         ex.join("b", BASE, blob)
         pending = ex.members["b"].pending
         assert {t.device.type for t in pending["model"].values()} == {"cpu"}
@@ -168,7 +170,8 @@ def test_evaluate_reads_checkpoints_written_on_a_gpu(tmp_path, data_dir):
     """tunefm evaluate on a CPU, from best-validation checkpoints a GPU wrote."""
     from test_evaluate import hand_made_run
 
-    from tunefm import data, evaluate
+    from tunefm.engine import data
+    from tunefm.tune import evaluate
 
     splits = data.load(data_dir, train_size=600, val_size=300, test_size=500)
     hand_made_run(tmp_path / "cpu", splits)
@@ -184,10 +187,10 @@ def test_evaluate_reads_checkpoints_written_on_a_gpu(tmp_path, data_dir):
 def test_a_captured_loop_with_dropout_runs_and_says_plain():
     """Defect 8: a captured step cannot draw each step's masks, so a model with dropout runs
     (and reports) plain, alone or fused; a group that was asked to capture on a CPU ran plain."""
-    assert trainable.runnable_loop("captured", DROPOUT) == "plain"
-    assert trainable.runnable_loop("captured", {**DROPOUT, "dropout": 0.0}) == "captured"
-    assert trainable.runnable_loop("captured", BASE) == "captured"
-    assert trainable.resolve_loop("captured", DROPOUT, torch.device("cpu")) == "plain"
+    assert training_plan.runnable_loop("captured", DROPOUT) == "plain"
+    assert training_plan.runnable_loop("captured", {**DROPOUT, "dropout": 0.0}) == "captured"
+    assert training_plan.runnable_loop("captured", BASE) == "captured"
+    assert training_plan.solo_loop("captured", DROPOUT, torch.device("cpu")) == "plain"
     group = fused.FusedGroup(torch.device("cpu"), capture=True)
     group.add(BASE)
     x, y = torch.zeros(64, 1, 28, 28), torch.zeros(64, dtype=torch.int64)
@@ -233,14 +236,14 @@ def test_ray_gpu_ids_map_to_devices_in_the_executors_own_process(monkeypatch):
 def test_the_coordinator_leaves_the_gpu_index_to_the_executor():
     """The coordinator passes Ray's GPU id on; it computes no device index (its node may differ)."""
     for module in ("placement.py", "coordinator.py"):
-        assert "cuda_index" not in (REPO / "tunefm" / module).read_text()
-    assert "gpu_id=" in (REPO / "tunefm" / "coordinator.py").read_text()
+        assert "cuda_index" not in (REPO / "tunefm" / "tune" / module).read_text()
+    assert "gpu_id=" in (REPO / "tunefm" / "tune" / "coordinator.py").read_text()
 
 
 def test_pinned_loops_ask_for_deterministic_kernels(arrays, monkeypatch):
     """Defect 9: a pinned loop on CUDA turns on deterministic kernels before it trains (the
     GPU acceptance script checks the bits); on a CPU there is nothing to turn on."""
-    script = ("import os, torch; from tunefm import devices; devices.make_deterministic(torch.device('cuda')); "
+    script = ("import os, torch; from tunefm.engine import devices; devices.make_deterministic(torch.device('cuda')); "
               "print(torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, "
               "torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(), "
               "os.environ['CUBLAS_WORKSPACE_CONFIG'])")

@@ -4,8 +4,8 @@ computed by hand; Optuna's fANOVA and PED-ANOVA for everything else."""
 
 from __future__ import annotations
 
-import json
 import itertools
+import json
 
 import numpy as np
 import pandas as pd
@@ -14,9 +14,10 @@ import statsmodels.api as sm
 from click.testing import CliRunner
 from statsmodels.formula.api import ols
 
-from tunefm import importance, store
+from tunefm.analysis import importance
 from tunefm.cli import main
 from tunefm.errors import UserError
+from tunefm.run import store
 
 
 def hand_made_grid(seeds: int = 3, noise: float = 0.01, drop: int = 0) -> pd.DataFrame:

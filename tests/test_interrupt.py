@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tunefm.interrupt import GracefulStop
+from tunefm.tune.interrupt import GracefulStop
 
 
 @pytest.fixture(autouse=True)
@@ -53,7 +53,7 @@ def test_a_stale_tune_handler_from_an_earlier_search_is_not_called():
 def test_a_worker_told_to_exit_in_a_destructor_prints_no_traceback():
     """Ray stops workers with SIGTERM (SystemExit) wherever they are; in a destructor Python
     would print it to the search's terminal. Other exceptions there are still shown."""
-    code = ("from tunefm import interrupt\ninterrupt.quiet_exit_during_garbage_collection()\n"
+    code = ("from tunefm.tune import interrupt\ninterrupt.quiet_exit_during_garbage_collection()\n"
             "class Exiting:\n    def __del__(self):\n        raise SystemExit(1)\n"
             "class Broken:\n    def __del__(self):\n        raise ValueError('shown')\n"
             "Exiting(); Broken(); print('ran on')\n")

@@ -14,15 +14,16 @@ import re
 import socket
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from tunefm import lifecycle, store
 from tunefm.errors import UserError
-from tunefm.lifecycle import RunRecord
-from tunefm.search import SearchSettings
+from tunefm.run import store
+from tunefm.run.record import RunRecord
+from tunefm.tune import lifecycle
+from tunefm.tune.settings import SearchSettings
 
 TUNEFM = Path(lifecycle.__file__).resolve().parent
 REPO = TUNEFM.parent
@@ -30,15 +31,15 @@ REPO = TUNEFM.parent
 
 def started_record(tmp_path) -> RunRecord:
     """A record as `RunRecord.started` makes it, from hand-made study, data and session."""
-    from tunefm import placement, study
+    from tunefm import study
+    from tunefm.tune import placement
 
     loaded = study.load("regularize")
-    splits = SimpleNamespace(source=str(tmp_path), sizes=lambda: {"train": 10, "val": 5, "test": 5},
-                             checksums={"train-images-idx3-ubyte.gz": "ab" * 32})
-    session = SimpleNamespace(dashboard="http://127.0.0.1:8265", cluster=SimpleNamespace(nodes=[{"CPU": 2}]),
-                              ray_address="127.0.0.1:6379")
-    return RunRecord.started(loaded, SearchSettings(space="regularize"), splits, session, None,
-                             placement.Decision(False, 1, "alone"))
+    data = {"source": str(tmp_path), "sizes": {"train": 10, "val": 5, "test": 5},
+            "sha256": {"train-images-idx3-ubyte.gz": "ab" * 32}}
+    session = {"dashboard_url": "http://127.0.0.1:8265", "nodes": 1, "ray_address": "127.0.0.1:6379"}
+    return RunRecord.started(loaded.record(), asdict(SearchSettings(space="regularize")), data, session, None,
+                             placement.Decision(False, 1, "alone").record())
 
 
 def test_a_started_record_is_run_json_as_readers_know_it(tmp_path):
@@ -63,14 +64,14 @@ def test_transitions_record_what_happened_in_order(tmp_path):
     assert record.events[-1] | {"at": None} == {"event": "interrupted", "at": None, "pid": os.getpid(),
                                                  "host": socket.gethostname(), "signal": "SIGTERM", "trials_done": 1}
     settings = SearchSettings(space="regularize", address="auto", max_failures=5)
-    session = SimpleNamespace(dashboard=None, ray_address="10.0.0.1:6379")
-    record.resumed(settings, session, trials_done=1)
+    session = {"dashboard_url": None, "ray_address": "10.0.0.1:6379"}
+    record.resumed(settings.resume_changes(), session, trials_done=1)
     assert record.status == "running" and record.options["address"] == "auto" and record.options["max_failures"] == 5
     assert record.ray_address == "10.0.0.1:6379"
     record.failed(RuntimeError("disk full\nmore detail"))
     assert record.status == "failed" and record.error == "disk full"
     record.status = "running"  # as a killed search leaves it
-    record.resumed(settings, session, trials_done=2)
+    record.resumed(settings.resume_changes(), session, trials_done=2)
     assert record.error is None
     record.evaluated({"top_k": 3, "trials": ["a"]})
     record.completed(failed_trials=1, checkpoints={"policy": "best"})
@@ -119,7 +120,7 @@ def test_ray_session_shuts_down_the_ray_it_started_even_on_error(tmp_path):
     running: every search test in this session joins it that way)."""
     script = """
 import ray
-from tunefm import lifecycle
+from tunefm.tune import lifecycle
 try:
     with lifecycle.ray_session(None, num_cpus=1, include_dashboard=False) as session:
         assert ray.is_initialized() and session.cluster.nodes[0]["CPU"] == 1
@@ -155,7 +156,7 @@ def code_lines(folder: Path):
 
 
 # call -> the modules allowed to make it (tunefm/ and benchmarks/)
-ALLOWED = {"write_json(": {"lifecycle.py"}, "ray.shutdown(": {"lifecycle.py"},
+ALLOWED = {"write_json(": {"record.py"}, "ray.shutdown(": {"lifecycle.py"},
            "start_ray(": {"lifecycle.py", "cluster.py"}, "ray.init(": {"cluster.py"}}
 
 

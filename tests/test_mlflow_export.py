@@ -14,10 +14,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-
 from conftest import tiny_run
-from tunefm import store
+
 from tunefm.cli import main
+from tunefm.run import store
 
 
 def export(*args):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from tunefm import models
+from tunefm.engine import models
 from tunefm.errors import UserError
 
 # name -> (expected parameters, allowed relative difference). Exact where the seed states

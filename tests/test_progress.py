@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pandas as pd
 
-from tunefm.progress import ProgressLine
+from tunefm.tune.progress import ProgressLine
 
 
 def trial(trial_id, status, **config):

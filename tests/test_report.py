@@ -6,11 +6,12 @@ import struct
 import matplotlib.pyplot as plt
 import pytest
 from click.testing import CliRunner
-
 from conftest import linked_copy, tiny_run
-from tunefm import analysis, report, store
+
+from tunefm.analysis import queries, report
 from tunefm.cli import main
 from tunefm.errors import UserError
+from tunefm.run import store
 
 FIGURES = ["curves.png", "grid.png", "pareto.png", "overfit.png", "confusion.png", "f1.png"]
 
@@ -56,13 +57,13 @@ def every_axes_is_labelled(fig):
 
 def test_every_figure_has_a_title_axis_labels_and_units(small_fourfam):
     run = store.load_run(small_fourfam)
-    result = analysis.confusion(run.confusion, run.trials)
-    gaps = analysis.overfit(run.trials, run.epochs)
-    figures = [report.draw_curves(analysis.best(run.trials), run.trials, run.epochs),
-               report.draw_grid(analysis.grid(run.trials)), report.draw_overfit(analysis.overfit_grid(gaps)),
+    result = queries.confusion(run.confusion, run.trials)
+    gaps = queries.overfit(run.trials, run.epochs)
+    figures = [report.draw_curves(queries.best(run.trials), run.trials, run.epochs),
+               report.draw_grid(queries.grid(run.trials)), report.draw_overfit(queries.overfit_grid(gaps)),
                report.draw_confusion(result), report.draw_f1(result),
-               *(report.draw_pareto(run.trials, analysis.pareto(run.trials, cost=cost), cost=cost)
-                 for cost in analysis.COSTS)]
+               *(report.draw_pareto(run.trials, queries.pareto(run.trials, cost=cost), cost=cost)
+                 for cost in queries.COSTS)]
     for fig in figures:
         every_axes_is_labelled(fig)
         labels = " ".join(ax.get_xlabel() + " " + ax.get_ylabel() for ax in fig.axes)
@@ -100,7 +101,7 @@ def test_a_failed_report_keeps_the_previous_one(small_fourfam, tmp_path):
 def test_the_loss_axis_names_the_loss_each_trial_trained_with(small_fourfam):
     """output=sigmoid trials train on binary cross-entropy: their curves must not say cross-entropy."""
     run = store.load_run(small_fourfam)
-    best = analysis.best(run.trials)
+    best = queries.best(run.trials)
     softmax = report.draw_curves(best, run.trials, run.epochs)
     assert {ax.get_ylabel() for ax in softmax.axes if ax.get_visible()} == {"cross-entropy (nats)"}
     sigmoid_trials = run.trials.assign(output="sigmoid")
@@ -108,7 +109,7 @@ def test_the_loss_axis_names_the_loss_each_trial_trained_with(small_fourfam):
     assert {ax.get_ylabel() for ax in sigmoid.axes if ax.get_visible()} == {
         "binary cross-entropy (mean over the 10 sigmoid outputs) (nats)"}
     assert report.loss_name(["softmax", "sigmoid"]) == "cross-entropy or binary cross-entropy, by each trial's output"
-    gaps = analysis.overfit_grid(analysis.overfit(sigmoid_trials, run.epochs))
+    gaps = queries.overfit_grid(queries.overfit(sigmoid_trials, run.epochs))
     overfit = report.draw_overfit(gaps, loss=report.loss_name(sigmoid_trials.output))
     assert "binary cross-entropy" in overfit.axes[-1].get_ylabel()
     for fig in (softmax, sigmoid, overfit):

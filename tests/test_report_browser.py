@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from plotly.offline import get_plotlyjs
 
-from tunefm import report, store
+from tunefm.analysis import report
+from tunefm.run import store
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 INSTALL = "apt-get install chromium (Debian's package; .ci/run installs it)"

@@ -15,10 +15,12 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-
 from conftest import QUICK_FOURFAM
 from local_cluster import fresh_ray_env
-from tunefm import resume, search, store
+
+from tunefm.run import store
+from tunefm.tune import resume, search
+from tunefm.tune.settings import SearchSettings
 
 CONFIG_KEYS = ["model", "lr", "batch_size", "seed"]
 METRICS = ["train_loss", "train_acc", "val_loss", "val_acc"]
@@ -254,7 +256,7 @@ def test_a_killed_search_process_resumes_from_tunes_last_saved_state(tmp_path, d
 def test_asha_after_a_resume_holds_the_rungs_it_held_before():
     """Tune does not save the scheduler: a resumed search replays the written epochs into ASHA,
     which then judges a new trial exactly as the uninterrupted one would."""
-    settings = search.SearchSettings(grace_period=1, reduction_factor=3)
+    settings = SearchSettings(grace_period=1, reduction_factor=3)
     study = SimpleNamespace(max_epochs=9)
     live = search.make_scheduler(study, settings)
     rows = []
@@ -279,13 +281,14 @@ def test_an_interrupted_search_resumes_in_the_same_process(ray_session, tmp_path
     """The fast tier's resume, in-process on the session's Ray: SIGINT after the first of three
     trials (one at a time), then `resume.run` with nothing given, from checkpoints saved as a
     GPU saves them; every trial ends with all its epochs, once each, and run.json tells the story."""
-    from test_gpu_path import retag_checkpoints_as_cuda
     import threading
 
-    from tunefm.errors import Interrupted
-    from tunefm.lifecycle import RunRecord
+    from test_gpu_path import retag_checkpoints_as_cuda
 
-    settings = search.SearchSettings(space="fourfam", sets=("model=iaro1", "batch_size=64", "lr=0.01,0.02,0.03"),
+    from tunefm.errors import Interrupted
+    from tunefm.run.record import RunRecord
+
+    settings = SearchSettings(space="fourfam", sets=("model=iaro1", "batch_size=64", "lr=0.01,0.02,0.03"),
                                      max_epochs=2, train_size=256, val_size=128, test_size=64, test_top=1,
                                      concurrency=1, early_stop=False, fuse="off", name="r",
                                      results_dir=str(tmp_path), data_dir=str(data_dir))
@@ -311,7 +314,7 @@ def test_an_interrupted_search_resumes_in_the_same_process(ray_session, tmp_path
     assert retag_checkpoints_as_cuda(run_dir) >= 1
 
     lines = []
-    outcome = resume.run(search.SearchSettings(name="r", results_dir=str(tmp_path)), echo=lines.append)
+    outcome = resume.run(SearchSettings(name="r", results_dir=str(tmp_path)), echo=lines.append)
     assert f"Resuming run r: {finished_before} of 3 trials finished before" in lines
     trials, epochs = outcome.trials, store.read_epochs(run_dir)
     assert len(trials) == 3 and (trials.status == "TERMINATED").all() and (trials.epochs == 2).all()

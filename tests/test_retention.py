@@ -6,32 +6,34 @@ from types import SimpleNamespace
 import pyarrow.fs as pafs
 import pytest
 from click.testing import CliRunner
-
 from conftest import linked_copy
-from tunefm import analysis, retention, store
+
+from tunefm.analysis import queries
 from tunefm.cli import main
+from tunefm.run import checkpoints, store
+from tunefm.tune import retention
 
 
-def checkpoints(tune_dir, trial_id):
+def on_disk(tune_dir, trial_id):
     """epoch -> size of each checkpoint the trial has on disk."""
-    found = retention.trial_checkpoints(pafs.LocalFileSystem(), str(tune_dir / trial_id))
-    return {epoch: size for epoch, size in found.values()}
+    found = checkpoints.listing(pafs.LocalFileSystem(), str(tune_dir / trial_id))
+    return {c.epoch: c.size for c in found}
 
 
 def test_the_quick_search_keeps_only_the_best_checkpoint_of_each_models_top_configurations(quick_fourfam):
     trials = store.read_trials(quick_fourfam)
     info = store.read_json(quick_fourfam / store.RUN_FILE)
-    kept = analysis.top_configs(trials, retention.KEEP_TOP)
-    assert info["checkpoints"]["policy"] == "best" and info["checkpoints"]["keep_top"] == retention.KEEP_TOP
-    assert info["checkpoints"]["kept_trials"] == kept and len(kept) == 4 * retention.KEEP_TOP
+    kept = queries.top_configs(trials, checkpoints.KEEP_TOP)
+    assert info["checkpoints"]["policy"] == "best" and info["checkpoints"]["keep_top"] == checkpoints.KEEP_TOP
+    assert info["checkpoints"]["kept_trials"] == kept and len(kept) == 4 * checkpoints.KEEP_TOP
     tune_dir = quick_fourfam / store.TUNE_DIR
     for trial in trials.itertuples():
-        on_disk = checkpoints(tune_dir, trial.trial_id)
+        found = on_disk(tune_dir, trial.trial_id)
         if trial.trial_id in kept:
-            assert list(on_disk) == [trial.best_epoch], trial.trial_id  # the best only, not the latest
+            assert list(found) == [trial.best_epoch], trial.trial_id  # the best only, not the latest
         else:
-            assert on_disk == {}, trial.trial_id
-    kept_bytes = sum(sum(checkpoints(tune_dir, t).values()) for t in kept)
+            assert found == {}, trial.trial_id
+    kept_bytes = sum(sum(on_disk(tune_dir, t).values()) for t in kept)
     assert info["checkpoints"]["kept_mb"] == round(kept_bytes / 2**20, 1)
     assert info["checkpoints"]["freed_mb"] > info["checkpoints"]["kept_mb"]
 
@@ -39,7 +41,7 @@ def test_the_quick_search_keeps_only_the_best_checkpoint_of_each_models_top_conf
 def test_evaluate_says_which_checkpoints_the_policy_deleted(quick_fourfam, tmp_path):
     run_dir = linked_copy(quick_fourfam, tmp_path / "copy")
     before = sorted(p.name for p in (run_dir / store.TRIALS_FILE).iterdir())
-    result = CliRunner().invoke(main, ["evaluate", str(run_dir), "--test-top", str(retention.KEEP_TOP + 1)])
+    result = CliRunner().invoke(main, ["evaluate", str(run_dir), "--test-top", str(checkpoints.KEEP_TOP + 1)])
     assert result.exit_code == 1
     lines = result.output.splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: trial ")
@@ -47,7 +49,7 @@ def test_evaluate_says_which_checkpoints_the_policy_deleted(quick_fourfam, tmp_p
                              "each model's top 5 configuration(s); evaluate with --test-top 5 or less, or run the "
                              "search with --keep-checkpoints all")
     assert sorted(p.name for p in (run_dir / store.TRIALS_FILE).iterdir()) == before
-    again = CliRunner().invoke(main, ["evaluate", str(run_dir), "--test-top", str(retention.KEEP_TOP)])
+    again = CliRunner().invoke(main, ["evaluate", str(run_dir), "--test-top", str(checkpoints.KEEP_TOP)])
     assert again.exit_code == 0, again.output  # the kept ones are enough for --test-top 5
 
 
@@ -64,13 +66,14 @@ def test_an_ended_trial_keeps_its_best_checkpoint_and_drops_the_latest(tmp_path)
     callback = pruning.callback({"a": 2, "b": 3}.get)
     for trial_id in "ab":
         callback.on_trial_complete(0, [], SimpleNamespace(trial_id=trial_id))
-    assert list(checkpoints(tune_dir, "a")) == [2] and list(checkpoints(tune_dir, "b")) == [3]
+    assert list(on_disk(tune_dir, "a")) == [2] and list(on_disk(tune_dir, "b")) == [3]
     assert pruning.freed.checkpoints == 1 and pruning.freed.bytes == 3000 + len('{"epoch": 3, "val_acc": 0.5}')
 
 
 @pytest.mark.slow
 def test_keep_checkpoints_all_keeps_every_trials_checkpoints(tmp_path, data_dir, ray_session):
-    from tunefm.search import SearchSettings, run
+    from tunefm.tune.search import run
+    from tunefm.tune.settings import SearchSettings
 
     settings = SearchSettings(space="fourfam", sets=("model=iaro1", "lr=0.01,0.001", "batch_size=256"),
                               max_epochs=2, train_size=512, val_size=256, test_size=256, test_top=1,
@@ -78,5 +81,5 @@ def test_keep_checkpoints_all_keeps_every_trials_checkpoints(tmp_path, data_dir,
     trials = run(settings, echo=lambda line: None).trials
     assert store.read_json(tmp_path / "all" / store.RUN_FILE)["checkpoints"] == {"policy": "all"}
     for trial in trials.itertuples():
-        assert trial.best_epoch in checkpoints(tmp_path / "all" / store.TUNE_DIR, trial.trial_id)
-        assert trial.epochs in checkpoints(tmp_path / "all" / store.TUNE_DIR, trial.trial_id)  # the latest too
+        assert trial.best_epoch in on_disk(tmp_path / "all" / store.TUNE_DIR, trial.trial_id)
+        assert trial.epochs in on_disk(tmp_path / "all" / store.TUNE_DIR, trial.trial_id)  # the latest too

@@ -10,13 +10,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-
 from click.testing import CliRunner
 
-from tunefm import analysis, data, evaluate, store, trainable
+from tunefm.analysis import queries
 from tunefm.cli import main
+from tunefm.engine import data, solo
 from tunefm.errors import UserError
-from tunefm.search import SearchSettings, run
+from tunefm.run import store
+from tunefm.tune import evaluate
+from tunefm.tune.search import run
+from tunefm.tune.settings import SearchSettings
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -122,14 +125,14 @@ def test_trial_under_ray_equals_plain_loop_and_checkpoint_restores(asha_run, dat
     arrays = {"train_x": splits.train_x, "train_y": splits.train_y, "val_x": splits.val_x, "val_y": splits.val_y}
     torch.set_num_threads(1)
     assert trial.execution in ("plain", "channels_last", "native_conv")  # the loop calibration chose (--loop auto)
-    direct = [m["val_acc"] for m, _ in trainable.fit(config, arrays, int(trial.epochs), torch.device("cpu"),
+    direct = [m["val_acc"] for m, _ in solo.fit(config, arrays, int(trial.epochs), torch.device("cpu"),
                                                      loop=trial.execution)]
     recorded = store.read_epochs(run_dir).query("trial_id == @trial.trial_id").sort_values("epoch").val_acc
     assert recorded.tolist() == direct
 
     checkpoints = sorted((run_dir / store.TUNE_DIR / trial.trial_id).glob("checkpoint_*"))
     assert checkpoints, "every trial keeps a checkpoint"
-    state = torch.load(checkpoints[-1] / trainable.CHECKPOINT_FILE, weights_only=False)
+    state = torch.load(checkpoints[-1] / checkpoints.STATE_FILE, weights_only=False)
     assert set(state) >= {"model", "optimizer", "epoch", "generator", "dropout_rng", "loop"}
     assert state["epoch"] == trial.epochs
 
@@ -262,7 +265,7 @@ def test_quick_fourfam_search_runs_the_full_grid_with_asha(quick_fourfam):
     assert len(epochs) == trials.epochs.sum() and not epochs.duplicated(["trial_id", "epoch"]).any()
     # The search's own test evaluation: each model's top 3 configurations, on all 10,000 test images.
     evaluated = trials[trials.test_acc.notna()]
-    assert sorted(evaluated.trial_id) == analysis.top_configs(trials, 3) and len(evaluated) == 12
+    assert sorted(evaluated.trial_id) == queries.top_configs(trials, 3) and len(evaluated) == 12
     confusion = pd.read_parquet(quick_fourfam / store.CONFUSION_FILE)
     assert set(confusion.trial_id) == set(evaluated.trial_id) and (confusion.groupby("trial_id")["count"].sum()
                                                                    == 10_000).all()

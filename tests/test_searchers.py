@@ -17,9 +17,10 @@ from ray import tune
 from ray.tune.experiment import Experiment
 from ray.tune.search import SearchAlgorithm, SearchGenerator
 
-from tunefm import distributions, searchers, study
+from tunefm import searchers, study
 from tunefm.cli import main
 from tunefm.errors import UserError
+from tunefm.searchers import distributions
 from tunefm.study import Study
 
 SPACE = {"lr": tune.loguniform(1e-3, 0.2), "momentum": tune.uniform(0.5, 0.95), "batch_size": tune.choice([16, 64])}

@@ -5,9 +5,8 @@ import time
 import pandas as pd
 import pytest
 
-from tunefm import columns, store, trial_summary
-from tunefm import run_writer
-from tunefm.run_writer import RunWriter
+from tunefm.run import columns, store, trial_summary
+from tunefm.run.writer import COMPACT_FANOUT, RunWriter
 
 
 def _result(epoch, train_loss, val_loss, val_acc, t=1.0):
@@ -293,7 +292,7 @@ def test_append_only_parts_stay_unique_few_and_readable_by_plain_readers(tmp_pat
         writer.add_epoch(trial, config, _result(epoch, 1.0, 1.0, val_acc))
         writer.flush()
         parts = list((tmp_path / store.EPOCHS_FILE).glob("*.parquet"))
-        assert len(parts) < 3 * run_writer.COMPACT_FANOUT
+        assert len(parts) < 3 * COMPACT_FANOUT
     epochs = store.read_epochs(tmp_path)
     assert dict(zip(zip(epochs.trial_id, epochs.epoch), epochs.val_acc)) == expected
     assert not epochs.duplicated(["trial_id", "epoch"]).any()

@@ -15,9 +15,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from tunefm import data, store, study, trainable
+from tunefm import study
 from tunefm.cli import main
-from tunefm.search import SearchSettings, run
+from tunefm.engine import data, solo
+from tunefm.run import store
+from tunefm.tune.search import run
+from tunefm.tune.settings import SearchSettings
 
 TINY = dict(max_epochs=1, train_size=256, val_size=128, test_size=256)
 
@@ -46,7 +49,7 @@ def test_every_config_of_every_study_trains_one_epoch(name, slice_arrays):
     configs = study_configs(study.load(name))
     assert configs
     for config in configs:
-        [(metrics, state)] = list(trainable.fit(config, slice_arrays, 1, torch.device("cpu")))
+        [(metrics, state)] = list(solo.fit(config, slice_arrays, 1, torch.device("cpu")))
         assert metrics["epoch"] == 1 and np.isfinite(metrics["train_loss"]) and np.isfinite(metrics["val_loss"])
         assert 0 <= metrics["val_acc"] <= 1
 
@@ -209,6 +212,6 @@ def test_the_readmes_random_search_study_runs_inside_its_space(tmp_path, data_di
 
 
 def search_study(space: str, **options) -> study.Study:
-    from tunefm.search import build_study
+    from tunefm.tune.search import build_study
 
     return build_study(SearchSettings(space=space, **options))

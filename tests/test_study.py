@@ -4,8 +4,8 @@ overrides, validation."""
 import re
 
 import pytest
-
 from conftest import REPO
+
 from tunefm import study
 from tunefm.errors import UserError
 

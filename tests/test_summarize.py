@@ -11,12 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-
 from conftest import REPO, tiny_run
-from tunefm import store, summary
+
+from tunefm.analysis import summary
 from tunefm.cli import main
-from tunefm.data import CLASSES
-from tunefm.run_writer import RunWriter
+from tunefm.engine.data import CLASSES
+from tunefm.run import store, writer
+from tunefm.run.writer import RunWriter
 
 JSON_KEYS = {"best", "reference", "grid", "importance", "pareto", "overfit", "overfit_grid", "confusion", "confusion_pairs"}
 
@@ -89,7 +90,7 @@ def test_reference_leaves_out_what_the_run_does_not_have_and_says_so(small_fourf
     those two, and one line naming the rows it has no trials for, not two tables of dashes."""
     cut = shutil.copytree(small_fourfam, tmp_path / "two-models")
     trials = store.read_trials(cut)
-    store.write_trials(cut, trials[trials.model.isin(["iaro1", "iaro2"])])
+    writer.write_trials(cut, trials[trials.model.isin(["iaro1", "iaro2"])])
     text = invoke("summarize", str(cut), "--section", "reference").output
     assert "not in this run: model=iaro3, model=iaro4" in text
     assert "model=iaro1: seed chose" in text and "model=iaro2: seed chose" in text
@@ -254,7 +255,7 @@ def test_a_run_in_progress_without_test_results_still_summarizes(tmp_path):
      "first epochs"),
     (lambda r: (r / store.TRIALS_FILE / "bucket-00000.parquet").write_bytes(b"PAR1 not really"), ["summarize", "run"],
      "Error: cannot read {results}/run/trials.parquet/bucket-00000.parquet: "),
-    (lambda r: store.write_trials(r, pd.DataFrame({"trial_id": pd.Series([], dtype=str)})), ["summarize", "run"],
+    (lambda r: writer.write_trials(r, pd.DataFrame({"trial_id": pd.Series([], dtype=str)})), ["summarize", "run"],
      "Error: run {results}/run has no trials in trials.parquet"),
     (lambda r: None, ["summarize", "run", "--rows", "width"],
      "Error: --rows 'width' is not a config key of this run; valid: model, lr, batch_size"),

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from tunefm import study as studies
-from tunefm.tensorboard import METRIC_TAGS, TensorBoardWriter
+from tunefm.tune.tensorboard import METRIC_TAGS, TensorBoardWriter
 
 
 def events(folder: Path) -> list:

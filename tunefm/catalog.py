@@ -2,7 +2,7 @@
 
     catalog.models_table()           name, family, params, source seed
     catalog.studies_table()          name, seed, trials, max epochs, searcher, description
-    catalog.describe_study(study)    one study in full: its docstring, keys and figures
+    catalog.describe_study(name)     one study in full: its docstring, keys and figures
     catalog.searchers_text()         the searchers a study can name
 
 The library behind `tunefm models` and `tunefm spaces`.
@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import pandas as pd
 
-from tunefm import models, study as studies
-from tunefm.summary import fmt_params, text_table
+from tunefm import searchers
+from tunefm import study as studies
+from tunefm.analysis.summary import fmt_params
+from tunefm.analysis.tables import text_table
+from tunefm.engine import models
 
 
 def _seed(source: str) -> str:
@@ -48,8 +51,10 @@ def studies_table() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def describe_study(study: studies.Study) -> str:
-    """Everything about one study: what it reproduces, its search, its fixed values and figures."""
+def describe_study(name_or_path: str) -> str:
+    """Everything about one study (a name or a .py file): what it reproduces, its search, its
+    fixed values and figures."""
+    study = studies.load(name_or_path)
     lines = [f"{study.name}: {study.description}",
              f"source: {study.source or '-'}; searcher: {study.searcher}; trials: {study.num_trials}; "
              f"max epochs: {study.max_epochs}; test set: top {study.test_top} per model"]
@@ -70,6 +75,4 @@ def describe_study(study: studies.Study) -> str:
 
 def searchers_text() -> str:
     """One line per registered searcher (tunefm/searchers/): what a study's `searcher=` may say."""
-    from tunefm import searchers
-
     return "\n".join(f"  {name:<9} {searcher.summary}" for name, searcher in searchers.REGISTRY.items())

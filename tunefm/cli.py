@@ -20,21 +20,24 @@ or 143.
 from __future__ import annotations
 
 import functools
+import json
 import signal
 
 import click
 from click.core import ParameterSource
 
-from tunefm.analysis import AGGREGATES, COSTS
+from tunefm.analysis import mlflow_export, summary
+from tunefm.analysis.importance import METHODS as IMPORTANCE_METHODS
+from tunefm.analysis.queries import AGGREGATES, COSTS
+from tunefm.analysis.summary import FORMATS, SECTIONS
+from tunefm.engine.choices import FUSE_MODES, LOOPS
 from tunefm.errors import Interrupted, UserError
-from tunefm.summary import FORMATS, SECTIONS
+from tunefm.run import store, writer
+from tunefm.tune.settings import SearchSettings
 
-LOOPS = ("auto", "plain", "channels_last", "native_conv", "captured")  # tunefm.loops.NAMES, without importing torch
-FUSE_MODES = ("auto", "on", "off")  # tunefm.placement.FUSE_MODES, without importing Ray
-IMPORTANCE_METHODS = ("auto", "anova", "fanova", "ped-anova")  # tunefm.importance.METHODS, without statsmodels
-
-# Ray and torch are imported inside the commands that need them: `summarize` and
-# `report` read Parquet only (pandas) and start in a fraction of a second.
+# Ray, torch, matplotlib and plotly are imported inside the commands that need them (each
+# import says which): `summarize`, `compact` and `export` read Parquet only (pandas) and
+# start in a fraction of a second. These are the package's only imports inside functions.
 
 
 def user_errors(command):
@@ -143,7 +146,7 @@ def search(**options) -> None:
     Ctrl-C (or SIGTERM) stops the trials at their last checkpoint and prints the command
     that resumes the run: `tunefm search --name RUN --resume`.
     """
-    from tunefm import resume, search, store, summary
+    from tunefm.tune import resume, search  # Ray and torch: only for the commands that train
 
     context = click.get_current_context()
     given = {k for k in options if context.get_parameter_source(k) == ParameterSource.COMMANDLINE}
@@ -155,7 +158,7 @@ def search(**options) -> None:
     options["ray_logs"] = bool(context.find_root().params.get("debug"))  # Ray's own output only with --debug
     given.add("ray_logs")
     resuming = options.pop("resume")
-    settings = search.SearchSettings(**options)
+    settings = SearchSettings(**options)
     try:
         outcome = resume.run(settings, given, echo=click.echo) if resuming else search.run(settings, echo=click.echo)
     except Interrupted as e:
@@ -190,8 +193,7 @@ def evaluate(run: str, results_dir: str, test_top: int | None, data_dir: str | N
     trials.parquet and writes confusion.parquet. RUN is a run folder, or a run name
     under --results.
     """
-    from tunefm import evaluate as evaluation
-    from tunefm import store, summary
+    import tunefm.tune.evaluate as evaluation  # torch: only to run checkpoints on the test set
 
     run_dir = store.resolve_run(run, results_dir)
     outcome = evaluation.run(run_dir, test_top, data_dir, echo=click.echo)
@@ -207,10 +209,8 @@ def evaluate(run: str, results_dir: str, test_top: int | None, data_dir: str | N
 def compact(run: str, results_dir: str) -> None:
     """Merge a run's epoch part files into one (a search does this when it ends; a killed one
     leaves them). RUN is a run folder, or a run name under --results."""
-    from tunefm import run_writer, store
-
     run_dir = store.resolve_run(run, results_dir)
-    before, after = run_writer.compact_run(run_dir)
+    before, after = writer.compact_run(run_dir)
     click.echo(f"{run_dir}: {before} epoch part file(s) -> {after}")
 
 
@@ -244,8 +244,6 @@ def summarize(run: str | None, results_dir: str, sections: tuple[str, ...], fmt:
     Reads only the run's Parquet files, so it also works while the search is running.
     RUN is a run folder or a run name under --results.  [default: the newest run]
     """
-    from tunefm import store, summary
-
     run_dir = store.resolve_run(run, results_dir)
     settings = summary.SummaryOptions(sections=tuple(sections), **options)
     click.echo(summary.render(store.load_run(run_dir), settings, fmt))
@@ -265,8 +263,7 @@ def report(run: str | None, results_dir: str, out_dir: str | None, cost: str, co
 
     RUN is a run folder or a run name under --results.  [default: the newest run]
     """
-    from tunefm import report as reporting
-    from tunefm import store
+    import tunefm.analysis.report as reporting  # matplotlib and plotly: only to draw a report
 
     run_dir = store.resolve_run(run, results_dir)
     written = reporting.write(store.load_run(run_dir), out_dir, cost=cost, color_by=color_by)
@@ -287,8 +284,6 @@ def export(run: str, results_dir: str, mlflow_uri: str | None, experiment: str |
     epoch's metrics (step = epoch), its test metrics and confusion matrix. Exporting again
     updates those runs instead of adding new ones. Needs MLflow: pip install -e ".[mlflow]".
     RUN is a run folder, or a run name under --results."""
-    from tunefm import mlflow_export, store
-
     if not mlflow_uri:
         raise UserError("give --mlflow-uri URI (or set MLFLOW_TRACKING_URI): a tracking server (http://host:5000), "
                         "a database (sqlite:///mlflow.db) or a folder (file:///path/mlruns)")
@@ -339,51 +334,43 @@ def bench(model_names, batch_sizes, device, seconds, cpus_per_trial, train_size,
     """Measure training speed and peak memory per model and batch size here, and advise
     how many trials share one GPU (or node) and the GPU fraction to give each. With
     --calibration or --refresh: the per-machine choice of training loop and fused group size."""
-    import json
-
-    from tunefm import bench as benchmark
-    from tunefm import calibrate, loops
+    from tunefm import bench_report  # torch: only to measure training
+    from tunefm.engine import bench, calibrate, loops  # torch: only to measure training
 
     if calibration or refresh:
         shapes = None
         if refresh:
-            chosen_models = list(model_names) or list(benchmark.DEFAULT_MODELS)
-            chosen_batches = list(batch_sizes) or list(benchmark.DEFAULT_BATCH_SIZES)
-            benchmark.check(chosen_models, chosen_batches, seconds)
-            target = benchmark.resolve_device(device)
-            threads = max(1, int(cpus_per_trial))
-            shapes = []
-            for name in chosen_models:
-                for batch_size in chosen_batches:
-                    config = {"model": name, "batch_size": batch_size}
-                    calibrate.entry_for(config, target, threads, calibrate.GROUP_SIZES, refresh=True)
-                    shapes.append(calibrate.shape_id(config))
-                    click.echo(f"calibrated {shapes[-1]}", err=True)
+            chosen_models = list(model_names) or list(bench.DEFAULT_MODELS)
+            chosen_batches = list(batch_sizes) or list(bench.DEFAULT_BATCH_SIZES)
+            bench.check(chosen_models, chosen_batches, seconds)
+            shapes = calibrate.refresh(chosen_models, chosen_batches, bench.resolve_device(device),
+                                       max(1, int(cpus_per_trial)),
+                                       on_shape=lambda shape: click.echo(f"calibrated {shape}", err=True))
         contents = calibrate.cached()
         if fmt == "json":
             click.echo(json.dumps({"cache": str(calibrate.cache_dir() / calibrate.CACHE_FILE), "machines": contents},
                                   indent=2))
         else:
-            click.echo(calibrate.render(contents, shapes))
+            click.echo(bench_report.calibration_text(contents, shapes))
         return
     if cpus_per_trial <= 0:
         raise UserError(f"--cpus-per-trial must be > 0, got {cpus_per_trial}")
     if train_size < 1 or val_size < 1:
         raise UserError(f"--train-size and --val-size must be >= 1, got {train_size} and {val_size}")
-    benchmark.check(list(model_names) or list(benchmark.DEFAULT_MODELS), list(batch_sizes), seconds)
-    machine = benchmark.Machine.here(benchmark.resolve_device(device), cpus_per_trial)
-    loops.check(loop, benchmark.resolve_device(device))
-    rows = benchmark.measure(list(model_names) or list(benchmark.DEFAULT_MODELS),
-                             list(batch_sizes) or list(benchmark.DEFAULT_BATCH_SIZES), machine, seconds,
+    bench.check(list(model_names) or list(bench.DEFAULT_MODELS), list(batch_sizes), seconds)
+    machine = bench.Machine.here(bench.resolve_device(device), cpus_per_trial)
+    loops.check(loop, bench.resolve_device(device))
+    rows = bench.measure(list(model_names) or list(bench.DEFAULT_MODELS),
+                             list(batch_sizes) or list(bench.DEFAULT_BATCH_SIZES), machine, seconds,
                              data_dir, trial_images=train_size + val_size,
                              on_row=lambda r: click.echo(f"measured {r.model} batch {r.batch_size} ({r.loop}): "
                                                          f"{r.samples_per_s:,.0f} samples/s", err=True), loop=loop)
-    packings = benchmark.advise(rows, machine)
+    packings = bench.advise(rows, machine)
     if fmt == "json":
         click.echo(json.dumps({"machine": machine.record(), "rows": [r.record() for r in rows],
                                "packing": [p.record() for p in packings]}, indent=2))
     else:
-        click.echo(benchmark.render(rows, packings, machine))
+        click.echo(bench_report.bench_text(rows, packings, machine))
 
 
 @main.command()
@@ -391,13 +378,12 @@ def bench(model_names, batch_sizes, device, seconds, cpus_per_trial, train_size,
 @user_errors
 def spaces(name: str | None) -> None:
     """List the bundled studies, or show study NAME (a name or a .py file) in full."""
-    from tunefm import catalog, study
-    from tunefm.summary import text_table
+    from tunefm import catalog  # Ray and torch: studies' spaces and the model registry
 
     if name:
-        click.echo(catalog.describe_study(study.load(name)))
+        click.echo(catalog.describe_study(name))
     else:
-        click.echo(text_table(catalog.studies_table(), index=False, width=120))
+        click.echo(summary.text_table(catalog.studies_table(), index=False, width=120))
         click.echo("\nSearchers (a study's `searcher=`):\n" + catalog.searchers_text())
         click.echo("\nRun one: tunefm search --space NAME   Details: tunefm spaces NAME")
 
@@ -406,7 +392,7 @@ def spaces(name: str | None) -> None:
 @user_errors
 def models() -> None:
     """List the registered models: family, parameters, options and source seed."""
-    from tunefm import catalog
+    from tunefm import catalog  # torch: the model registry counts parameters
 
     click.echo(catalog.models_text())
 

@@ -1,17 +1,23 @@
 """The interface every searcher implements, and the shared part of the searchers that draw
 configs from a `space` of Ray Tune distributions (hyperopt, random).
 
-A searcher holds no state: each method takes the `Study` it works on. Ray is imported
-only inside the methods that build the search, so loading and listing studies stays fast.
+A searcher holds no state: each method takes the `Study` it works on. A study's `space`
+is written with Ray Tune's distributions, and `search_alg` hands Tune its search algorithm;
+how the trials are then placed and trained is the Tune layer's (`tunefm/tune/`).
 """
 
 from __future__ import annotations
 
 import abc
 import itertools
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Mapping
 
+from ray import tune
+
 from tunefm.errors import UserError
+from tunefm.searchers import distributions
+from tunefm.searchers.vocabulary import is_int, validate_value
 
 if TYPE_CHECKING:
     from tunefm.study import Study
@@ -54,11 +60,17 @@ class Searcher(abc.ABC):
                          seed: int) -> "Study":
         """The study with `--set` (`overrides`), `--num-samples` and `--seed` applied."""
 
+    def trial_configs(self, study: "Study", seed: int) -> list[dict[str, Any]] | None:
+        """Every trial's config in the order the search starts them, where that is known before
+        the search (None: drawn as it goes)."""
+        return None
+
     @abc.abstractmethod
     def search_alg(self, study: "Study", seed: int, concurrency: int | None,
-                   fused: bool = False) -> tuple[dict[str, Any], object, int]:
-        """(param_space, Ray Tune search algorithm, num_samples) for `tune.Tuner`. `fused`: the
-        trials are to train in stacked groups (placement.py), where the order matters."""
+                   configs: list[dict[str, Any]] | None = None) -> tuple[dict[str, Any], object, int]:
+        """(param_space, Ray Tune search algorithm, num_samples) for `tune.Tuner`. `configs`:
+        `trial_configs` in another order (the Tune layer groups same-shape trials where they
+        train fused); None: the searcher's own."""
 
     @abc.abstractmethod
     def describe(self, study: "Study") -> list[str]:
@@ -72,9 +84,6 @@ class DrawingSearcher(Searcher):
     fields = frozenset({"space", "num_samples", "points_to_evaluate"})
 
     def validate(self, study: "Study", where: str) -> None:
-        from tunefm import distributions  # imports Ray Tune only when a study uses a space
-        from tunefm.study import is_int, validate_value
-
         if study.grid or study.variants:
             raise UserError(f"{where}: a {self.name} study searches `space`; put fixed values in `fixed`, not grid "
                             f"or variants")
@@ -96,29 +105,21 @@ class DrawingSearcher(Searcher):
         return study.num_samples
 
     def configs_to_check(self, study: "Study") -> list[dict[str, Any]]:
-        from tunefm import distributions
-
         base = study.base_config()
         options = {k: distributions.domain_values(k, d) for k, d in study.space.items()}
         return [{**base, **dict(zip(options, combo))} for combo in itertools.product(*options.values())]
 
     def vary(self, parts: dict[str, Any], key: str, values: list[Any]) -> None:
-        from ray import tune
-
         parts["space"][key] = tune.choice(list(values))
         parts["points_to_evaluate"] = []  # the seed's starting points no longer fit the space
 
     def with_run_options(self, study: "Study", overrides: dict[str, list[Any]], num_samples: int | None,
                          seed: int) -> "Study":
-        from dataclasses import replace
-
         overrides.setdefault("seed", [seed])
         study = study.with_overrides(overrides)
         return replace(study, num_samples=num_samples) if num_samples is not None else study
 
     def describe(self, study: "Study") -> list[str]:
-        from tunefm import distributions
-
         lines = [f"  {key:<14} {distributions.describe(domain)}" for key, domain in study.space.items()]
         lines += [f"  first point    {_pairs(point)}" for point in study.points_to_evaluate]
         return lines + [f"  {study.num_samples} configs drawn; " + self.summary]

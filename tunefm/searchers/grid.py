@@ -2,8 +2,8 @@
 `variants` (explicit partial configs, for comparisons that are not a product), each with
 `fixed` added; `--num-samples N` runs each grid point with N seeds.
 
-The trials start in a seeded random order (`trial_order`), or grouped by shape where
-they train fused (`placement.fused_order`).
+The trials start in a seeded random order (`trial_order`); where they train fused, the
+Tune layer regroups them by shape (`placement.fused_order`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,12 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ray import tune
+from ray.tune.search import BasicVariantGenerator
+
 from tunefm.errors import UserError
 from tunefm.searchers.base import Searcher, _pairs
+from tunefm.searchers.vocabulary import validate_value
 
 if TYPE_CHECKING:
     from tunefm.study import Study
@@ -38,8 +42,6 @@ class GridSearcher(Searcher):
     fields = frozenset({"grid", "variants"})
 
     def validate(self, study: "Study", where: str) -> None:
-        from tunefm.study import validate_value
-
         for key, values in study.grid.items():
             if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) == 0:
                 raise UserError(f"{where}: grid[{key!r}] must be a non-empty list of values, got {values!r}")
@@ -86,17 +88,12 @@ class GridSearcher(Searcher):
             overrides["seed"] = [seed + i for i in range(num_samples)]
         return study.with_overrides(overrides)
 
+    def trial_configs(self, study: "Study", seed: int) -> list[dict[str, Any]]:
+        return trial_order(self.configs(study), seed)
+
     def search_alg(self, study: "Study", seed: int, concurrency: int | None,
-                   fused: bool = False) -> tuple[dict[str, Any], object, int]:
-        from ray import tune
-        from ray.tune.search import BasicVariantGenerator
-
-        if fused:
-            from tunefm import placement
-
-            configs = placement.fused_order(self.configs(study), seed)
-        else:
-            configs = trial_order(self.configs(study), seed)
+                   configs: list[dict[str, Any]] | None = None) -> tuple[dict[str, Any], object, int]:
+        configs = configs if configs is not None else self.trial_configs(study, seed)
         base = study.base_config()
         # Each config pins every key, so each is exactly one trial, started in this order;
         # the space only declares each varied key's values.

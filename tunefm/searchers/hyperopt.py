@@ -10,8 +10,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.hyperopt import HyperOptSearch
+
 from tunefm.errors import UserError
 from tunefm.searchers.base import DrawingSearcher
+from tunefm.searchers.vocabulary import is_int
 
 if TYPE_CHECKING:
     from tunefm.study import Study
@@ -25,17 +29,12 @@ class HyperoptSearcher(DrawingSearcher):
     fields = DrawingSearcher.fields | {"initial_points"}
 
     def validate(self, study: "Study", where: str) -> None:
-        from tunefm.study import is_int
-
         super().validate(study, where)
         if not is_int(study.initial_points) or study.initial_points < 1:
             raise UserError(f"{where}: initial_points must be an integer >= 1, got {study.initial_points!r}")
 
     def search_alg(self, study: "Study", seed: int, concurrency: int | None,
-                   fused: bool = False) -> tuple[dict[str, Any], object, int]:
-        from ray.tune.search import ConcurrencyLimiter
-        from ray.tune.search.hyperopt import HyperOptSearch
-
+                   configs: list[dict[str, Any]] | None = None) -> tuple[dict[str, Any], object, int]:
         algorithm = HyperOptSearch(metric="val_acc", mode="max", n_initial_points=study.initial_points,
                                    points_to_evaluate=[dict(p) for p in study.points_to_evaluate] or None,
                                    random_state_seed=seed)

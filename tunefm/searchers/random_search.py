@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ray.tune.search import BasicVariantGenerator
+
 from tunefm.searchers.base import DrawingSearcher
 
 if TYPE_CHECKING:
@@ -26,9 +28,7 @@ class RandomSearcher(DrawingSearcher):
     summary = "random search: independent draws from the space, seeded by --seed"
 
     def search_alg(self, study: "Study", seed: int, concurrency: int | None,
-                   fused: bool = False) -> tuple[dict[str, Any], object, int]:
-        from ray.tune.search import BasicVariantGenerator
-
+                   configs: list[dict[str, Any]] | None = None) -> tuple[dict[str, Any], object, int]:
         algorithm = BasicVariantGenerator(points_to_evaluate=[dict(p) for p in study.points_to_evaluate] or None,
                                           max_concurrent=concurrency or study.concurrency or 0, random_state=seed)
         return {**study.base_config(), **study.space}, algorithm, study.num_samples

@@ -1,0 +1,102 @@
+"""A trial's checkpoints in the run folder (or under --storage): their files, the one listing
+of them, and which of them a run's policy keeps.
+
+    <tune>/<trial_id>/<folder>/state.pt    model, optimizer, epoch, RNG states (engine.training)
+                              /meta.json   {"epoch": 3, "val_acc": 0.91}: found without torch
+
+Tune names the folders and decides when one is written; a checkpoint folder is known here
+by its own files, not by Tune's folder names. Read through pyarrow's file systems, so
+`--storage s3://...` is listed the same way. No torch: `state.pt` stays bytes here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import pyarrow.fs as pafs
+
+from tunefm.errors import UserError
+
+STATE_FILE, META_FILE = "state.pt", "meta.json"
+POLICIES = ("best", "all")  # --keep-checkpoints
+KEEP_TOP = 5  # configurations per model whose best checkpoint outlives the search under "best"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One checkpoint folder: its epoch (None where meta.json is missing or unreadable) and bytes."""
+
+    folder: str
+    epoch: int | None
+    size: int
+    has_state: bool
+
+
+def files(state: bytes, epoch: int, val_acc: float) -> dict[str, bytes]:
+    """A checkpoint's files: the state's bytes, and the meta that lets it be found cheaply."""
+    return {STATE_FILE: state, META_FILE: json.dumps({"epoch": epoch, "val_acc": val_acc}).encode()}
+
+
+def write(folder: str | os.PathLike, contents: dict[str, bytes]) -> None:
+    """Write a checkpoint's files into a local folder (Tune then persists the folder)."""
+    for name, blob in contents.items():
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(blob)
+
+
+def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
+    with fs.open_input_stream(path) as stream:
+        return stream.read()
+
+
+def state_path(folder: str) -> str:
+    return f"{folder}/{STATE_FILE}"
+
+
+def listing(fs: pafs.FileSystem, trial_dir: str) -> list[Checkpoint]:
+    """Every checkpoint folder of one trial, in name order (Tune's names sort by index): one
+    listing of the trial's folder (one request on S3), then one small read per meta.json."""
+    selector = pafs.FileSelector(trial_dir, allow_not_found=True, recursive=True)
+    root = trial_dir.rstrip("/")
+    folders: dict[str, dict] = {}
+    for info in fs.get_file_info(selector):
+        if info.type != pafs.FileType.File:
+            continue
+        relative = info.path[len(root) + 1:]
+        if relative.count("/") != 1:
+            continue  # the trial's own files, or deeper
+        top, name = relative.split("/")
+        entry = folders.setdefault(f"{root}/{top}", {"size": 0, "meta": None, "state": False})
+        entry["size"] += info.size or 0
+        entry["meta"] = info.path if name == META_FILE else entry["meta"]
+        entry["state"] = entry["state"] or name == STATE_FILE
+    found = []
+    for folder, entry in sorted(folders.items()):
+        if entry["meta"] is None and not entry["state"]:
+            continue  # not a checkpoint
+        epoch = None
+        if entry["meta"] is not None:
+            try:
+                epoch = int(json.loads(read_bytes(fs, entry["meta"]))["epoch"])
+            except (OSError, ValueError, KeyError):
+                epoch = None
+        found.append(Checkpoint(folder, epoch, entry["size"], entry["state"]))
+    return found
+
+
+def check_policy(policy: str) -> None:
+    if policy not in POLICIES:
+        raise UserError(f"--keep-checkpoints must be {' or '.join(POLICIES)}, got {policy!r}")
+
+
+def gone_message(trial_id: str, kept: dict) -> str | None:
+    """The error for a trial whose checkpoint the run's policy deleted (None if it did not);
+    `kept` is run.json's "checkpoints"."""
+    if kept.get("policy") != "best" or "kept_trials" not in kept or trial_id in kept["kept_trials"]:
+        return None
+    top = kept.get("keep_top", KEEP_TOP)
+    return (f"trial {trial_id}'s checkpoints were deleted after the search: --keep-checkpoints best keeps only "
+            f"each model's top {top} configuration(s); evaluate with --test-top {top} or less, or run the search "
+            f"with --keep-checkpoints all")

@@ -1,0 +1,178 @@
+"""The Ray cluster a search runs on: starting or joining it, its nodes, what a trial asks of them.
+
+    started, dashboard = cluster.start_ray(address)      # a local Ray, or join `address`
+    nodes = cluster.connect(cpus_per_trial=1, gpus_per_trial=None)   # fails now if no node fits a trial
+    resources = cluster.trial_resources(1, None, nodes.has_gpus)     # config -> PlacementGroupFactory
+
+A local Ray gets its dashboard on 127.0.0.1 with token authentication on. Nodes count
+as the live ones plus the node types an autoscaler may still start, so a `ray up`
+cluster with no GPU worker running yet is not refused. A trial takes its model's GPU
+share where the cluster has GPUs, unless --gpus-per-trial says otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from typing import Callable
+
+import ray
+from ray.tune import PlacementGroupFactory
+
+from tunefm.engine import devices, models
+from tunefm.errors import UserError
+from tunefm.tune import ray_internals
+
+
+def trial_resources(cpus: float, gpus_per_trial: float | None, cluster_has_gpus: bool) -> Callable[[dict], object]:
+    """config -> PlacementGroupFactory: each model's GPU share unless --gpus-per-trial says otherwise."""
+
+    def resources(config: dict):
+        gpu = gpus_per_trial if gpus_per_trial is not None else models.get(config["model"]).gpu_fraction
+        bundle = {"CPU": cpus}
+        if cluster_has_gpus and gpu > 0:
+            bundle["GPU"] = gpu
+        return PlacementGroupFactory([bundle])
+
+    return resources
+
+
+def cluster_nodes() -> list[dict[str, float]]:
+    """Resources of each live node of the connected Ray cluster."""
+
+    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+
+def local_node() -> list[dict[str, float]]:
+    """What a local Ray would detect here, known before starting one."""
+
+    return [{"CPU": len(os.sched_getaffinity(0)), "GPU": devices.count()}]
+
+
+def check_resources_fit(cpus: float, gpus: float | None, nodes: list[dict[str, float]]) -> None:
+    """Fail now, not pending forever, when no node can ever hold one trial."""
+    need = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+    for resource, amount in need.items():
+        most = max((n.get(resource, 0) for n in nodes), default=0)
+        if most < amount:
+            flag = "--cpus-per-trial" if resource == "CPU" else "--gpus-per-trial"
+            raise UserError(f"{flag} {amount:g} can never be met: the largest node has {most:g} {resource}")
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds on a host:port with nothing listening; ray.init would retry for minutes."""
+    given = address
+    if address == "auto":
+        address = ray_internals.auto_address()
+        if address is None:
+            raise UserError("--address auto found no Ray cluster on this machine (RAY_ADDRESS is unset and no "
+                            "`ray start` is running); start one with `ray start --head`, or leave out --address "
+                            "to run on a local Ray")
+    host, sep, port = address.rpartition(":")
+    if "://" in address or not sep or not port.isdigit():
+        return  # ray:// is Ray Client's; anything else ray.init checks itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        found = f" (--address auto found {address})" if given == "auto" else ""
+        raise UserError(f"no Ray cluster answers at --address {given}{found} ({e.strerror or e}); "
+                        f"start one with `ray start --head` or give its head node's address") from None
+
+
+def start_ray(address: str | None, log_to_driver: bool = False, **local_options) -> tuple[bool, str | None]:
+    """Join `address`, or start a local Ray (`local_options` such as num_cpus go to its
+    ray.init); returns (we started it, dashboard URL).
+
+    Without an address the Ray is always a new local one: `address="local"` makes
+    ray.init ignore RAY_ADDRESS, a `ray start` cluster running on this machine, and
+    the address a dead one left behind (each of which a bare ray.init() would try to
+    join). It gets its dashboard on 127.0.0.1 only, with token authentication on
+    (Ray's local default since 2.59 when RAY_AUTH_MODE is unset; `announce` warns when
+    it is off); the token is in ~/.ray/auth_token and `ray get-auth-token` prints it.
+    Without `log_to_driver` the terminal shows tunefm's lines only: no worker output ("Checkpoint
+    successfully created" per trial and epoch), no raylet warnings; each trial's errors are in its
+    error.txt, and tunefm prints a line per failed trial.
+    """
+
+    if address:
+        check_reachable(address)
+    if ray.is_initialized():
+        return False, None
+    try:
+        # Ray's own "Connected"/"Started" lines and its "token authentication is enabled"
+        # notice repeat what tunefm prints itself, and would make a user error two lines.
+        ray_internals.quiet_auth_notice()
+        quiet = dict(log_to_driver=log_to_driver, logging_level=logging.WARNING)
+        if address:
+            context = ray.init(address=address, **quiet)
+        else:
+            ray_internals.quiet_worker_pool_warning(int(local_options.get("num_cpus") or len(os.sched_getaffinity(0))))
+            context = ray.init(**{"address": "local", "include_dashboard": True, "dashboard_host": "127.0.0.1",
+                                  **quiet, **local_options})
+    except (ConnectionError, ValueError, RuntimeError) as e:
+        where = f"the Ray cluster at {address}" if address else "a local Ray"
+        raise UserError(f"could not start or join {where}: {str(e).splitlines()[0]}") from None
+    url = getattr(context, "dashboard_url", None)
+    return True, (f"http://{url}" if url and not url.startswith("http") else url)
+
+
+def gcs_address() -> str | None:
+    """The address of the Ray cluster this process is connected to (recorded in run.json)."""
+
+    try:
+        return ray.get_runtime_context().gcs_address
+    except Exception:
+        return None
+
+
+@dataclass
+class Cluster:
+    """The connected Ray cluster's nodes: live ones, and types its autoscaler may still start."""
+
+    nodes: list[dict[str, float]]
+    launchable: list[dict[str, float]]
+
+    @property
+    def has_gpus(self) -> bool:
+        return any(n.get("GPU", 0) > 0 for n in self.nodes + self.launchable)
+
+    @property
+    def multi_node(self) -> bool:
+        return len(self.nodes) > 1 or bool(self.launchable)
+
+    @property
+    def gpus(self) -> int:
+        """GPUs of the live nodes."""
+        return int(sum(n.get("GPU", 0) for n in self.nodes))
+
+    @property
+    def cpus(self) -> float:
+        """CPUs of the live nodes."""
+        return float(sum(n.get("CPU", 0) for n in self.nodes))
+
+    def cpu_slots(self, cpus_per_trial: float) -> int:
+        """Trials of `cpus_per_trial` CPUs that the live nodes hold at once (at least 1)."""
+        return max(1, sum(int(n.get("CPU", 0) // cpus_per_trial) for n in self.nodes))
+
+
+def connect(cpus_per_trial: float, gpus_per_trial: float | None) -> Cluster:
+    """The cluster Ray is connected to, after checking that one trial fits on some node."""
+    cluster = Cluster(cluster_nodes(), ray_internals.launchable_nodes())
+    check_resources_fit(cpus_per_trial, gpus_per_trial, cluster.nodes + cluster.launchable)
+    return cluster
+
+
+def announce(cluster: Cluster, dashboard: str | None, address: str | None, storage: str | None,
+             echo: Callable[[str], None]) -> None:
+    """The dashboard line and the warnings about this cluster, before the search starts."""
+    token_auth = ray_internals.auth_mode() == "token"
+    if dashboard:
+        echo(f"Ray dashboard: {dashboard}" + ("   (token: `ray get-auth-token`)" if token_auth else ""))
+    if not token_auth and not address:
+        echo("Warning: RAY_AUTH_MODE=disabled: the dashboard and Ray's ports accept anyone who can reach them")
+    if storage is None and cluster.multi_node:
+        echo(f"Warning: a cluster of {len(cluster.nodes)} node(s) and no --storage: trials on other nodes keep their "
+             f"checkpoints on their own disks, where resuming and the test evaluation cannot find them; "
+             f"give --storage s3://bucket/path or a folder every node shares (docs/cluster.md)")
