@@ -9,6 +9,7 @@ import pytest
 from tunefm.analysis import queries
 from tunefm.engine.data import CLASSES
 from tunefm.errors import UserError
+from tunefm.run import ranking
 
 
 def trials_frame(rows):
@@ -116,14 +117,14 @@ def test_top_configs_takes_every_seed_of_the_top_k_per_model_by_validation_only(
     for model, lr, seed in itertools.product(["m1", "m2"], [0.1, 0.01, 0.001], [0, 1]):
         rows.append({"model": model, "lr": lr, "seed": seed, "best_val_acc": 0.5 + lr + 0.001 * seed})
     trials = trials_frame(rows + [{"model": "m3", "best_val_acc": np.nan, "epochs": 0}])
-    chosen = queries.top_configs(trials, 2)
+    chosen = ranking.top_configs(trials, 2)
     expected = trials[trials["lr"].isin([0.1, 0.01]) & trials["model"].isin(["m1", "m2"])]["trial_id"]
     assert chosen == sorted(expected)
     # The test set cannot change the choice.
     trials["test_acc"] = np.where(trials["lr"] == 0.001, 0.99, 0.1)
-    assert queries.top_configs(trials, 2) == chosen
-    assert queries.top_configs(trials, 0) == []
-    assert len(queries.top_configs(trials, 10)) == 12  # every configuration with a result
+    assert ranking.top_configs(trials, 2) == chosen
+    assert ranking.top_configs(trials, 0) == []
+    assert len(ranking.top_configs(trials, 10)) == 12  # every configuration with a result
 
 
 # ---- grid ------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from conftest import linked_copy, write_idx
 from tunefm.analysis import queries
 from tunefm.engine import data, solo, training
 from tunefm.errors import UserError
-from tunefm.run import checkpoints, store, trial_summary
+from tunefm.run import checkpoints, ranking, store, trial_summary
 from tunefm.run.writer import RunWriter
 from tunefm.tune import evaluate
 
@@ -98,7 +98,7 @@ def test_the_winners_are_evaluated_from_their_best_validation_checkpoints(small_
     """small_fourfam ran evaluate_trials as a search does when it ends (test_top 3 per model)."""
     trials = store.read_trials(small_fourfam)
     evaluated = trials[trials.test_acc.notna()]
-    assert sorted(evaluated.trial_id) == queries.top_configs(trials, 3)
+    assert sorted(evaluated.trial_id) == ranking.top_configs(trials, 3)
     assert evaluated.groupby("model").size().to_dict() == {f"iaro{i}": 3 for i in range(1, 5)}
     assert trials.test_loss.notna().sum() == 12
 

@@ -1,4 +1,4 @@
-"""Hyperparameter importance (tunefm/importance.py): an exact ANOVA on full-factorial grids,
+"""Hyperparameter importance (tunefm/analysis/importance.py): an exact ANOVA on full-factorial grids,
 checked against statsmodels run directly on trials.parquet and against sums of squares
 computed by hand; Optuna's fANOVA and PED-ANOVA for everything else."""
 

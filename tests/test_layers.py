@@ -1,12 +1,13 @@
 """The package's layers, from its source: no import cycle, no import up a layer, the lower
 layers importable without Ray or torch, and Ray's private names in one module.
 
-    cli, catalog, bench_report      the commands                        (top)
+    cli, catalog, bench_report      the commands                          (top)
+    analysis/                       answers from a run folder: no Ray, no torch
     tune/                           everything that talks to Ray
-    study, searchers/ | analysis/   plain data | answers from a run folder (neither imports the other)
+    study, searchers/               plain data: what to search
     run/                            the run folder's one owner: no Ray, no torch
     engine/                         plain PyTorch: no Ray, no pandas
-    errors, optional                shared by all                       (bottom)
+    errors, optional                shared by all                         (bottom)
 
 A module may import its own layer's modules and any layer below; imports inside functions
 count (the graph is read from the source, not from what one run happened to import).
@@ -31,10 +32,10 @@ LAYERS = {
     "tunefm.engine": (1, "engine"),
     "tunefm.run": (2, "run"),
     "tunefm.study": (3, "plain data"), "tunefm.searchers": (3, "plain data"),
-    "tunefm.analysis": (3, "analysis"),
     "tunefm.tune": (4, "tune"),
-    "tunefm.cli": (5, "commands"), "tunefm.catalog": (5, "commands"), "tunefm.bench_report": (5, "commands"),
-    "tunefm": (5, "commands"),  # the package's own __init__ (imports nothing)
+    "tunefm.analysis": (5, "analysis"),
+    "tunefm.cli": (6, "commands"), "tunefm.catalog": (6, "commands"), "tunefm.bench_report": (6, "commands"),
+    "tunefm": (6, "commands"),  # the package's own __init__ (imports nothing)
 }
 MAX_IMPORTS_IN_FUNCTIONS = 10
 

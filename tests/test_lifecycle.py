@@ -1,4 +1,4 @@
-"""A run's life (tunefm/lifecycle.py): run.json's schema and transitions, the Ray session that
+"""A run's life (tunefm/tune/lifecycle.py, tunefm/run/record.py): run.json's schema and transitions, the Ray session that
 always shuts down what it started, and that nothing else starts Ray or writes run.json.
 
 The whole life of real runs (started, interrupted, resumed, failed, completed, evaluated)

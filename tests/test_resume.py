@@ -19,7 +19,7 @@ from conftest import QUICK_FOURFAM
 from local_cluster import fresh_ray_env
 
 from tunefm.run import store
-from tunefm.tune import resume, search
+from tunefm.tune import ray_internals, resume, search
 from tunefm.tune.settings import SearchSettings
 
 CONFIG_KEYS = ["model", "lr", "batch_size", "seed"]
@@ -111,7 +111,7 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_runs_trials(quick_fourfam, t
     interrupted = before[(before.status == "INTERRUPTED") & (before.epochs >= 1)].trial_id.tolist()
     # The trials whose checkpoint Tune's saved state records (one stopped while Tune was still
     # taking in its checkpoint has none there, and starts again, to the same numbers).
-    recorded = {Path(p).parent.name for p in resume.named_checkpoints(str(run_dir / store.TUNE_DIR),
+    recorded = {Path(p).parent.name for p in ray_internals.named_checkpoints(str(run_dir / store.TUNE_DIR),
                                                                       unfinished_only=True)}
 
     resumed = subprocess.run([sys.executable, "-c", "from tunefm.cli import main; main()",
@@ -201,7 +201,7 @@ def test_sigterm_stops_cleanly_and_the_run_resumes(tmp_path, data_dir):
     tune_dir = results / "t" / store.TUNE_DIR
     # (A trial that checkpointed just before the signal may also have finished before it: then
     # no interrupted trial has a checkpoint, and there is nothing to take away.)
-    named = [Path(p) for p in sorted(resume.named_checkpoints(str(tune_dir), unfinished_only=True))]
+    named = [Path(p) for p in sorted(ray_internals.named_checkpoints(str(tune_dir), unfinished_only=True))]
     if named:
         trial_dir = named[0].parent
         named[0].rename(trial_dir / "checkpoint_000099")

@@ -8,9 +8,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import linked_copy
 
-from tunefm.analysis import queries
 from tunefm.cli import main
-from tunefm.run import checkpoints, store
+from tunefm.run import checkpoints, ranking, store
 from tunefm.tune import retention
 
 
@@ -23,7 +22,7 @@ def on_disk(tune_dir, trial_id):
 def test_the_quick_search_keeps_only_the_best_checkpoint_of_each_models_top_configurations(quick_fourfam):
     trials = store.read_trials(quick_fourfam)
     info = store.read_json(quick_fourfam / store.RUN_FILE)
-    kept = queries.top_configs(trials, checkpoints.KEEP_TOP)
+    kept = ranking.top_configs(trials, checkpoints.KEEP_TOP)
     assert info["checkpoints"]["policy"] == "best" and info["checkpoints"]["keep_top"] == checkpoints.KEEP_TOP
     assert info["checkpoints"]["kept_trials"] == kept and len(kept) == 4 * checkpoints.KEEP_TOP
     tune_dir = quick_fourfam / store.TUNE_DIR

@@ -12,11 +12,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from tunefm.analysis import queries
 from tunefm.cli import main
 from tunefm.engine import data, solo
 from tunefm.errors import UserError
-from tunefm.run import store
+from tunefm.run import ranking, store
 from tunefm.tune import evaluate
 from tunefm.tune.search import run
 from tunefm.tune.settings import SearchSettings
@@ -265,7 +264,7 @@ def test_quick_fourfam_search_runs_the_full_grid_with_asha(quick_fourfam):
     assert len(epochs) == trials.epochs.sum() and not epochs.duplicated(["trial_id", "epoch"]).any()
     # The search's own test evaluation: each model's top 3 configurations, on all 10,000 test images.
     evaluated = trials[trials.test_acc.notna()]
-    assert sorted(evaluated.trial_id) == queries.top_configs(trials, 3) and len(evaluated) == 12
+    assert sorted(evaluated.trial_id) == ranking.top_configs(trials, 3) and len(evaluated) == 12
     confusion = pd.read_parquet(quick_fourfam / store.CONFUSION_FILE)
     assert set(confusion.trial_id) == set(evaluated.trial_id) and (confusion.groupby("trial_id")["count"].sum()
                                                                    == 10_000).all()

@@ -1,4 +1,4 @@
-"""TensorBoard's HParams tab (tunefm/tensorboard.py): the experiment at the root names every
+"""TensorBoard's HParams tab (tunefm/tune/tensorboard.py): the experiment at the root names every
 config key with its values or range and every metric tag; each trial's folder holds its
 session start and end. Read back from the event files themselves."""
 

@@ -5,7 +5,6 @@
     pareto(trials, "best_val_acc", "total_time_s")        trials no other trial beats on both
     overfit(trials, epochs), overfit_grid(...)            train/val loss gaps, overfitting flags
     confusion(confusion_counts, trials)                   matrix, per-class P/R/F1, confused pairs
-    top_configs(trials, k)             which trials get a test-set evaluation (val only)
     reported_vs_run(trials, reported)  the figures the source seed reported beside this run's
 
 Every function takes the DataFrames of `store.load_run` and returns DataFrames; the
@@ -23,6 +22,7 @@ import pandas as pd
 
 from tunefm.engine.data import CLASSES
 from tunefm.errors import UserError
+from tunefm.run import ranking
 from tunefm.run.trial_summary import config_columns
 
 COSTS = ("total_time_s", "time_per_epoch_s", "time_to_90_train_acc_s", "params", "gpu_seconds")
@@ -74,7 +74,7 @@ def configurations(trials: pd.DataFrame, metric: str = "best_val_acc") -> pd.Dat
         return pd.DataFrame(columns=["model", "params", "n", metric, f"{metric}_std", "trial_ids"])
     shown = describe_columns(scored)
     rows = []
-    for _, group in scored.groupby([c for c in config_columns(scored) if c != "seed"], dropna=False, sort=False):
+    for _, group in scored.groupby(ranking.configuration_keys(scored), dropna=False, sort=False):
         first = group.iloc[0]
         rows.append({
             "model": first["model"], "params": first["params"], "n": len(group),
@@ -89,25 +89,12 @@ def configurations(trials: pd.DataFrame, metric: str = "best_val_acc") -> pd.Dat
             "epochs": group["epochs"].mean(),
             "trial_ids": ",".join(sorted(group["trial_id"])),
         })
-    # Ties go to more seeds, then to the earliest trial id.
-    return pd.DataFrame(rows).sort_values([metric, "n", "trial_ids"], kind="stable",
-                                          ascending=[not higher_is_better(metric), False, True])
+    return ranking.ranked(pd.DataFrame(rows), metric, higher_is_better(metric))  # as the test evaluation ranks
 
 
 def best(trials: pd.DataFrame, metric: str = "best_val_acc") -> pd.DataFrame:
     """One row per model: its best configuration (`configurations`' columns), best model first."""
     return configurations(trials, metric).drop_duplicates("model").reset_index(drop=True)
-
-
-def top_configs(trials: pd.DataFrame, k: int) -> list[str]:
-    """Trial ids to evaluate on the test set: every seed of each model's top `k` configurations.
-
-    Ranked by mean validation accuracy over seeds, never by anything from the test set.
-    """
-    if k < 1:
-        return []
-    chosen = configurations(trials, "best_val_acc").groupby("model", sort=False).head(k)
-    return sorted(tid for ids in chosen["trial_ids"] for tid in ids.split(","))
 
 
 def grid_axes(trials: pd.DataFrame, rows: str | None = None, cols: str | None = None,

@@ -8,7 +8,7 @@
       run.json           study, options, versions, data checksums, times, host
       tune/              Ray Tune's experiment folder (checkpoints)
 
-`run_writer.RunWriter` writes the two tables as the search runs, at a cost per flush
+`writer.RunWriter` writes the two tables as the search runs, at a cost per flush
 that does not grow with the study; `partfiles.py` says how a reader gets one flush's
 state. `pandas.read_parquet(run / "epochs.parquet")` (or Polars, or DuckDB's
 `read_parquet('run/epochs.parquet/*.parquet')`) reads a folder as one table; `load_run`

@@ -4,7 +4,7 @@
     row = trial_summary.summary_row(state, history, config_columns, max_epochs=10)
 
 What a trial's row says about it (best epoch, lowest train loss, overfitting gap, time
-per epoch, time to 90% train accuracy) is decided here; `run_writer.RunWriter` calls
+per epoch, time to 90% train accuracy) is decided here; `writer.RunWriter` calls
 `summary_row` for every trial that changed since its last flush.
 """
 

@@ -4,7 +4,7 @@
     evaluate.run(run_dir, top_k=3)                     # the same from Python
 
 Which trials: every seed of each model's top K configurations by mean validation
-accuracy (`queries.top_configs`), chosen before the test images are even loaded, so
+accuracy (`ranking.top_configs`), chosen before the test images are even loaded, so
 model selection never sees the test set. Each is rebuilt from its config, loaded from
 the checkpoint of its best validation epoch (under `tune/<trial_id>/`, or the
 same under the run's `--storage`, read through pyarrow's file systems), and run once
@@ -31,10 +31,9 @@ import pyarrow.fs as pafs
 import torch
 from torch import nn
 
-from tunefm.analysis import queries
 from tunefm.engine import data, devices, loops, training, training_plan
 from tunefm.errors import UserError
-from tunefm.run import checkpoints, store, trial_summary, writer
+from tunefm.run import checkpoints, ranking, store, trial_summary, writer
 from tunefm.run.record import RunRecord, live_search_pid
 
 DEFAULT_TOP_K = 3
@@ -114,7 +113,7 @@ def evaluate_trials(run_dir: Path, test_x: np.ndarray, test_y: np.ndarray, top_k
     run_dir = Path(run_dir)
     fs, tune_path = pafs.FileSystem.from_uri(tune_dir or str((run_dir / store.TUNE_DIR).resolve()))
     trials = store.read_trials(run_dir)
-    chosen = queries.top_configs(trials, top_k)  # from validation numbers only
+    chosen = ranking.top_configs(trials, top_k)  # from validation numbers only
     for trial_id in chosen:
         gone = checkpoints.gone_message(trial_id, kept or {})
         if gone:

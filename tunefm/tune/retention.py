@@ -25,8 +25,7 @@ import pandas as pd
 import pyarrow.fs as pafs
 from ray.tune import Callback
 
-from tunefm.analysis import queries
-from tunefm.run import checkpoints
+from tunefm.run import checkpoints, ranking
 from tunefm.run.checkpoints import KEEP_TOP
 
 
@@ -100,7 +99,7 @@ class Pruning:
     def after_search(self, trials) -> Freed:
         """Keep only the best checkpoint of each model's top `keep_top` configurations (`trials`:
         the run's trials table); delete every other checkpoint of the run."""
-        kept = set(queries.top_configs(trials, self.keep_top))
+        kept = set(ranking.top_configs(trials, self.keep_top))
         self.freed.kept_trials = sorted(kept)
         self.freed.kept_checkpoints = self.freed.kept_bytes = 0  # what stays after this pass
         for row in trials.itertuples(index=False):
