@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from tunefm.cli import main
 from tunefm.engine import data, solo
 from tunefm.errors import UserError
-from tunefm.run import ranking, store
+from tunefm.run import checkpoints, ranking, store
 from tunefm.tune import evaluate
 from tunefm.tune.search import run
 from tunefm.tune.settings import SearchSettings
@@ -129,9 +129,9 @@ def test_trial_under_ray_equals_plain_loop_and_checkpoint_restores(asha_run, dat
     recorded = store.read_epochs(run_dir).query("trial_id == @trial.trial_id").sort_values("epoch").val_acc
     assert recorded.tolist() == direct
 
-    checkpoints = sorted((run_dir / store.TUNE_DIR / trial.trial_id).glob("checkpoint_*"))
-    assert checkpoints, "every trial keeps a checkpoint"
-    state = torch.load(checkpoints[-1] / checkpoints.STATE_FILE, weights_only=False)
+    kept = sorted((run_dir / store.TUNE_DIR / trial.trial_id).glob("checkpoint_*"))
+    assert kept, "every trial keeps a checkpoint"
+    state = torch.load(kept[-1] / checkpoints.STATE_FILE, weights_only=False)
     assert set(state) >= {"model", "optimizer", "epoch", "generator", "dropout_rng", "loop"}
     assert state["epoch"] == trial.epochs
 

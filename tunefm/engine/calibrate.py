@@ -3,6 +3,7 @@
     loop = calibrate.choose_loop(config, torch.device("cpu"), threads=1)     # "channels_last", say
     plan = calibrate.fusion_plan(config, device, threads=1, largest=16)      # group size and kernels
     calibrate.cached()                                                       # everything measured here
+    calibrate.refresh(["iaro1"], [8, 256], device, threads=1)                # measure again (bench --refresh)
 
 A shape is what decides a training step's cost: the model and its options, the batch size,
 the optimizer and the output (`fused.shape_key`, less nothing). For a shape, calibration

@@ -3,7 +3,7 @@
     loops.check("channels_last", torch.device("cpu"))
     model = loops.place_model(model, "channels_last", device)
     with loops.kernels("native_conv"):
-        trainable.train_epoch(...)
+        training.train_epoch(...)
 
 CPU:
   - plain:         PyTorch's defaults (default layout, oneDNN's kernels): a plain PyTorch loop;
@@ -18,8 +18,8 @@ CUDA:
 
 Which is fastest depends on the machine (one layout measured 0.8x the default on a machine
 of the same kind as the one where it was 1.4x), so `calibrate.py` measures them where the
-trial runs. `auto` means: ask calibration. Every loop gives the same curve up to float
-rounding; a fixed loop gives the same bits on every run.
+trial runs, and `training_plan.py` asks it (`auto`) or applies a pinned loop. Every loop
+gives the same curve up to float rounding; a fixed loop gives the same bits on every run.
 """
 
 from __future__ import annotations

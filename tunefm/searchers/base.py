@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import itertools
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping, Protocol, Sequence
 
 from ray import tune
 
@@ -19,8 +19,23 @@ from tunefm.errors import UserError
 from tunefm.searchers import distributions
 from tunefm.searchers.vocabulary import is_int, validate_value
 
-if TYPE_CHECKING:
-    from tunefm.study import Study
+
+class Study(Protocol):
+    """What a searcher reads of a `tunefm.study.Study`: named here, so that the searchers, which
+    the study module registers, do not import it back."""
+
+    grid: Mapping[str, Sequence[Any]]
+    variants: Sequence[Mapping[str, Any]]
+    fixed: Mapping[str, Any]
+    space: Mapping[str, Any]
+    num_samples: int
+    points_to_evaluate: Sequence[Mapping[str, Any]]
+    initial_points: int
+    concurrency: int | None
+
+    def base_config(self) -> dict[str, Any]: ...
+
+    def with_overrides(self, overrides: dict[str, list[Any]]) -> "Study": ...
 
 # The Study fields that belong to some searcher; `Study.validate` refuses one set for a
 # searcher that does not read it (every searcher reads `fixed`).
@@ -60,17 +75,12 @@ class Searcher(abc.ABC):
                          seed: int) -> "Study":
         """The study with `--set` (`overrides`), `--num-samples` and `--seed` applied."""
 
-    def trial_configs(self, study: "Study", seed: int) -> list[dict[str, Any]] | None:
-        """Every trial's config in the order the search starts them, where that is known before
-        the search (None: drawn as it goes)."""
-        return None
-
     @abc.abstractmethod
     def search_alg(self, study: "Study", seed: int, concurrency: int | None,
                    configs: list[dict[str, Any]] | None = None) -> tuple[dict[str, Any], object, int]:
         """(param_space, Ray Tune search algorithm, num_samples) for `tune.Tuner`. `configs`:
-        `trial_configs` in another order (the Tune layer groups same-shape trials where they
-        train fused); None: the searcher's own."""
+        every trial's config (`configs()`) in the order to start them, where the Tune layer
+        orders them itself (by shape, for a fused search); None: the searcher's own order."""
 
     @abc.abstractmethod
     def describe(self, study: "Study") -> list[str]:

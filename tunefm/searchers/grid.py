@@ -11,17 +11,14 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ray import tune
 from ray.tune.search import BasicVariantGenerator
 
 from tunefm.errors import UserError
-from tunefm.searchers.base import Searcher, _pairs
+from tunefm.searchers.base import Searcher, Study, _pairs
 from tunefm.searchers.vocabulary import validate_value
-
-if TYPE_CHECKING:
-    from tunefm.study import Study
 
 
 def trial_order(configs: list[dict], seed: int) -> list[dict]:
@@ -88,12 +85,9 @@ class GridSearcher(Searcher):
             overrides["seed"] = [seed + i for i in range(num_samples)]
         return study.with_overrides(overrides)
 
-    def trial_configs(self, study: "Study", seed: int) -> list[dict[str, Any]]:
-        return trial_order(self.configs(study), seed)
-
     def search_alg(self, study: "Study", seed: int, concurrency: int | None,
                    configs: list[dict[str, Any]] | None = None) -> tuple[dict[str, Any], object, int]:
-        configs = configs if configs is not None else self.trial_configs(study, seed)
+        configs = configs if configs is not None else trial_order(self.configs(study), seed)
         base = study.base_config()
         # Each config pins every key, so each is exactly one trial, started in this order;
         # the space only declares each varied key's values.

@@ -8,17 +8,14 @@ or the study's `concurrency`, or --concurrency): all at once would make it rando
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.hyperopt import HyperOptSearch
 
 from tunefm.errors import UserError
-from tunefm.searchers.base import DrawingSearcher
+from tunefm.searchers.base import DrawingSearcher, Study
 from tunefm.searchers.vocabulary import is_int
-
-if TYPE_CHECKING:
-    from tunefm.study import Study
 
 HYPEROPT_CONCURRENCY = 4  # default trials at once
 

@@ -13,14 +13,11 @@ the study's `concurrency` says otherwise).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ray.tune.search import BasicVariantGenerator
 
-from tunefm.searchers.base import DrawingSearcher
-
-if TYPE_CHECKING:
-    from tunefm.study import Study
+from tunefm.searchers.base import DrawingSearcher, Study
 
 
 class RandomSearcher(DrawingSearcher):

@@ -206,9 +206,9 @@ def make_tuner(study: studies.Study, settings: SearchSettings, splits: data.Spli
                storage_path: str, cluster_has_gpus: bool, writer: RunWriter, echo: Callable[[str], None],
                fusion: Fusion | None, pruning):
     """The Tuner: trainable with data and resources, scheduler, the searcher's trials, callbacks, storage."""
-    configs = study.search.trial_configs(study, settings.seed)
-    if fusion is not None and configs is not None:  # same-shape trials start together, to share groups
-        configs = placement.fused_order(configs, settings.seed)
+    configs = study.search.configs(study)  # None: drawn as the search goes
+    # Fused, same-shape trials start together to share groups; else the searcher's own order.
+    configs = placement.fused_order(configs, settings.seed) if fusion is not None and configs is not None else None
     param_space, search_alg, num_samples = study.search.search_alg(study, settings.seed, settings.concurrency,
                                                                     configs)
     quiet_tune_output()
