@@ -166,6 +166,7 @@ def test_ray_private_names_and_tune_formats_only_in_ray_internals():
     ("tunefm.run", ("ray", "torch")),
     ("tunefm.analysis", ("ray", "torch")),
     ("tunefm.engine", ("ray", "pandas")),
+    ("tunefm.cli", ("ray", "torch", "matplotlib", "plotly", "optuna", "statsmodels", "mlflow")),  # start-up
 ])
 def test_a_layer_imports_without_what_it_must_not_load(package, forbidden):
     """Every module of the layer, imported in a fresh interpreter."""
