@@ -119,7 +119,7 @@ def read_idx(path: Path, magic: int, expected_count: int | None = None) -> np.nd
 
 def download(folder: Path) -> None:
     """Fetch the canonical gzipped files into `folder` through torchvision."""
-    from torchvision.datasets import FashionMNIST
+    from torchvision.datasets import FashionMNIST  # torchvision: only to download, once
 
     folder.mkdir(parents=True, exist_ok=True)
     previous_timeout = socket.getdefaulttimeout()

@@ -95,8 +95,6 @@ class RunWriter:
     """Collects reported epochs and trial states; each flush writes what changed as parts."""
 
     def __init__(self, run_dir, max_epochs: int, config_keys: list[str] = (), flush_interval_s: float = 5.0):
-        from pathlib import Path
-
         self.run_dir = Path(run_dir)
         self.max_epochs = max_epochs
         self.flush_interval_s = flush_interval_s

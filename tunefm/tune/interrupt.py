@@ -17,8 +17,10 @@ cleanup still runs. The caller then flushes its results and records the interrup
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
+import sys
 import threading
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -89,8 +91,6 @@ class _DropMessages:
 
 def quiet_tune_stop_messages() -> None:
     """Silence Tune's interruption messages (once per process)."""
-    import logging
-
     for name, prefixes in TUNE_STOP_MESSAGES.items():
         tune_logger = logging.getLogger(name)
         if not any(isinstance(f, _DropMessages) for f in tune_logger.filters):
@@ -113,8 +113,6 @@ def quiet_exit_during_garbage_collection() -> None:
     ("Exception ignored in ...", with a traceback), and Ray forwards that to the terminal of
     the search, under tunefm's own last lines. The worker exits anyway; other exceptions
     in destructors are still printed."""
-    import sys
-
     global _DEFAULT_UNRAISABLE_HOOK
     if sys.unraisablehook is not _quiet_unraisable:
         _DEFAULT_UNRAISABLE_HOOK = sys.unraisablehook

@@ -88,8 +88,6 @@ def auto_address() -> str | None:
     seconds, not minutes of Ray retrying; and the record comes first, where Ray itself would
     take any other Ray it finds running over a dead record. Ray exposes these lookups only
     in a private module."""
-    import os
-
     from ray._private import services
 
     if os.environ.get("RAY_ADDRESS"):

@@ -27,6 +27,7 @@ from typing import Any, Callable, Collection, Mapping
 
 import pandas as pd
 import pyarrow.fs as pafs
+from ray import tune
 
 from tunefm.engine import data
 from tunefm.errors import UserError
@@ -140,8 +141,6 @@ class ResumedRun:
     def make(cls, settings: SearchSettings, given: Collection[str] = ()) -> "ResumedRun":
         """Run `settings.name` under `settings.results_dir`, with its own options where the
         user gave none (`given`: the names of the settings the user gave)."""
-        from ray import tune
-
         if not settings.name:
             raise UserError("--resume needs --name RUN: the interrupted run to continue")
         run_dir = find_run(settings.name, settings.results_dir)
