@@ -20,7 +20,7 @@ from ray.tune.search import SearchAlgorithm, SearchGenerator
 from tunefm import searchers, study
 from tunefm.cli import main
 from tunefm.errors import UserError
-from tunefm.searchers import distributions
+from tunefm.searchers import distributions, vocabulary
 from tunefm.study import Study
 
 SPACE = {"lr": tune.loguniform(1e-3, 0.2), "momentum": tune.uniform(0.5, 0.95), "batch_size": tune.choice([16, 64])}
@@ -88,7 +88,7 @@ def test_proposals_are_the_studys_trials_inside_its_space(name):
     configs = proposals(loaded)
     assert len(configs) == loaded.num_trials
     for config in configs:
-        study.validate_config(config)
+        vocabulary.validate_config(config)
         assert inside(loaded, config), config
         assert set(config) == set(loaded.config_keys())
 

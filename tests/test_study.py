@@ -8,6 +8,7 @@ from conftest import REPO
 
 from tunefm import study
 from tunefm.errors import UserError
+from tunefm.searchers import vocabulary
 
 # The trial counts the seeds' grids give (cnn2-tpe: the configurations TPE draws).
 TRIALS = {"fourfam": 112, "cnn5": 20, "cnn2-tpe": 30, "ladder": 8, "regularize": 2, "kernels": 72, "optim": 48}
@@ -38,7 +39,7 @@ def test_every_bundled_study_expands_to_the_seeds_trial_count(name):
         assert len(configs) == TRIALS[name]
         assert len({tuple(sorted(c.items())) for c in configs}) == len(configs)  # all distinct
         for config in configs:
-            study.validate_config(config)
+            vocabulary.validate_config(config)
 
 
 @pytest.mark.parametrize("name", study.available())

@@ -26,7 +26,7 @@ import signal
 import click
 from click.core import ParameterSource
 
-from tunefm.analysis import mlflow_export, summary
+from tunefm.analysis import mlflow_export, summary, tables
 from tunefm.analysis.importance import METHODS as IMPORTANCE_METHODS
 from tunefm.analysis.queries import AGGREGATES, COSTS
 from tunefm.analysis.summary import FORMATS, SECTIONS
@@ -383,7 +383,7 @@ def spaces(name: str | None) -> None:
     if name:
         click.echo(catalog.describe_study(name))
     else:
-        click.echo(summary.text_table(catalog.studies_table(), index=False, width=120))
+        click.echo(tables.text_table(catalog.studies_table(), index=False, width=120))
         click.echo("\nSearchers (a study's `searcher=`):\n" + catalog.searchers_text())
         click.echo("\nRun one: tunefm search --space NAME   Details: tunefm spaces NAME")
 

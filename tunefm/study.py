@@ -54,13 +54,12 @@ from tunefm.errors import UserError
 from tunefm.run.columns import REPORTABLE
 from tunefm.searchers import distributions
 from tunefm.searchers.base import SEARCHER_FIELDS
-from tunefm.searchers.vocabulary import (  # noqa: F401
+from tunefm.searchers.vocabulary import (
     REQUIRED_KEYS,
     VOCABULARY,
     check_model_options,
     is_int,
     valid_keys,
-    validate_config,
     validate_value,
 )
 

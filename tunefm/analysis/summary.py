@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 import pandas as pd
 
 from tunefm.analysis import importance, queries
-from tunefm.analysis.tables import WIDTH, markdown_table, text_table  # noqa: F401
+from tunefm.analysis.tables import WIDTH, markdown_table, text_table
 from tunefm.engine.data import CLASSES
 from tunefm.errors import UserError
 from tunefm.run import store

@@ -33,7 +33,6 @@ from tunefm.engine import choices
 from tunefm.engine.choices import AUTO
 
 CANDIDATES = choices.LOOP_CANDIDATES
-NAMES = choices.LOOPS
 
 
 def check(loop: str, device: torch.device | None = None) -> str:

@@ -63,10 +63,6 @@ class Decision:
         return {"fuse": self.fuse, "capacity": self.capacity, "reason": self.reason, "on_gpus": self.on_gpus}
 
 
-def check_mode(mode: str) -> str:
-    return choices.check_fuse(mode)
-
-
 def shape_counts(configs: list[dict]) -> Counter:
     return Counter(fused.shape_key(c) for c in configs)
 
@@ -79,7 +75,7 @@ def decide(mode: str, configs: list[dict] | None, cluster_has_gpus: bool, cpus_p
     if given). `configs`: the grid's trials (None for a searcher that draws them as it goes);
     `train_images` and `max_epochs` size their work; `loop`: the search's --loop; `slots`,
     `gpus`, `cores`: the cluster's CPU slots (CPUs / --cpus-per-trial), GPUs and CPUs."""
-    check_mode(mode)
+    choices.check_fuse(mode)
     if mode == "off":
         return Decision(False, 1, "--fuse off")
     if mode == "auto" and loop != "auto":  # which trials share a group depends on timing, and so would the bits
