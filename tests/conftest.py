@@ -5,12 +5,16 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import signal
 import struct
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from local_cluster import descendants, fresh_ray_env
 
 from tunefm.engine import data
 from tunefm.run import store
@@ -18,6 +22,11 @@ from tunefm.run.writer import RunWriter
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "fashion-mnist"
+
+
+QUICK_FOURFAM = ["--space", "fourfam", "--max-epochs", "3", "--train-size", "3000",
+                 "--val-size", "1000"]  # the README's quick search, word for word
+background_search: "QuickSearch | None" = None  # started by pytest_collection_finish
 
 
 def pytest_collection_modifyitems(config, items):
@@ -33,19 +42,90 @@ def pytest_configure(config):
     os.environ["TUNEFM_CACHE_DIR"] = tempfile.mkdtemp(prefix="tunefm-cache-")
 
 
-@pytest.fixture(scope="session")
-def data_dir() -> Path:
-    """The real files: $TUNEFM_DATA_DIR, else ../shared/data/fashion-mnist, else the cache.
+def pytest_collection_finish(session):
+    """Start the README's quick search now, in the background, when a selected test needs it.
 
-    Tests never download: without the files they fail and say where to put them.
-    """
-    candidates = [Path(os.environ["TUNEFM_DATA_DIR"])] if os.environ.get("TUNEFM_DATA_DIR") else [
-        DEFAULT_DATA, Path("~/.cache/tunefm/fashion-mnist").expanduser()]
-    for folder in candidates:
+    It is the suite's largest piece of training (2-3 minutes of both cores), and most
+    other slow tests spend their time waiting on Ray and process start-ups: run beside
+    them, it is done long before the first test that reads it (test files run in name
+    order; the first reader is test_importance.py)."""
+    global background_search
+    folder = find_data_dir()
+    if folder and any("quick_fourfam" in getattr(item, "fixturenames", ()) for item in session.items):
+        background_search = QuickSearch(folder)
+
+
+def pytest_unconfigure(config):
+    if background_search is not None:
+        background_search.stop()
+
+
+def own_processes() -> set[int]:
+    """This test process's descendants (the session's Ray, the searches tests run), less the
+    background quick search and its Ray: what a test may look for and kill among."""
+    mine = descendants(os.getpid()) - {os.getpid()}
+    if background_search is not None:
+        mine -= descendants(background_search.process.pid)
+    return mine
+
+
+class QuickSearch:
+    """`tunefm search` with the README's quick-search options, as a user runs it, in its own
+    process group (its own local Ray); `wait()` returns its run folder."""
+
+    def __init__(self, data_folder: Path):
+        self.folder = Path(tempfile.mkdtemp(prefix="tunefm-quick-"))
+        self.run_dir = self.folder / "results" / "quick"
+        env = {**fresh_ray_env(self.folder), "TUNEFM_DATA_DIR": str(data_folder)}
+        self.log = open(self.folder / "output.txt", "w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "from tunefm.cli import main; main()", "search", *QUICK_FOURFAM,
+             "--results", str(self.folder / "results"), "--name", "quick"],
+            env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait(self) -> Path:
+        code = self.process.wait(timeout=1800)
+        output = (self.folder / "output.txt").read_text()
+        if code != 0:
+            pytest.fail(f"the README's quick search exited with {code}:\n{output[-3000:]}")
+        return self.run_dir
+
+    def stop(self) -> None:
+        """The session ends: a search still running is stopped as Ctrl-C would (its Ray with it)."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGINT)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.log.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def find_data_dir() -> Path | None:
+    """The real files: $TUNEFM_DATA_DIR, else ../shared/data/fashion-mnist, else the cache."""
+    for folder in data_candidates():
         if all(data.find_file(folder, stem) for stem in data.FILES.values()):
             return folder.resolve()  # absolute: tests link to these files from other folders
-    pytest.fail(f"Fashion-MNIST IDX files not found in {', '.join(map(str, candidates))}: "
-                f"set TUNEFM_DATA_DIR to a folder holding them")
+    return None
+
+
+def data_candidates() -> list[Path]:
+    if os.environ.get("TUNEFM_DATA_DIR"):
+        return [Path(os.environ["TUNEFM_DATA_DIR"])]
+    return [DEFAULT_DATA, Path("~/.cache/tunefm/fashion-mnist").expanduser()]
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real files (`find_data_dir`). Tests never download: without the files they fail
+    and say where to put them."""
+    folder = find_data_dir()
+    if folder is None:
+        pytest.fail(f"Fashion-MNIST IDX files not found in {', '.join(map(str, data_candidates()))}: "
+                    f"set TUNEFM_DATA_DIR to a folder holding them")
+    return folder
 
 
 def write_idx(path: Path, array: np.ndarray, magic: int | None = None, count: int | None = None,
@@ -84,22 +164,18 @@ def ray_session():
     ray.shutdown()
 
 
-QUICK_FOURFAM = dict(space="fourfam", max_epochs=3, train_size=3000, val_size=1000)  # the README's quick search
-
-
 @pytest.fixture(scope="session")
-def quick_fourfam(tmp_path_factory, data_dir, ray_session) -> Path:
-    """The README's quick search (all 112 fourfam trials, 3 epochs, ASHA, test evaluation).
+def quick_fourfam(data_dir) -> Path:
+    """The README's quick search (all 112 fourfam trials, 3 epochs, ASHA, test evaluation),
+    started in the background when the session began (`pytest_collection_finish`).
 
-    Shared by the search, summarize, evaluate and report tests; they must not change it
+    Shared by the search, importance, resume and retention tests; they must not change it
     (copy it with `linked_copy` first).
     """
-    from tunefm.tune.search import run
-    from tunefm.tune.settings import SearchSettings
-
-    results = tmp_path_factory.mktemp("quick")
-    settings = SearchSettings(**QUICK_FOURFAM, results_dir=str(results), data_dir=str(data_dir), name="quick")
-    return run(settings, echo=lambda line: None).run_dir
+    global background_search
+    if background_search is None:  # asked for by getfixturevalue: not seen at collection
+        background_search = QuickSearch(data_dir)
+    return background_search.wait()
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from local_cluster import LocalCluster, descendants
+from conftest import own_processes
+from local_cluster import LocalCluster
 from test_resume import restored_from_checkpoint
 
 from tunefm.engine import data, solo
@@ -25,9 +26,9 @@ SIZES = dict(train_size=2000, val_size=500)
 
 
 def trial_processes() -> list[int]:
-    """The trial actors of this test session's own Ray (descendants of this process)."""
+    """The trial actors of this test session's own Ray (not the background quick search's)."""
     found = []
-    for pid in descendants(os.getpid()) - {os.getpid()}:
+    for pid in own_processes():
         try:
             if b"ImplicitFunc" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 found.append(pid)

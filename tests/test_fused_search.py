@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from local_cluster import descendants, fresh_ray_env
+from conftest import own_processes
+from local_cluster import fresh_ray_env
 from test_resume import assert_only_tunefms_lines, group_is_gone, restored_from_checkpoint, start_tunefm
 
 from tunefm.run import store
@@ -182,7 +183,7 @@ def test_fused_order_keeps_shapes_together():
 
 def executor_processes() -> list[int]:
     found = []
-    for pid in descendants(os.getpid()) - {os.getpid()}:
+    for pid in own_processes():
         try:
             if b"ray::Executor" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 found.append(pid)

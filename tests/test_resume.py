@@ -84,9 +84,7 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_runs_trials(quick_fourfam, t
     other trials share the search)."""
     env = {**fresh_ray_env(tmp_path), "TUNEFM_DATA_DIR": str(data_dir)}
     results = tmp_path / "results"
-    args = ["search", "--space", "fourfam", "--max-epochs", "3", "--train-size", "3000", "--val-size", "1000",
-            "--set", "model=iaro1,iaro2", "--results", str(results), "--name", "q"]
-    assert QUICK_FOURFAM == dict(space="fourfam", max_epochs=3, train_size=3000, val_size=1000)
+    args = ["search", *QUICK_FOURFAM, "--set", "model=iaro1,iaro2", "--results", str(results), "--name", "q"]
     process = start_tunefm(env, *args)
     run_dir = results / "q"
     wait_for_finished_trials(run_dir, 15, process)
@@ -161,12 +159,14 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_runs_trials(quick_fourfam, t
 
 
 def start_small_search(tmp_path: Path, data_dir: Path, name: str) -> tuple[dict, Path, list[str], subprocess.Popen]:
-    """fourfam's 28 iaro1 trials, 2 epochs each, started; returns once 4 have finished."""
+    """16 of fourfam's iaro1 trials (4 lr x batch sizes 32-256), 2 epochs each, started; returns
+    once 4 have finished."""
     env = {**fresh_ray_env(tmp_path), "TUNEFM_DATA_DIR": str(data_dir)}
     results = tmp_path / "results"
     # --fuse off: whether fusing pays depends on this machine's calibration; resuming a fused
     # search has its own test (test_fused_search.py).
-    args = ["search", "--space", "fourfam", "--set", "model=iaro1", "--max-epochs", "2", "--train-size", "3000",
+    args = ["search", "--space", "fourfam", "--set", "model=iaro1", "--set", "batch_size=32,64,128,256",
+            "--max-epochs", "2", "--train-size", "3000",
             "--val-size", "500", "--test-top", "0", "--fuse", "off", "--results", str(results), "--name", name]
     process = start_tunefm(env, *args)
     wait_for_finished_trials(results / name, 4, process)
@@ -198,7 +198,7 @@ def test_sigterm_stops_cleanly_and_the_run_resumes(tmp_path, data_dir):
     info = store.read_json(results / "t" / store.RUN_FILE)
     assert info["status"] == "interrupted" and info["events"][-1]["signal"] == "SIGTERM"
     done_before = (store.read_trials(results / "t").status == "TERMINATED").sum()
-    assert 4 <= done_before < 28
+    assert 4 <= done_before < 16
 
     # The race a SIGKILL can hit: Tune deleted the checkpoint its saved state names, a newer
     # one exists. Made here on purpose for one trial the saved state names a checkpoint of
@@ -227,7 +227,7 @@ def test_sigterm_stops_cleanly_and_the_run_resumes(tmp_path, data_dir):
                              env=env, capture_output=True, text=True, timeout=300)  # the same command + --resume
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     trials, epochs = store.read_trials(results / "t"), store.read_epochs(results / "t")
-    assert len(trials) == 28 and set(trials.status) == {"TERMINATED"}
+    assert len(trials) == 16 and set(trials.status) == {"TERMINATED"}
     assert not epochs.duplicated(["trial_id", "epoch"]).any() and len(epochs) == trials.epochs.sum()
     assert_only_tunefms_lines(out, err, resumed.stdout, resumed.stderr)
 
@@ -251,7 +251,7 @@ def test_a_killed_search_process_resumes_from_tunes_last_saved_state(tmp_path, d
                              timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     trials, epochs = store.read_trials(results / "k"), store.read_epochs(results / "k")
-    assert len(trials) == 28 and set(trials.status) == {"TERMINATED"}
+    assert len(trials) == 16 and set(trials.status) == {"TERMINATED"}
     assert not epochs.duplicated(["trial_id", "epoch"]).any() and len(epochs) == trials.epochs.sum()
     events = store.read_json(results / "k" / store.RUN_FILE)["events"]
     assert [e["event"] for e in events] == ["started", "lost", "resumed", "completed"]
