@@ -51,7 +51,8 @@ def test_pareto_keeps_ties_and_drops_equal_metric_at_higher_cost():
     front = queries.pareto(trials, "best_val_acc", "total_time_s")
     assert front["trial_id"].tolist() == ["t1", "t0", "t4", "t5"]  # by cost, ties by acc
     assert front["total_time_s"].is_monotonic_increasing and front["best_val_acc"].is_monotonic_increasing
-    assert list(front.columns) == ["trial_id", "model", "lr", "batch_size", "best_val_acc", "total_time_s", "epochs"]
+    assert list(front.columns) == ["trial_id", "model", "lr", "batch_size", "best_val_acc", "total_time_s", "epochs",
+                                   "stopped_early"]
 
 
 def test_pareto_single_trial_and_gpu_seconds():

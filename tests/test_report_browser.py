@@ -41,7 +41,13 @@ def open_offline(page_path: Path, screenshot: Path | None = None) -> dict:
                 rendered: [...document.querySelectorAll('.plotly-graph-div')]
                     .filter(d => d.querySelector('.main-svg') && d.getBoundingClientRect().height > 100).length,
                 traces: [...document.querySelectorAll('.plotly-graph-div')].map(d => (d.data || []).length),
-                titles: [...document.querySelectorAll('.plotly-graph-div .gtitle')].map(t => t.textContent)})""")
+                titles: [...document.querySelectorAll('.plotly-graph-div .gtitle')].map(t => t.textContent),
+                pareto: [...document.querySelectorAll('.plotly-graph-div')]
+                    .filter(d => ((d.layout.title || {}).text || '').startsWith('Pareto front'))
+                    .map(d => ({legend: [...d.querySelectorAll('.legendtext')].map(t => t.textContent),
+                                points: [...d.querySelectorAll('.scatterlayer .trace')]
+                                    .map(t => t.querySelectorAll('path.point').length),
+                                traces: d.data.map(t => ({name: t.name, text: t.text, color: t.marker.color}))}))})""")
             if screenshot is not None:
                 page.screenshot(path=str(screenshot), full_page=True)
         finally:
@@ -59,6 +65,19 @@ def test_the_report_loads_offline_and_renders_every_figure(small_fourfam, tmp_pa
     assert seen["errors"] == []
     assert all(url.startswith(("file://", "data:", "blob:")) for url in seen["requests"]), seen["requests"]
     assert seen["divs"] == seen["rendered"] == 7 and all(n > 0 for n in seen["traces"])
+    # The Pareto figure: trials ASHA stopped are drawn grey, apart from the front, each with its epochs.
+    (pareto,) = seen["pareto"]
+    trials = store.read_trials(small_fourfam).set_index("trial_id")
+    stopped = set(trials.index[trials.stopped_early])
+    traces = {t["name"].split(" (")[0]: t for t in pareto["traces"]}
+    assert list(traces) == ["compared trial", "not compared", "Pareto front"]
+    grey = traces["not compared"]
+    assert {text.split("<br>")[0] for text in grey["text"]} == stopped and grey["color"] == "#c4ccd4"
+    assert all(f"<br>{trials.epochs[text.split('<br>')[0]]} epoch(s)<br>stopped early by ASHA" in text
+               for text in grey["text"])
+    assert not {text.split("<br>")[0] for text in traces["Pareto front"]["text"]} & stopped
+    assert any(entry.startswith("not compared") for entry in pareto["legend"])
+    assert pareto["points"][1] == len(stopped)  # drawn: one marker per stopped trial
     for title in ("Learning curves of every trial, coloured by batch_size", "Parallel coordinates",
                   "over lr x batch_size, per model", "Hyperparameter importance", "Pareto front", "Timeline",
                   "Test-set confusion matrix"):

@@ -209,6 +209,13 @@ def test_the_readmes_random_search_study_runs_inside_its_space(tmp_path, data_di
     assert loaded.info["study"]["searcher"] == "random" and loaded.info["study"]["num_trials"] == 6
     drawn = search_study(str(space_file), seed=1, num_samples=6)
     assert sorted(trials.lr) == sorted(c["lr"] for c in proposals(drawn, seed=1))
+    # Its default grid: lr (drawn from a log-uniform range) in a few labelled ranges, batch size exact.
+    grid = json.loads(CliRunner().invoke(main, ["summarize", str(outcome.run_dir), "--section", "grid",
+                                                "--format", "json"]).output)["grid"]
+    ranges = {cell["lr"] for cell in grid}
+    assert 2 <= len(ranges) < 6 and sum(cell["n"] for cell in grid) == 6
+    assert all(re.fullmatch(r"\[[\d.e-]+, [\d.e-]+[)\]]", label) for label in ranges), ranges
+    assert {cell["batch_size"] for cell in grid} == set(trials.batch_size)
 
 
 def search_study(space: str, **options) -> study.Study:

@@ -19,7 +19,8 @@ from tunefm.engine.data import CLASSES
 from tunefm.run import store, writer
 from tunefm.run.writer import RunWriter
 
-JSON_KEYS = {"best", "reference", "grid", "importance", "pareto", "overfit", "overfit_grid", "confusion", "confusion_pairs"}
+JSON_KEYS = {"best", "reference", "grid", "importance", "pareto", "overfit", "overfit_grid", "confusion", "confusion_pairs",
+             "compared"}
 
 
 def invoke(*args):
@@ -130,6 +131,8 @@ def test_grid_matches_a_pivot_of_the_trials_file(small_fourfam, summary_json):
 def test_pareto_matches_the_definition_on_the_trials_file(small_fourfam, cost):
     trials = store.read_trials(small_fourfam)
     trials["gpu_seconds"] = trials.total_time_s * trials.gpu_fraction
+    assert trials.stopped_early.any() and (~trials.stopped_early).sum() >= 5  # else the test means less
+    trials = trials[(trials.status == "TERMINATED") & ~trials.stopped_early]  # by default: those that ran to the end
     acc, price = trials.best_val_acc.to_numpy(), trials[cost].to_numpy()
     beaten = ((acc[None, :] >= acc[:, None]) & (price[None, :] <= price[:, None])
               & ((acc[None, :] > acc[:, None]) | (price[None, :] < price[:, None]))).any(axis=1)
@@ -198,10 +201,12 @@ def test_markdown_and_csv(small_fourfam):
 
     one = invoke("summarize", str(small_fourfam), "--format", "csv", "--section", "pareto").output
     front = pd.read_csv(io.StringIO(one))
-    assert list(front.columns) == ["trial_id", "model", "lr", "batch_size", "best_val_acc", "total_time_s", "epochs"]
+    assert list(front.columns) == ["trial_id", "model", "lr", "batch_size", "best_val_acc", "time_per_epoch_s",
+                                   "epochs", "stopped_early", "up_to_epoch"]
+    assert not front.stopped_early.any()
     several = invoke("summarize", str(small_fourfam), "--format", "csv", "--section", "best", "--section", "overfit")
     blocks = several.output.split("\n\n")
-    assert [b.splitlines()[0] for b in blocks] == ["# best", "# overfit", "# overfit_grid"]
+    assert [b.splitlines()[0] for b in blocks] == ["# best", "# overfit", "# overfit_grid", "# compared"]
     assert len(pd.read_csv(io.StringIO(blocks[1]), comment="#")) == 16
 
 

@@ -230,8 +230,12 @@ def compact(run: str, results_dir: str) -> None:
                    "else the next key that varies]")
 @click.option("--agg", type=click.Choice(AGGREGATES), default="mean",
               help="grid: how a cell combines its trials (seeds, other varied keys).")
-@click.option("--cost", type=click.Choice(COSTS),
-              default="total_time_s", help="pareto: the cost axis (lower is better).")
+@click.option("--cost", type=click.Choice(COSTS), default="time_per_epoch_s",
+              help="pareto: the cost axis (lower is better). total_time_s and gpu_seconds count early stopping "
+                   "as savings.")
+@click.option("--include-stopped", is_flag=True,
+              help="pareto: compare trials ASHA stopped early too, at their last epoch (marked *).  [default: "
+                   "only trials that trained all their epochs]")
 @click.option("--trial", default=None, metavar="ID",
               help="confusion: this evaluated trial.  [default: the evaluated trial with the best val acc]")
 @click.option("--importance-method", type=click.Choice(IMPORTANCE_METHODS), default="auto",
@@ -253,12 +257,15 @@ def summarize(run: str | None, results_dir: str, sections: tuple[str, ...], fmt:
 @click.argument("run", required=False)
 @click.option("--results", "results_dir", default="results", metavar="DIR", help="Folder holding run folders.")
 @click.option("--out", "out_dir", default=None, metavar="DIR", help="Where to write.  [default: RUN/report]")
-@click.option("--cost", type=click.Choice(COSTS),
-              default="total_time_s", help="Cost axis of the Pareto plot.")
+@click.option("--cost", type=click.Choice(COSTS), default="time_per_epoch_s",
+              help="Cost axis of the Pareto plot (as for summarize).")
+@click.option("--include-stopped", is_flag=True,
+              help="Pareto plot: compare trials ASHA stopped early too.  [default: drawn grey, off the front]")
 @click.option("--color-by", default="lr", metavar="KEY",
               help="Config key that colours the interactive learning curves (lr, batch_size, model, ...).")
 @user_errors
-def report(run: str | None, results_dir: str, out_dir: str | None, cost: str, color_by: str) -> None:
+def report(run: str | None, results_dir: str, out_dir: str | None, cost: str, include_stopped: bool,
+           color_by: str) -> None:
     """An interactive, self-contained index.html (plotly; works offline) and PNG figures for a run.
 
     RUN is a run folder or a run name under --results.  [default: the newest run]
@@ -266,7 +273,8 @@ def report(run: str | None, results_dir: str, out_dir: str | None, cost: str, co
     import tunefm.analysis.report as reporting  # matplotlib and plotly: only to draw a report
 
     run_dir = store.resolve_run(run, results_dir)
-    written = reporting.write(store.load_run(run_dir), out_dir, cost=cost, color_by=color_by)
+    written = reporting.write(store.load_run(run_dir), out_dir, cost=cost, color_by=color_by,
+                              include_stopped=include_stopped)
     click.echo(f"Wrote {len(written.figures)} figures and {written.index}")
 
 

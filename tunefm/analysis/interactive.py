@@ -144,6 +144,14 @@ def parallel_coordinates(trials: pd.DataFrame, metric: str = "best_val_acc") -> 
     return fig
 
 
+def in_order(values: pd.Series) -> list:
+    """The distinct values, sorted; a binned key's ranges (bins.py) in their own order."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        present = set(values.dropna())
+        return [c for c in values.cat.categories if c in present]
+    return sorted(values.dropna().unique())
+
+
 def grid_heatmaps(trials: pd.DataFrame, metric: str = "best_val_acc", rows: str = "lr",
                   cols: str = "batch_size") -> go.Figure | None:
     """One heatmap per model; None where the run has no such grid."""
@@ -156,8 +164,8 @@ def grid_heatmaps(trials: pd.DataFrame, metric: str = "best_val_acc", rows: str 
     low, high = trials[metric].min(), trials[metric].max()
     for i, model in enumerate(models):
         part = trials if model == "all" else trials[trials["model"] == model]
-        cells = part.groupby([rows, cols])[[metric, "epochs"]].agg(["mean", "std", "count"])
-        row_values, col_values = sorted(part[rows].dropna().unique()), sorted(part[cols].dropna().unique())
+        cells = part.groupby([rows, cols], observed=True)[[metric, "epochs"]].agg(["mean", "std", "count"])
+        row_values, col_values = in_order(part[rows]), in_order(part[cols])
         z, custom = [], []
         for r in row_values:
             z.append([]), custom.append([])
@@ -185,22 +193,34 @@ def grid_heatmaps(trials: pd.DataFrame, metric: str = "best_val_acc", rows: str 
     return fig
 
 
-def pareto(trials: pd.DataFrame, front: pd.DataFrame, metric: str, cost: str, cost_label: str) -> go.Figure:
-    data = queries.with_cost(trials, cost)
-    data = data[data[metric].notna() & data[cost].notna()]
-    keys = varied_keys(trials)
-    hover = [f"{r.trial_id}<br>{_describe(r, keys)}" for _, r in data.iterrows()]
-    fig = go.Figure(go.Scatter(x=data[cost], y=data[metric], mode="markers", name="trial", text=hover,
-                               marker=dict(color="#9aa5b1", size=7),
-                               hovertemplate="%{text}<br>cost %{x:.4g}<br>metric %{y:.4f}<extra></extra>"))
+def pareto(compared: pd.DataFrame, front: pd.DataFrame, left_out: pd.DataFrame, metric: str, cost: str,
+           cost_label: str) -> go.Figure:
+    """The compared trials against their cost with the front joined; the trials left out
+    (stopped early, ...) grey and apart, each with its epochs in its hover text."""
+    keys = varied_keys(compared if len(compared) else left_out)
+    data = compared[compared[metric].notna() & compared[cost].notna()]
+    template = "%{text}<br>cost %{x:.4g}<br>metric %{y:.4f}<extra></extra>"
+
+    def hover(frame: pd.DataFrame) -> list[str]:
+        return [f"{r.trial_id}<br>{_describe(r, keys)}<br>{int(r.epochs)} epoch(s)"
+                + ("<br>stopped early by ASHA" if r.get("stopped_early") else "") for _, r in frame.iterrows()]
+
+    fig = go.Figure(go.Scatter(x=data[cost], y=data[metric], mode="markers", name="compared trial", text=hover(data),
+                               marker=dict(color="#264653", size=7), hovertemplate=template))
+    grey = left_out[left_out[metric].notna() & left_out[cost].notna()] if len(left_out) else left_out
+    if len(grey):
+        fig.add_trace(go.Scatter(x=grey[cost], y=grey[metric], mode="markers", text=hover(grey),
+                                 name=f"not compared ({len(grey)}: {', '.join(sorted(set(grey['why'])))})",
+                                 marker=dict(color="#c4ccd4", size=7, symbol="x"), hovertemplate=template))
     ordered = front.sort_values(cost)
     fig.add_trace(go.Scatter(x=ordered[cost], y=ordered[metric], mode="lines+markers", name="Pareto front",
-                             text=[f"{r.trial_id}<br>{_describe(r, keys)}" for _, r in ordered.iterrows()],
-                             line=dict(color="#e76f51"), marker=dict(size=10),
-                             hovertemplate="%{text}<br>cost %{x:.4g}<br>metric %{y:.4f}<extra></extra>"))
-    fig.update_layout(title=f"Pareto front: {summary.label(metric)} against {cost}", height=430,
-                      xaxis=dict(title=cost_label, type="log" if spans_decades(data[cost]) else "linear"),
-                      yaxis=dict(title=summary.label(metric)), margin=dict(t=70, l=60, r=20, b=50))
+                             text=hover(ordered), line=dict(color="#e76f51"), marker=dict(size=10),
+                             hovertemplate=template))
+    every = pd.concat([data[cost], grey[cost]]) if len(grey) else data[cost]
+    fig.update_layout(title=f"Pareto front: {summary.label(metric)} against {summary.label(cost)}", height=430,
+                      xaxis=dict(title=cost_label, type="log" if spans_decades(every) else "linear"),
+                      yaxis=dict(title=summary.label(metric)), margin=dict(t=70, l=60, r=20, b=50),
+                      legend=dict(orientation="h", y=-0.2))
     return fig
 
 

@@ -47,7 +47,7 @@ def describe_columns(trials: pd.DataFrame) -> list[str]:
     return leading + [c for c in varied_keys(trials) if c not in leading]
 
 
-def _check_column(trials: pd.DataFrame, column: str, option: str) -> None:
+def check_column(trials: pd.DataFrame, column: str, option: str) -> None:
     numeric = [c for c in trials.columns if pd.api.types.is_numeric_dtype(trials[c])]
     if column not in numeric:
         raise UserError(f"{option} {column!r} is not a numeric column of this run; valid: {', '.join(numeric)}")
@@ -68,7 +68,7 @@ def configurations(trials: pd.DataFrame, metric: str = "best_val_acc") -> pd.Dat
     epochs, trial_ids (comma-separated). Means over seeds; std is NaN for one seed.
     "Best" is the highest mean, or the lowest for a loss or a time.
     """
-    _check_column(trials, metric, "--metric")
+    check_column(trials, metric, "--metric")
     scored = trials[trials[metric].notna()]
     if scored.empty:
         return pd.DataFrame(columns=["model", "params", "n", metric, f"{metric}_std", "trial_ids"])
@@ -118,7 +118,7 @@ def grid(trials: pd.DataFrame, metric: str = "best_val_acc", rows: str = "lr", c
     other key that varies) with `agg` (mean, max or min); n counts those trials and
     `stopped` those that ASHA stopped early (their numbers come from fewer epochs).
     """
-    _check_column(trials, metric, "--metric")
+    check_column(trials, metric, "--metric")
     _check_config_key(trials, rows, "--rows")
     _check_config_key(trials, cols, "--cols")
     if rows == cols:
@@ -127,7 +127,7 @@ def grid(trials: pd.DataFrame, metric: str = "best_val_acc", rows: str = "lr", c
         raise UserError(f"--agg must be {', '.join(AGGREGATES[:-1])} or {AGGREGATES[-1]}, got {agg!r}")
     scored = trials[trials[metric].notna()]
     keys = ["model", rows, cols] if "model" not in (rows, cols) else [rows, cols]
-    cells = scored.groupby(keys, sort=True).agg(
+    cells = scored.groupby(keys, sort=True, observed=True).agg(
         value=(metric, agg), n=(metric, "count"), stopped=("stopped_early", "sum")).reset_index()
     cells["stopped"] = cells["stopped"].astype(int)
     return cells.rename(columns={"value": metric})
@@ -156,7 +156,7 @@ def pareto(trials: pd.DataFrame, metric: str = "best_val_acc", cost: str = "tota
     Trial j beats trial i when j's metric is at least as good and j's cost <= i's, one
     of them strictly. Trials equal on both are all kept. Sorted by cost, then metric.
     """
-    _check_column(trials, metric, "--metric")
+    check_column(trials, metric, "--metric")
     costed = with_cost(trials, cost)
     scored = costed[costed[metric].notna() & costed[cost].notna()]
     sign = 1 if higher_is_better(metric) else -1
@@ -170,7 +170,8 @@ def pareto(trials: pd.DataFrame, metric: str = "best_val_acc", cost: str = "tota
             keep.extend(same_cost.index[same_cost["_goodness"] == top])
             best_cheaper = top
     front = scored.loc[keep]
-    columns = ["trial_id", *describe_columns(trials), metric, cost, "epochs"]
+    marks = [c for c in ("stopped_early", "up_to_epoch") if c in trials.columns]  # footing.pareto_basis's
+    columns = ["trial_id", *describe_columns(trials), metric, cost, "epochs", *marks]
     return front[list(dict.fromkeys(columns))].reset_index(drop=True)
 
 
@@ -219,7 +220,7 @@ def overfit_grid(gaps: pd.DataFrame, rows: str = "lr", cols: str = "batch_size")
             raise UserError(f"{option} {key!r} is not a config key of this run")
     if gaps.empty:
         return pd.DataFrame(columns=[rows, cols, "mean_gap", "n", "overfitting"])
-    cells = gaps.groupby([rows, cols], sort=True).agg(
+    cells = gaps.groupby([rows, cols], sort=True, observed=True).agg(
         mean_gap=("gap", "mean"), n=("gap", "count"), overfitting=("overfitting", "sum"))
     return cells.reset_index()
 

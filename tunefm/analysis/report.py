@@ -10,7 +10,7 @@ for papers and notebooks:
 
     curves.png     train and val loss per epoch of each model's best trial
     grid.png       val acc over lr x batch size, one heatmap per model
-    pareto.png     every trial's val acc against its cost, the Pareto front highlighted
+    pareto.png     val acc against cost, the front highlighted; trials it does not compare grey
     overfit.png    mean overfitting gap over lr x batch size, all models pooled
     confusion.png  test-set confusion matrix of the best evaluated trial
     f1.png         its per-class F1 scores
@@ -27,6 +27,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from textwrap import fill
 
 import matplotlib
 
@@ -36,7 +37,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from tunefm.analysis import importance, interactive, queries, summary  # noqa: E402
+from tunefm.analysis import bins, footing, importance, interactive, queries, summary  # noqa: E402
 from tunefm.engine.data import CLASSES  # noqa: E402
 from tunefm.errors import UserError  # noqa: E402
 from tunefm.run import store  # noqa: E402
@@ -153,26 +154,35 @@ def draw_grid(cells: pd.DataFrame, metric: str = "best_val_acc", rows: str = "lr
     return fig
 
 
-def draw_pareto(trials: pd.DataFrame, front: pd.DataFrame, metric: str = "best_val_acc",
-                cost: str = "total_time_s") -> Figure:
-    """Every trial against its cost, with `front` (`queries.pareto`) highlighted."""
-    costed = queries.with_cost(trials, cost)
-    scored = costed[costed[metric].notna() & costed[cost].notna()]
-    fig, ax = plt.subplots(figsize=(8, 5))
+def draw_pareto(compared: pd.DataFrame, front: pd.DataFrame, left_out: pd.DataFrame | None = None,
+                metric: str = "best_val_acc", cost: str = "time_per_epoch_s", compared_text: str = "") -> Figure:
+    """The compared trials against their cost, `front` (`queries.pareto` of them) highlighted,
+    and the trials left out (`footing.Basis.left_out`: stopped early, ...) grey, off the front,
+    one marker per number of epochs they trained. `compared` must carry `cost` (queries.with_cost)."""
+    left_out = left_out if left_out is not None else compared.iloc[0:0]
+    fig, ax = plt.subplots(figsize=(8, 5.4))
+    marks = ["x", "+", "1", "2", "3", "4"]
+    grey = left_out[left_out[metric].notna() & left_out[cost].notna()] if len(left_out) else left_out
+    for i, ((why, epochs), group) in enumerate(grey.groupby(["why", "epochs"], sort=True) if len(grey) else []):
+        ax.scatter(group[cost], group[metric], s=22, color="#9aa5b1", marker=marks[i % len(marks)],
+                   label=f"not compared, {why}: {len(group)} after {summary.fmt_count(epochs)} epoch(s)")
+    scored = compared[compared[metric].notna() & compared[cost].notna()]
     for model, group in scored.groupby("model", sort=True):
-        ax.scatter(group[cost], group[metric], s=18, alpha=0.55, label=model)
+        ax.scatter(group[cost], group[metric], s=18, alpha=0.7, label=model)
     ax.step(front[cost], front[metric], where="post", color="black", linewidth=1)
     ax.scatter(front[cost], front[metric], s=60, facecolors="none", edgecolors="black", linewidths=1.5,
                label=f"Pareto front ({len(front)} trials)")
-    positive = scored[cost][scored[cost] > 0]
+    every = pd.concat([scored[cost], grey[cost]]) if len(grey) else scored[cost]
+    positive = every[every > 0]
     log_scale = bool(len(positive)) and positive.max() / positive.min() > 20
     if log_scale:
         ax.set_xscale("log")
     ax.set_xlabel(COST_LABELS[cost] + (", log scale" if log_scale else ""))
     ax.set_ylabel(ACC_LABEL)
-    ax.set_title(f"Accuracy vs cost: {len(scored)} trials, front = no trial is both better and cheaper")
+    title = "Accuracy vs cost: front = no compared trial is both better and cheaper"
+    ax.set_title(title + ("\n" + fill(f"Compared: {compared_text}", 95) if compared_text else ""), fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -180,7 +190,7 @@ def draw_pareto(trials: pd.DataFrame, front: pd.DataFrame, metric: str = "best_v
 def draw_overfit(gap_cells: pd.DataFrame, rows: str = "lr", cols: str = "batch_size",
                  loss: str = LOSS_NAMES["softmax"]) -> Figure:
     """The mean gap of `queries.overfit_grid` cells as a diverging heatmap; `loss` names the loss."""
-    table = gap_cells.pivot(index=rows, columns=cols, values="mean_gap")
+    table = gap_cells.pivot(index=rows, columns=cols, values="mean_gap").dropna(how="all").dropna(axis=1, how="all")
     fig, ax = plt.subplots(figsize=(7, 3.8), layout="constrained")
     limit = np.nanmax(np.abs(table.to_numpy(dtype=float))) or 1.0
     image = _heatmap(ax, table, -limit, limit, "coolwarm", table.map(summary.fmt_gap))
@@ -261,8 +271,8 @@ def index_html(run: store.RunTables, written: Written, sections: list[tuple[str,
             "<body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
-def write(run: store.RunTables, out_dir: str | os.PathLike | None = None, cost: str = "total_time_s",
-          color_by: str = "lr") -> Written:
+def write(run: store.RunTables, out_dir: str | os.PathLike | None = None, cost: str = "time_per_epoch_s",
+          color_by: str = "lr", include_stopped: bool = False) -> Written:
     """Write every figure the run's data allows, and index.html; return what was written.
     `color_by`: the config key that colours the interactive learning curves."""
     out = Path(out_dir).expanduser() if out_dir else run.run_dir / "report"
@@ -278,7 +288,7 @@ def write(run: store.RunTables, out_dir: str | os.PathLike | None = None, cost: 
     except OSError as e:
         raise UserError(f"cannot write the report to {out}: {e.strerror or e}") from None
     try:
-        written, sections = _draw(run, tmp, cost, color_by)
+        written, sections = _draw(run, tmp, cost, color_by, include_stopped)
         (tmp / "index.html").write_text(index_html(run, written, sections))
         _swap_in(tmp, out)
     finally:
@@ -289,12 +299,17 @@ def write(run: store.RunTables, out_dir: str | os.PathLike | None = None, cost: 
     return written
 
 
-def _draw(run: store.RunTables, folder: Path, cost: str, color_by: str = "lr") -> tuple[Written, list]:
+def _draw(run: store.RunTables, folder: Path, cost: str, color_by: str = "lr",
+          include_stopped: bool = False) -> tuple[Written, list]:
     """Each analysis once, drawn as an interactive figure and a PNG, and shown as a table."""
     trials, epochs, metric = run.trials, run.epochs, "best_val_acc"
     if trials[metric].isna().all():
         raise UserError(f"run {run.run_dir} has no trial with a result yet; nothing to plot")
     written, sections = Written(folder / "index.html"), []
+
+    def compared(section: str) -> str:
+        """Which trials a section includes and at which epochs (as `tunefm summarize` says it)."""
+        return f'<p class="compared">Compared: {html.escape(footing.scope_text(trials, summary.READ_AT[section]))}.</p>'
 
     def figure(name: str, fig: Figure) -> list[str]:
         try:
@@ -305,7 +320,8 @@ def _draw(run: store.RunTables, folder: Path, cost: str, color_by: str = "lr") -
         return [name]
 
     best = queries.best(trials, metric)
-    sections.append(("Best configuration per model", [], [_table_html(summary.best_display(best, metric), False)]))
+    sections.append(("Best configuration per model", [],
+                     [compared("best"), _table_html(summary.best_display(best, metric), False)]))
     reference = queries.reported_vs_run(trials, run.info.get("study", {}).get("reported", []))
     if len(reference):
         source = run.info["study"].get("source") or "the source seed"
@@ -318,24 +334,36 @@ def _draw(run: store.RunTables, folder: Path, cost: str, color_by: str = "lr") -
                      [plot_html(interactive.learning_curves(trials, epochs, color_by, loss))]))
     sections.append(("Parallel coordinates", [], [plot_html(interactive.parallel_coordinates(trials, metric))]))
     rows, cols = summary.grid_axes(run)
-    cells = queries.grid(trials, metric, rows, cols)
+    binnings = summary.grid_binnings(run, summary.SummaryOptions(rows=rows, cols=cols))
+    binned = bins.apply(trials, binnings)  # drawn keys (random, TPE studies) in a few ranges
+    cells = queries.grid(binned, metric, rows, cols)
     grid_tables = [f"<h3>{html.escape(model)}</h3>" + _table_html(table, True)
                    for model, table in summary.grid_displays(cells, metric, rows, cols).items()]
-    heatmaps = interactive.grid_heatmaps(trials, metric, rows, cols)
+    heatmaps = interactive.grid_heatmaps(binned, metric, rows, cols)
     sections.append((f"Validation accuracy over {rows} x {cols}", figure("grid.png", draw_grid(cells, metric, rows, cols)),
-                     ([plot_html(heatmaps)] if heatmaps is not None else []) + grid_tables))
+                     [compared("grid"), *([plot_html(heatmaps)] if heatmaps is not None else []), *grid_tables]))
     try:
         result = importance.importance(trials, metric)
         notes = "<p>" + html.escape("; ".join(result.notes())) + "</p>"
         sections.append(("Hyperparameter importance", [], [
-            plot_html(interactive.importance_bars(result.table, result.description, metric)), notes,
+            compared("importance"), plot_html(interactive.importance_bars(result.table, result.description, metric)), notes,
             _table_html(summary.importance_display(importance.records(result)), False)]))
     except UserError as e:  # too few trials, or nothing varied
         written.notes.append(f"hyperparameter importance: {e}")
-    front = queries.pareto(trials, metric, cost)
-    sections.append((f"Pareto front: accuracy vs {cost}", figure("pareto.png", draw_pareto(trials, front, metric, cost)),
-                     [plot_html(interactive.pareto(trials, front, metric, cost, COST_LABELS.get(cost, cost))),
-                      _table_html(summary.pareto_display(front, metric, cost), False)]))
+    options = summary.SummaryOptions(metric=metric, cost=cost, include_stopped=include_stopped)
+    front, basis = summary.pareto_front(run, options)
+    records = summary.with_basis(front.copy(), basis, metric)
+    left_out = records.attrs["left_out"]
+    note = "".join(f'<p class="compared">{html.escape(line)}</p>' for line in summary.pareto_note(
+        records, metric, cost, int(trials[metric].notna().sum())).splitlines())
+    sections.append((summary.pareto_heading(metric, cost),
+                     figure("pareto.png", draw_pareto(basis.compared, front, basis.left_out, metric, cost, basis.text)),
+                     [note, plot_html(interactive.pareto(basis.compared, front, basis.left_out, metric, cost,
+                                                         COST_LABELS.get(cost, cost))),
+                      _table_html(summary.pareto_display(front, metric, cost), False),
+                      *([f"<details><summary>Not compared ({len(left_out)} trials; * = stopped early)</summary>"
+                         + _table_html(summary.pareto_display(left_out, metric, cost), False) + "</details>"]
+                        if len(left_out) else [])]))
     timeline = interactive.timeline(trials, epochs)
     if timeline is not None:
         sections.append(("Timeline", [], [plot_html(timeline)]))
@@ -344,9 +372,10 @@ def _draw(run: store.RunTables, folder: Path, cost: str, color_by: str = "lr") -
     gaps = queries.overfit(trials, epochs)
     overfit_table = ("<details><summary>Every trial</summary>" + _table_html(summary.overfit_display(gaps), False)
                      + "</details>")
-    sections.append(("Overfitting", figure("overfit.png", draw_overfit(
-        queries.overfit_grid(gaps), loss=loss_name(_outputs(trials, gaps["trial_id"] if "trial_id" in gaps else None)))),
-                     [overfit_table]))
+    gap_cells = queries.overfit_grid(bins.apply(gaps, binnings), rows, cols)
+    loss = loss_name(_outputs(trials, gaps["trial_id"] if "trial_id" in gaps else None))
+    sections.append(("Overfitting", figure("overfit.png", draw_overfit(gap_cells, rows, cols, loss=loss)),
+                     [compared("overfit"), overfit_table]))
     if run.confusion.empty:
         written.notes.append("confusion.png and f1.png: no trial has a test-set evaluation yet "
                              "(run `tunefm evaluate RUN`)")

@@ -11,15 +11,20 @@
     grid             model, <rows>, <cols>, <metric>, n          (long form of the pivots)
     importance       method, term, share of the metric's variation, and for an ANOVA df,
                      sum_sq, F, p; metric, trials, stopped_early (importance.py)
-    pareto           the non-dominated trials, cheapest first
+    pareto           the non-dominated trials, cheapest first, among the trials that
+                     trained all their epochs (footing.pareto_basis): stopped_early and
+                     up_to_epoch say which figures each row compares
     overfit          one row per trial: final losses, gap, min val loss epoch, flag
     overfit_grid     <rows>, <cols>, mean_gap, n, overfitting    (all models pooled)
     confusion        one row per true class: trial_id, label, class, precision, recall, f1,
                      support, then the count predicted as each class (by class name)
     confusion_pairs  trial_id, true_class, pred_class, count, share (of the true class)
+    compared         one row per section shown: which trials it compared and at which
+                     epochs (section, trials, basis, up_to_epoch, left_out, left_out_why, text)
 
 `render()` prints them: `json` is one object with those keys, each a list of records;
-`csv` gives each table under a `# key` line (a single table gets no comment line);
+`csv` gives each table under a `# key` line (a single table gets no comment line and no
+`compared` table: its rows carry their own footing);
 `table` (80-column terminal) and `markdown` show grids and the confusion matrix as
 pivots. Nothing here imports Ray or torch.
 """
@@ -33,7 +38,7 @@ from dataclasses import dataclass, replace
 
 import pandas as pd
 
-from tunefm.analysis import importance, queries
+from tunefm.analysis import bins, footing, importance, queries
 from tunefm.analysis.tables import WIDTH, markdown_table, text_table
 from tunefm.engine.data import CLASSES
 from tunefm.errors import UserError
@@ -52,7 +57,8 @@ class SummaryOptions:
     rows: str | None = None  # None: queries.grid_axes picks (lr, batch_size where they vary)
     cols: str | None = None
     agg: str = "mean"
-    cost: str = "total_time_s"
+    cost: str = "time_per_epoch_s"  # a property of the configuration, unlike total_time_s under ASHA
+    include_stopped: bool = False  # pareto: compare trials stopped early too, at their last epoch
     trial: str | None = None  # confusion: this trial instead of the best evaluated one
     importance_method: str = "auto"  # importance.METHODS
 
@@ -94,15 +100,17 @@ def tables(run: store.RunTables, options: SummaryOptions) -> dict[str, pd.DataFr
         out["best"] = queries.best(trials, options.metric)
     if "reference" in sections:
         out["reference"] = queries.reported_vs_run(trials, run.info.get("study", {}).get("reported", []))
+    binnings = grid_binnings(run, options) if {"grid", "overfit"} & set(sections) else {}
     if "grid" in sections:
-        out["grid"] = queries.grid(trials, options.metric, options.rows, options.cols, options.agg)
+        out["grid"] = queries.grid(bins.apply(trials, binnings), options.metric, options.rows, options.cols,
+                                   options.agg)
     if "importance" in sections:
         out["importance"] = importance_records(trials, options)
     if "pareto" in sections:
-        out["pareto"] = queries.pareto(trials, options.metric, options.cost)
+        out["pareto"] = pareto_records(run, options)
     if "overfit" in sections:
         out["overfit"] = queries.overfit(trials, run.epochs)
-        out["overfit_grid"] = queries.overfit_grid(out["overfit"], options.rows, options.cols)
+        out["overfit_grid"] = queries.overfit_grid(bins.apply(out["overfit"], binnings), options.rows, options.cols)
     if "confusion" in sections:
         if run.confusion.empty and not options.confusion_required:
             out["confusion"] = pd.DataFrame(columns=["trial_id", "label", "class"])
@@ -112,7 +120,58 @@ def tables(run: store.RunTables, options: SummaryOptions) -> dict[str, pd.DataFr
             out["confusion"] = confusion_records(result)
             out["confusion_pairs"] = result.pairs.assign(trial_id=result.trial_id)[
                 ["trial_id", "true_class", "pred_class", "count", "share"]]
-    return {key: frame.reset_index(drop=True) for key, frame in out.items()}
+    out = {key: frame.reset_index(drop=True) for key, frame in out.items()}
+    for key in ("grid", "overfit_grid"):
+        if key in out:
+            out[key].attrs["binned"] = [b.describe() for b in binnings.values()]
+    if set(COMPARED_SECTIONS) & set(out):
+        out["compared"] = compared_records(trials, out)
+    return out
+
+
+def grid_binnings(run: store.RunTables, options: SummaryOptions) -> dict[str, bins.Binning]:
+    """The grid axes drawn from a range (random, TPE studies), grouped into a few ranges."""
+    return bins.for_grid(run.trials, run.info.get("study", {}).get("space", {}), (options.rows, options.cols))
+
+
+def pareto_front(run: store.RunTables, options: SummaryOptions) -> tuple[pd.DataFrame, footing.Basis]:
+    """The front (`queries.pareto`) over the trials `footing.pareto_basis` compares, and that basis."""
+    queries.check_column(run.trials, options.metric, "--metric")
+    costed = queries.with_cost(run.trials, options.cost)
+    basis = footing.pareto_basis(costed, run.epochs, options.metric, options.cost, options.include_stopped)
+    return queries.pareto(basis.compared, options.metric, options.cost), basis
+
+
+def pareto_records(run: store.RunTables, options: SummaryOptions) -> pd.DataFrame:
+    """The front, with its basis and the trials it left out in `.attrs` (`with_basis`)."""
+    return with_basis(*pareto_front(run, options), options.metric)
+
+
+def with_basis(front: pd.DataFrame, basis: footing.Basis, metric: str) -> pd.DataFrame:
+    """`front` with attrs: basis (plain data), text (in words), left_out (best first, with why)."""
+    left_out = basis.left_out.sort_values(metric, ascending=not queries.higher_is_better(metric), kind="stable")
+    front.attrs.update(basis=basis.record(), text=basis.text,
+                       left_out=left_out[[c for c in front.columns if c in left_out] + ["why"]].reset_index(drop=True))
+    return front
+
+
+COMPARED_SECTIONS = ("best", "grid", "importance", "pareto", "overfit")  # those the `compared` table covers
+READ_AT = {"best": "its best epoch", "grid": "its best epoch", "importance": "its best epoch",
+           "overfit": "its last epoch"}  # the epoch the sections that keep every trial read it at
+
+
+def compared_records(trials: pd.DataFrame, found: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per section shown: which trials it compared, at which epochs, and what it left out."""
+    rows = []
+    for section in (s for s in COMPARED_SECTIONS if s in found):
+        if section == "pareto":
+            rows.append({"section": section, **found[section].attrs["basis"], "text": found[section].attrs["text"]})
+        else:
+            rows.append({"section": section, "trials": len(trials), "basis": "each trial as far as it trained",
+                         "up_to_epoch": None, "left_out": 0, "left_out_why": "",
+                         "text": footing.scope_text(trials, READ_AT[section])})
+    columns = ["section", "trials", "basis", "up_to_epoch", "left_out", "left_out_why", "text"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def importance_records(trials: pd.DataFrame, options: SummaryOptions) -> pd.DataFrame:
@@ -290,7 +349,8 @@ def reference_note(reference: pd.DataFrame) -> str:
 
 def pivot_display(cells: pd.DataFrame, rows: str, cols: str, text: list[str]) -> pd.DataFrame:
     """Long-form cells as a rows x cols table of `text` (one string per cell), "-" where empty."""
-    table = cells.assign(text=text).pivot(index=rows, columns=cols, values="text").fillna("-")
+    table = cells.assign(text=text).pivot(index=rows, columns=cols, values="text")
+    table = table.dropna(how="all").dropna(axis=1, how="all").fillna("-")  # ranges no trial fell in
     table.index = [fmt_value(v) for v in table.index]
     table.columns = [fmt_value(v) for v in table.columns]
     table.index.name, table.columns.name = label(rows), label(cols)
@@ -330,8 +390,43 @@ def importance_display(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def pareto_display(front: pd.DataFrame, metric: str, cost: str) -> pd.DataFrame:
-    return trials_display(front, {metric: lambda x: fmt_metric(metric, x), cost: lambda x: fmt_metric(cost, x),
-                                  "epochs": fmt_count})
+    """The front (or the trials it left out, with `why`); `*` after the epochs marks a trial
+    stopped early, `up to` the epoch its figures come from where that is not its last."""
+    shown = front.drop(columns=[c for c in ("epochs", "stopped_early", "up_to_epoch", "why") if c in front])
+    table = trials_display(shown, {metric: lambda x: fmt_metric(metric, x), cost: lambda x: fmt_metric(cost, x)})
+    stopped = (front["stopped_early"].fillna(False).astype(bool).tolist() if "stopped_early" in front
+               else [False] * len(front))
+    table["epochs"] = [fmt_count(e) + ("*" if s else "") for e, s in zip(front["epochs"], stopped)]
+    if "up_to_epoch" in front and (front["up_to_epoch"] != front["epochs"]).any():
+        table["up to"] = front["up_to_epoch"].map(fmt_count)
+    if "why" in front and front["why"].nunique() > 1:
+        table["why"] = front["why"]
+    return table
+
+
+def pareto_heading(metric: str, cost: str) -> str:
+    if cost in footing.CUMULATIVE_COSTS:
+        return f"Pareto front: {label(metric)} vs {label(cost)}, which counts early stopping as savings"
+    direction = "higher" if queries.higher_is_better(metric) else "lower"
+    return f"Pareto front: {label(metric)} ({direction} is better) vs {label(cost)} (lower is better)"
+
+
+def pareto_note(front: pd.DataFrame, metric: str, cost: str, scored: int) -> str:
+    """Which trials the front compared; what --cost total_time_s and --include-stopped mean."""
+    basis, left_out = front.attrs["basis"], front.attrs["left_out"]
+    lines = [f"Compared: {front.attrs['text']}.",
+             f"{len(front)} of {basis['trials']} compared trials are on the front"
+             + (f" ({scored} trials have a result)" if scored != basis["trials"] else "")]
+    if cost in footing.CUMULATIVE_COSTS:
+        direction = "higher" if queries.higher_is_better(metric) else "lower"
+        lines.append(f"{cost} counts early stopping as savings: a trial stopped early looks cheap because it was "
+                     f"stopped, not because its configuration is cheap (--cost time_per_epoch_s compares "
+                     f"configurations); {direction} {label(metric)} and lower {label(cost)} are better")
+    if len(left_out):
+        stopped = "--include-stopped compares trials stopped early too, at their last epoch"
+        lines.append(f"Not compared: {basis['left_out_why']} (listed after the front)"
+                     + (f"; {stopped}" if basis["basis"] == "ran to the end" else ""))
+    return "\n".join(lines)
 
 
 def overfit_display(gaps: pd.DataFrame) -> pd.DataFrame:
@@ -377,10 +472,17 @@ def run_header(run: store.RunTables) -> list[str]:
 def blocks(run: store.RunTables, found: dict[str, pd.DataFrame], options: SummaryOptions):
     """(heading, note, [(subheading, display frame, show index)]) per section, for people."""
     metric, rows, cols = options.metric, options.rows, options.cols
+    compared = (dict(zip(found["compared"]["section"], found["compared"]["text"])) if "compared" in found else {})
+
+    def note(section: str, *lines: str) -> str:
+        """`Compared: ...` first, then the section's own notes."""
+        return "\n".join([f"Compared: {compared[section]}.", *(line for line in lines if line)])
+
     out = []
     if "best" in found:
         out.append((f"Best configuration per model (by {label(metric)})",
-                    "mean±std over seeds; n = seeds" if (found["best"].get("n", pd.Series(dtype=int)) > 1).any() else "",
+                    note("best", "mean±std over seeds; n = seeds"
+                         if (found["best"].get("n", pd.Series(dtype=int)) > 1).any() else ""),
                     [("", best_display(found["best"], metric), False)]))
     if "reference" in found and (len(found["reference"]) or "reference" in options.sections):
         source = run.info.get("study", {}).get("source") or "its source"
@@ -389,18 +491,24 @@ def blocks(run: store.RunTables, found: dict[str, pd.DataFrame], options: Summar
     if "grid" in found:
         pivots = grid_displays(found["grid"], metric, rows, cols)
         stopped = "; * = stopped early by ASHA" if (found["grid"]["stopped"] > 0).any() else ""
+        binned = "".join(f"; {text}" for text in found["grid"].attrs.get("binned", []))
         out.append((f"{label(metric)} ({options.agg}) by {rows} (rows) x {cols} (columns)",
-                    f"cells: {options.agg} over the trials with those values{stopped}",
+                    note("grid", f"cells: {options.agg} over the trials with those values{binned}{stopped}"),
                     [(model, table, True) for model, table in pivots.items()] or [("", pd.DataFrame(), False)]))
     if "importance" in found:
         table = found["importance"]
         out.append((f"Hyperparameter importance: share of the variation in {label(metric)}",
-                    "; ".join(table.attrs.get("notes", [])), [("", importance_display(table), False)]))
+                    note("importance", "; ".join(table.attrs.get("notes", []))),
+                    [("", importance_display(table), False)]))
     if "pareto" in found:
-        direction = "higher" if queries.higher_is_better(metric) else "lower"
-        out.append((f"Pareto front: {label(metric)} ({direction} is better) vs {options.cost} (lower is better)",
-                    f"{len(found['pareto'])} of {int(run.trials[metric].notna().sum())} trials are on the front",
-                    [("", pareto_display(found["pareto"], metric, options.cost), False)]))
+        front = found["pareto"]
+        left_out = front.attrs["left_out"]
+        parts = [("", pareto_display(front, metric, options.cost), False)]
+        if len(left_out):
+            parts.append((f"Not compared ({len(left_out)} trials; * = stopped early)",
+                          pareto_display(left_out, metric, options.cost), False))
+        out.append((pareto_heading(metric, options.cost),
+                    pareto_note(front, metric, options.cost, int(run.trials[metric].notna().sum())), parts))
     if "overfit" in found:
         gaps = found["overfit"]
         flagged = int(gaps["overfitting"].sum()) if len(gaps) else 0
@@ -408,8 +516,8 @@ def blocks(run: store.RunTables, found: dict[str, pd.DataFrame], options: Summar
         mean_gap = (pivot_display(gap_cells, rows, cols, [fmt_gap(g) for g in gap_cells["mean_gap"]])
                     if len(gap_cells) else pd.DataFrame())
         out.append(("Overfitting: gap = final val loss - final train loss",
-                    f"{flagged} of {len(gaps)} trials overfit (final val loss >= 10% above its minimum "
-                    f"while train loss kept falling)",
+                    note("overfit", f"{flagged} of {len(gaps)} trials overfit (final val loss >= 10% above its "
+                                    f"minimum while train loss kept falling)"),
                     [("", overfit_display(gaps), False),
                      (f"Mean gap by {rows} x {cols}, all models", mean_gap, True)]))
     if "confusion" in found:
@@ -426,6 +534,11 @@ def blocks(run: store.RunTables, found: dict[str, pd.DataFrame], options: Summar
     return out
 
 
+def wrap(line: str) -> list[str]:
+    """A note wrapped to the terminal, never inside an option's name (--include-stopped)."""
+    return textwrap.wrap(line, WIDTH, break_on_hyphens=False)
+
+
 def render(run: store.RunTables, options: SummaryOptions, fmt: str = "table") -> str:
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -437,6 +550,8 @@ def render(run: store.RunTables, options: SummaryOptions, fmt: str = "table") ->
                           indent=1)
     if fmt == "csv":
         parts = []
+        if len(found) == 2 and "compared" in found:  # one table: its rows say what they compare
+            found.pop("compared")
         for key, frame in found.items():
             text = frame.to_csv(index=False)
             parts.append(text if len(found) == 1 else f"# {key}\n{text}")
@@ -446,9 +561,9 @@ def render(run: store.RunTables, options: SummaryOptions, fmt: str = "table") ->
     for heading, note, parts in blocks(run, found, options):
         lines += ["", f"## {heading}" if fmt == "markdown" else f"{heading}\n{'=' * min(len(heading), WIDTH)}"]
         for line in note.splitlines():
-            lines += [f"{line}  "] if fmt == "markdown" else textwrap.wrap(line, WIDTH)
+            lines += [f"{line}  "] if fmt == "markdown" else wrap(line)
         for subheading, frame, index in parts:
             if subheading:
-                lines += ["", f"### {subheading}"] if fmt == "markdown" else ["", *textwrap.wrap(f"{subheading}:", WIDTH)]
+                lines += ["", f"### {subheading}"] if fmt == "markdown" else ["", *wrap(f"{subheading}:")]
             lines += ["", markdown_table(frame, index) if fmt == "markdown" else text_table(frame, index)]
     return "\n".join(lines)

@@ -1,0 +1,157 @@
+"""Which trials a comparison includes, and at which epochs.
+
+Under early stopping trials train for different numbers of epochs: a trial ASHA stopped
+after one epoch has a first-epoch accuracy and a one-epoch cost. Comparing it with
+trials that trained to the end makes it look cheap because it was stopped, not because
+its configuration is cheap. So the Pareto front compares trials on an equal footing:
+
+    basis = footing.pareto_basis(trials, epochs, "best_val_acc", "time_per_epoch_s")
+    basis.compared    # the rows the front is computed over
+    basis.left_out    # the trials it leaves out, each with `why`
+    basis.text        # "the 35 trials that trained all 3 epochs, each up to its last epoch"
+
+By default that is the trials that ran to the end. When fewer than MIN_COMPARED did (a
+search with aggressive early stopping), every trial is compared at the highest epoch
+that at least MIN_COMPARED trials reached (or all there are), its figures recomputed
+from its first epochs (`at_epoch`). `include_stopped` compares every trial at its own
+last epoch, as if stopping were a property of the configuration.
+
+`scope_text` says the same for sections that keep every trial (best, grid, overfitting,
+importance). Pure pandas: no Ray, no torch, no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from tunefm.run.columns import INTERRUPTED, TRIAL_FACTS
+from tunefm.run.trial_summary import summary_row
+
+MIN_COMPARED = 5
+# Figures that exist only after training (measured on the test set from the best checkpoint):
+# they have no value at an earlier epoch.
+AFTER_TRAINING = ("test_acc", "test_loss")
+# Costs that add up over the epochs a trial trained: early stopping lowers them.
+CUMULATIVE_COSTS = ("total_time_s", "gpu_seconds")
+
+
+@dataclass
+class Basis:
+    """The trials a comparison includes (`compared`) and leaves out (`left_out`, with `why`)."""
+
+    compared: pd.DataFrame
+    left_out: pd.DataFrame
+    epoch: int | None  # every compared trial's figures up to this epoch; None: up to its own last
+    mode: str  # "ran to the end", "at epoch", "all trials"
+    text: str  # which trials, at which epochs, in words
+
+    def record(self) -> dict:
+        """The basis as plain data (JSON, CSV, HTML)."""
+        reasons = self.left_out["why"].value_counts().to_dict() if len(self.left_out) else {}
+        return {"trials": len(self.compared), "basis": self.mode, "up_to_epoch": self.epoch,
+                "left_out": len(self.left_out), "left_out_why": "; ".join(f"{n} {why}" for why, n in reasons.items())}
+
+
+def ran_to_end(trials: pd.DataFrame) -> pd.Series:
+    """Trials that ended normally after all their epochs (not stopped early, not failed or running)."""
+    stopped = trials["stopped_early"].fillna(False).astype(bool) if "stopped_early" in trials else False
+    return (trials["status"] == "TERMINATED") & ~stopped
+
+
+def why_not_compared(row: pd.Series, limit: int | None = None) -> str:
+    """Why a trial's figures are not on the footing of the ones that ran to the end."""
+    if limit is not None:
+        return f"reached fewer than {limit} epochs"
+    if row["status"] == "TERMINATED":
+        return "stopped early by ASHA"
+    return {"ERROR": "failed", INTERRUPTED: "interrupted"}.get(row["status"], "still running")
+
+
+def at_epoch(trials: pd.DataFrame, epochs: pd.DataFrame, epoch: int) -> pd.DataFrame:
+    """The trials that reached `epoch`, their figures recomputed from their first `epoch`
+    epochs (best val acc so far, time so far, ...). Test-set figures become NaN: they were
+    measured after training. Their own status, stopped_early and epochs stay."""
+    reached = trials[trials["epochs"] >= epoch]
+    early = epochs[(epochs["epoch"] <= epoch) & epochs["trial_id"].isin(reached["trial_id"])]
+    histories = {tid: g.sort_values("epoch").to_dict("records") for tid, g in early.groupby("trial_id", sort=False)}
+    rows = []
+    for _, trial in reached.iterrows():
+        recomputed = summary_row(trial.to_dict(), histories.get(trial["trial_id"], []), [], epoch)
+        figures = {k: v for k, v in recomputed.items() if k not in ("trial_id", "status", "stopped_early", "epochs",
+                                                                     "retries", *TRIAL_FACTS)}
+        rows.append({**trial.to_dict(), **figures, **dict.fromkeys(AFTER_TRAINING, float("nan"))})
+    table = pd.DataFrame(rows, columns=list(trials.columns)).astype(trials.dtypes.to_dict(), errors="ignore")
+    if "gpu_seconds" in table:  # queries.with_cost's GPU time, of the time so far
+        table["gpu_seconds"] = table["total_time_s"] * table["gpu_fraction"]
+    return table
+
+
+def pareto_basis(trials: pd.DataFrame, epochs: pd.DataFrame, metric: str, cost: str,
+                 include_stopped: bool = False) -> Basis:
+    """The trials a Pareto front of `metric` against `cost` compares (see the module's docstring).
+    `trials` must already carry `cost` (queries.with_cost)."""
+    scored = trials[trials[metric].notna() & trials[cost].notna()]
+    limit = _epoch_limit(scored)
+    if include_stopped:
+        compared = scored.assign(up_to_epoch=scored["epochs"])
+        stopped = int(compared["stopped_early"].sum())
+        text = (f"all {len(compared)} trials, each up to its last epoch"
+                + (f" ({stopped} stopped early by ASHA, marked *: their figures come from fewer epochs)"
+                   if stopped else ""))
+        return Basis(compared, _left_out(trials, compared, limit=None), None, "all trials", text)
+    finished = scored[ran_to_end(scored)]
+    needed = min(MIN_COMPARED, len(scored))
+    if len(finished) >= needed or metric in AFTER_TRAINING:
+        compared = finished.assign(up_to_epoch=finished["epochs"])
+        text = (f"the {len(compared)} trials that trained all {_epochs_text(compared)}, each up to its last epoch"
+                if len(compared) != len(scored) or len(compared) == 0 else
+                f"all {len(compared)} trials (every one trained all {_epochs_text(compared)})")
+        if len(compared) < needed:  # a test-set figure has no earlier epoch to fall back to
+            text += f"; {metric} is measured after training, so there is no earlier epoch to compare at"
+        return Basis(compared, _left_out(trials, compared, limit=None), None, "ran to the end", text)
+    epoch = max(e for e in range(1, int(scored["epochs"].max()) + 1) if (scored["epochs"] >= e).sum() >= needed)
+    recomputed = at_epoch(scored, epochs, epoch)
+    recomputed = recomputed[recomputed[metric].notna() & recomputed[cost].notna()] if cost in recomputed else recomputed
+    compared = recomputed.assign(up_to_epoch=epoch)
+    text = (f"only {len(finished)} of {len(scored)} trials trained all {limit} epochs, too few to compare: "
+            f"the {len(compared)} trials that reached epoch {epoch}, each up to epoch {epoch}")
+    return Basis(compared, _left_out(trials, compared, limit=epoch), epoch, "at epoch", text)
+
+
+def _epoch_limit(trials: pd.DataFrame) -> int:
+    return int(trials["epochs"].max()) if len(trials) else 0
+
+
+def _epochs_text(trials: pd.DataFrame) -> str:
+    """'3 epochs', or '10-30 epochs' where configs set their own epoch counts."""
+    if trials.empty:
+        return "their epochs"
+    low, high = int(trials["epochs"].min()), int(trials["epochs"].max())
+    return f"{high} epoch{'s' if high != 1 else ''}" if low == high else f"their {low}-{high} epochs"
+
+
+def _left_out(trials: pd.DataFrame, compared: pd.DataFrame, limit: int | None) -> pd.DataFrame:
+    """Trials with a result that `compared` leaves out, best first, each with why."""
+    rest = trials[~trials["trial_id"].isin(compared["trial_id"]) & trials["epochs"].fillna(0).gt(0)]
+    return rest.assign(why=[why_not_compared(row, limit) for _, row in rest.iterrows()])
+
+
+def stopped_text(trials: pd.DataFrame) -> str:
+    """'77 of 112 stopped early by ASHA (after 1-2 epochs)', or '' when none was."""
+    stopped = trials[trials["stopped_early"].fillna(False).astype(bool)] if "stopped_early" in trials else trials[:0]
+    if stopped.empty:
+        return ""
+    low, high = int(stopped["epochs"].min()), int(stopped["epochs"].max())
+    after = f"{low} epoch{'s' if low != 1 else ''}" if low == high else f"{low}-{high} epochs"
+    return f"{len(stopped)} of {len(trials)} stopped early by ASHA (after {after})"
+
+
+def scope_text(trials: pd.DataFrame, at: str) -> str:
+    """Which trials a section that keeps every trial includes, and at which epoch (`at`):
+    'all 112 trials, each at its best epoch; 77 of 112 stopped early by ASHA (after 1-2
+    epochs), so their figures come from fewer epochs'."""
+    text = f"all {len(trials)} trials, each at {at}"
+    stopped = stopped_text(trials)
+    return text + (f"; {stopped}, so their figures come from fewer epochs" if stopped else "")
