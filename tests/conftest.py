@@ -45,10 +45,11 @@ def pytest_configure(config):
 def pytest_collection_finish(session):
     """Start the README's quick search now, in the background, when a selected test needs it.
 
-    It is the suite's largest piece of training (2-3 minutes of both cores), and most
-    other slow tests spend their time waiting on Ray and process start-ups: run beside
-    them, it is done long before the first test that reads it (test files run in name
-    order; the first reader is test_importance.py)."""
+    It is the suite's largest piece of training (2-3 minutes of both cores), while the
+    machine is idle for about two thirds of the suite (tests waiting on Ray and process
+    start-ups). At a low CPU priority it trains in that idle time, barely slowing the
+    tests in front, and is done long before the first test that reads it (test files run
+    in name order; the first reader is test_importance.py, minutes later)."""
     global background_search
     folder = find_data_dir()
     if folder and any("quick_fourfam" in getattr(item, "fixturenames", ()) for item in session.items):
@@ -71,7 +72,9 @@ def own_processes() -> set[int]:
 
 class QuickSearch:
     """`tunefm search` with the README's quick-search options, as a user runs it, in its own
-    process group (its own local Ray); `wait()` returns its run folder."""
+    process group with its own local Ray; `wait()` returns its run folder. Niceness 10, which
+    its Ray inherits: about a tenth of the CPU while the tests in front want all of it, enough
+    that no Ray worker waits past Ray's start-up timeouts."""
 
     def __init__(self, data_folder: Path):
         self.folder = Path(tempfile.mkdtemp(prefix="tunefm-quick-"))
@@ -81,7 +84,8 @@ class QuickSearch:
         self.process = subprocess.Popen(
             [sys.executable, "-c", "from tunefm.cli import main; main()", "search", *QUICK_FOURFAM,
              "--results", str(self.folder / "results"), "--name", "quick"],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+            env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=lambda: os.nice(10))  # mostly idle time: the tests in front keep the CPU
 
     def wait(self) -> Path:
         code = self.process.wait(timeout=1800)

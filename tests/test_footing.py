@@ -105,9 +105,12 @@ def test_include_stopped_compares_every_trial_at_its_last_epoch_and_marks_the_st
                   "--include-stopped").output
     assert "Compared: all 18 trials, each up to its last epoch (10 stopped early by ASHA, marked *" in " ".join(
         text.split())
+    on_front, after = text.split("Stopped early, compared at their last epoch, not on the front (")
     for trial_id, row in front.iterrows():  # each stopped trial on the front carries its mark
-        line = next(line for line in text.splitlines() if line.startswith(trial_id))
+        line = next(line for line in on_front.splitlines() if line.startswith(trial_id))
         assert line.endswith(f"{row.epochs}*" if row.stopped_early else f"{row.epochs}")
+    stopped = set(trials.trial_id[trials.stopped_early])
+    assert set(re.findall(r"^(t\d\d) .*\*$", after, flags=re.M)) == stopped - set(front.index)  # the rest, listed
 
 
 @pytest.mark.parametrize("cost", COSTS)

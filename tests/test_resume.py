@@ -74,17 +74,22 @@ def restored_from_checkpoint(tune_dir: Path, trial_id: str) -> bool:
     return any(r["iterations_since_restore"] == 1 and r["epoch"] > 1 for r in results)
 
 
+BATCHES = [32, 64, 128, 256, 512]
+
+
 @pytest.mark.slow
 def test_ctrl_c_then_resume_gives_the_uninterrupted_runs_trials(quick_fourfam, tmp_path, data_dir):
-    """The README's quick search on its two smaller models (`--set model=iaro1,iaro2`: 56 trials, a
-    fifth of its compute), stopped by Ctrl-C (SIGINT to its whole process group) after 15 trials
-    and resumed with the command it printed: the same 56 configurations as the uninterrupted
-    quick search has of those models, every epoch once, and the same numbers for every
+    """The README's quick search on its two smaller models and batch sizes 32-512 (`--set
+    model=iaro1,iaro2 --set batch_size=32,64,128,256,512`: 40 trials, under a fifth of its
+    compute), stopped by Ctrl-C (SIGINT to its whole process group) after 15 trials and
+    resumed with the command it printed: the same 40 configurations as the uninterrupted
+    quick search has of those, every epoch once, and the same numbers for every
     (config, epoch) both ran (a trial's numbers depend on its config alone, not on which
     other trials share the search)."""
     env = {**fresh_ray_env(tmp_path), "TUNEFM_DATA_DIR": str(data_dir)}
     results = tmp_path / "results"
-    args = ["search", *QUICK_FOURFAM, "--set", "model=iaro1,iaro2", "--results", str(results), "--name", "q"]
+    args = ["search", *QUICK_FOURFAM, "--set", "model=iaro1,iaro2", "--set", f"batch_size={','.join(map(str, BATCHES))}",
+            "--results", str(results), "--name", "q"]
     process = start_tunefm(env, *args)
     run_dir = results / "q"
     wait_for_finished_trials(run_dir, 15, process)
@@ -104,7 +109,7 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_runs_trials(quick_fourfam, t
     statuses = before.status.value_counts().to_dict()
     assert statuses.get("TERMINATED", 0) >= 15
     assert statuses.get("INTERRUPTED", 0) >= 1 and statuses.get("PENDING", 0) >= 1
-    assert f"{statuses['TERMINATED']} of 56 trials finished, {statuses['INTERRUPTED']} stopped at their last " \
+    assert f"{statuses['TERMINATED']} of 40 trials finished, {statuses['INTERRUPTED']} stopped at their last " \
            f"checkpoint" in err
     epochs_before = store.read_epochs(run_dir)
     assert not epochs_before.duplicated(["trial_id", "epoch"]).any()
@@ -119,13 +124,14 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_runs_trials(quick_fourfam, t
                               *resume_line.removeprefix("Resume with: tunefm ").split()],
                              env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"Resuming run q: {statuses['TERMINATED']} of 56 trials finished before" in resumed.stdout
+    assert f"Resuming run q: {statuses['TERMINATED']} of 40 trials finished before" in resumed.stdout
 
     trials, epochs = store.read_trials(run_dir), store.read_epochs(run_dir)
     reference, reference_epochs = store.read_trials(quick_fourfam), store.read_epochs(quick_fourfam)
-    reference = reference[reference.model.isin(["iaro1", "iaro2"])]
-    reference_epochs = reference_epochs[reference_epochs.model.isin(["iaro1", "iaro2"])]
-    assert len(trials) == 56 and set(trials.status) == {"TERMINATED"}
+    reference = reference[reference.model.isin(["iaro1", "iaro2"]) & reference.batch_size.isin(BATCHES)]
+    reference_epochs = reference_epochs[reference_epochs.model.isin(["iaro1", "iaro2"])
+                                        & reference_epochs.batch_size.isin(BATCHES)]
+    assert len(trials) == 40 and set(trials.status) == {"TERMINATED"}
     configs = lambda t: set(map(tuple, t[CONFIG_KEYS].astype(str).values))  # noqa: E731
     assert configs(trials) == configs(reference)
     # no epoch row duplicated or lost: each trial's rows are 1..epochs, and they add up
@@ -155,7 +161,7 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_runs_trials(quick_fourfam, t
                             *resume_line.removeprefix("Resume with: tunefm ").split()],
                            env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 1 and again.stdout == ""
-    assert again.stderr.startswith("Error: run q is already complete (56 trials, finished ")
+    assert again.stderr.startswith("Error: run q is already complete (40 trials, finished ")
 
 
 def start_small_search(tmp_path: Path, data_dir: Path, name: str) -> tuple[dict, Path, list[str], subprocess.Popen]:

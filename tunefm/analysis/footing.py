@@ -113,8 +113,7 @@ def pareto_basis(trials: pd.DataFrame, epochs: pd.DataFrame, metric: str, cost: 
         return Basis(compared, _left_out(trials, compared, limit=None), None, "ran to the end", text)
     epoch = max(e for e in range(1, int(scored["epochs"].max()) + 1) if (scored["epochs"] >= e).sum() >= needed)
     recomputed = at_epoch(scored, epochs, epoch)
-    recomputed = recomputed[recomputed[metric].notna() & recomputed[cost].notna()] if cost in recomputed else recomputed
-    compared = recomputed.assign(up_to_epoch=epoch)
+    compared = recomputed[recomputed[metric].notna() & recomputed[cost].notna()].assign(up_to_epoch=epoch)
     text = (f"only {len(finished)} of {len(scored)} trials trained all {limit} epochs, too few to compare: "
             f"the {len(compared)} trials that reached epoch {epoch}, each up to epoch {epoch}")
     return Basis(compared, _left_out(trials, compared, limit=epoch), epoch, "at epoch", text)

@@ -353,7 +353,7 @@ def _draw(run: store.RunTables, folder: Path, cost: str, color_by: str = "lr",
     options = summary.SummaryOptions(metric=metric, cost=cost, include_stopped=include_stopped)
     front, basis = summary.pareto_front(run, options)
     records = summary.with_basis(front.copy(), basis, metric)
-    left_out = records.attrs["left_out"]
+    title, listed = records.attrs["listed"]
     note = "".join(f'<p class="compared">{html.escape(line)}</p>' for line in summary.pareto_note(
         records, metric, cost, int(trials[metric].notna().sum())).splitlines())
     sections.append((summary.pareto_heading(metric, cost),
@@ -361,9 +361,9 @@ def _draw(run: store.RunTables, folder: Path, cost: str, color_by: str = "lr",
                      [note, plot_html(interactive.pareto(basis.compared, front, basis.left_out, metric, cost,
                                                          COST_LABELS.get(cost, cost))),
                       _table_html(summary.pareto_display(front, metric, cost), False),
-                      *([f"<details><summary>Not compared ({len(left_out)} trials; * = stopped early)</summary>"
-                         + _table_html(summary.pareto_display(left_out, metric, cost), False) + "</details>"]
-                        if len(left_out) else [])]))
+                      *([f"<details><summary>{html.escape(title)}</summary>"
+                         + _table_html(summary.pareto_display(listed, metric, cost), False) + "</details>"]
+                        if len(listed) else [])]))
     timeline = interactive.timeline(trials, epochs)
     if timeline is not None:
         sections.append(("Timeline", [], [plot_html(timeline)]))

@@ -148,10 +148,20 @@ def pareto_records(run: store.RunTables, options: SummaryOptions) -> pd.DataFram
 
 
 def with_basis(front: pd.DataFrame, basis: footing.Basis, metric: str) -> pd.DataFrame:
-    """`front` with attrs: basis (plain data), text (in words), left_out (best first, with why)."""
-    left_out = basis.left_out.sort_values(metric, ascending=not queries.higher_is_better(metric), kind="stable")
-    front.attrs.update(basis=basis.record(), text=basis.text,
-                       left_out=left_out[[c for c in front.columns if c in left_out] + ["why"]].reset_index(drop=True))
+    """`front` with attrs: basis (plain data), text (in words), and the trials listed after
+    the front, best first: `listed` (title, frame with why). By default those are the trials
+    left out; with --include-stopped, the stopped trials that were compared but are not on it."""
+    if basis.mode == "all trials":
+        stopped = basis.compared[basis.compared["stopped_early"].fillna(False).astype(bool)
+                                 & ~basis.compared["trial_id"].isin(front["trial_id"])]
+        listed = stopped.assign(why="stopped early by ASHA")
+        title = f"Stopped early, compared at their last epoch, not on the front ({len(listed)} trials)"
+    else:
+        listed = basis.left_out
+        title = f"Not compared ({len(listed)} trials; * = stopped early)"
+    listed = listed.sort_values(metric, ascending=not queries.higher_is_better(metric), kind="stable")
+    front.attrs.update(basis=basis.record(), text=basis.text, listed=(
+        title, listed[[c for c in front.columns if c in listed] + ["why"]].reset_index(drop=True)))
     return front
 
 
@@ -413,7 +423,7 @@ def pareto_heading(metric: str, cost: str) -> str:
 
 def pareto_note(front: pd.DataFrame, metric: str, cost: str, scored: int) -> str:
     """Which trials the front compared; what --cost total_time_s and --include-stopped mean."""
-    basis, left_out = front.attrs["basis"], front.attrs["left_out"]
+    basis, (_, listed) = front.attrs["basis"], front.attrs["listed"]
     lines = [f"Compared: {front.attrs['text']}.",
              f"{len(front)} of {basis['trials']} compared trials are on the front"
              + (f" ({scored} trials have a result)" if scored != basis["trials"] else "")]
@@ -422,7 +432,10 @@ def pareto_note(front: pd.DataFrame, metric: str, cost: str, scored: int) -> str
         lines.append(f"{cost} counts early stopping as savings: a trial stopped early looks cheap because it was "
                      f"stopped, not because its configuration is cheap (--cost time_per_epoch_s compares "
                      f"configurations); {direction} {label(metric)} and lower {label(cost)} are better")
-    if len(left_out):
+    if basis["basis"] == "all trials" and "stopped_early" in front:
+        lines.append(f"{int(front['stopped_early'].sum())} trials on the front were stopped early (marked *); "
+                     f"the {len(listed)} stopped early that are not on it are listed after the front")
+    elif len(listed):
         stopped = "--include-stopped compares trials stopped early too, at their last epoch"
         lines.append(f"Not compared: {basis['left_out_why']} (listed after the front)"
                      + (f"; {stopped}" if basis["basis"] == "ran to the end" else ""))
@@ -502,11 +515,10 @@ def blocks(run: store.RunTables, found: dict[str, pd.DataFrame], options: Summar
                     [("", importance_display(table), False)]))
     if "pareto" in found:
         front = found["pareto"]
-        left_out = front.attrs["left_out"]
+        title, listed = front.attrs["listed"]
         parts = [("", pareto_display(front, metric, options.cost), False)]
-        if len(left_out):
-            parts.append((f"Not compared ({len(left_out)} trials; * = stopped early)",
-                          pareto_display(left_out, metric, options.cost), False))
+        if len(listed):
+            parts.append((title, pareto_display(listed, metric, options.cost), False))
         out.append((pareto_heading(metric, options.cost),
                     pareto_note(front, metric, options.cost, int(run.trials[metric].notna().sum())), parts))
     if "overfit" in found:
