@@ -252,3 +252,32 @@ def test_the_report_bins_drawn_keys_and_says_what_each_section_compared(tmp_path
     assert "Not compared: 14 stopped early by ASHA (listed after the front); --include-stopped" in " ".join(compared)
     for label in ("[0.0001, 0.001)", "[0.001, 0.01)", "[0.01, 0.1]"):  # the grid's rows, in the heatmap and table
         assert page.count(label) >= 2, label
+
+
+def test_a_cost_few_trials_reach_keeps_the_finished_trials_and_says_why(tmp_path):
+    """time_to_90_train_acc_s exists only for trials that reached 90% train accuracy. Here 5
+    have one, 1 ran to the end, and at epoch 2 (the last all 5 reached) none had reached
+    90% yet: there is no earlier epoch to compare at, so the front stays on the finished trial."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    writer = RunWriter(run_dir, max_epochs=4, config_keys=["model", "lr", "batch_size"])
+    for i, n_epochs in enumerate([4, 3, 3, 3, 2, 1]):
+        config = {"model": "iaro1", "lr": 0.01 * (i + 1), "batch_size": 32}
+        for epoch in range(1, n_epochs + 1):
+            train_acc = 0.95 if epoch >= 3 or (epoch == 2 and i == 4) else 0.5  # trial 4 reaches 90% at epoch 2
+            writer.add_epoch(f"t{i}", config, {
+                "epoch": epoch, "train_loss": 1.0, "val_loss": 1.0, "val_acc": 0.5 + i / 100 + epoch / 10,
+                "train_acc": train_acc, "epoch_time_s": 1.0, "train_time_s": 0.9, "time_total_s": float(epoch),
+                "params": 21352, "gpu_fraction": 0.0})
+        writer.set_status(f"t{i}", config, "TERMINATED")
+    writer.flush()
+    store.write_json({"study": {"name": "hand"}, "status": "completed"}, run_dir / store.RUN_FILE)
+    trials = store.read_trials(run_dir).set_index("trial_id")
+    assert trials.time_to_90_train_acc_s.notna().sum() == 5 and (~trials.stopped_early).sum() == 1
+
+    found = pareto_json(run_dir, "--cost", "time_to_90_train_acc_s")
+    (compared,) = found["compared"]
+    assert [r["trial_id"] for r in found["pareto"]] == ["t0"] and compared["basis"] == "ran to the end"
+    assert compared["text"] == ("the 1 trial that trained all 4 epochs, each up to its last epoch; fewer than 5 "
+                                "trials have a time_to_90_train_acc_s up to epoch 2, the last 5 reached")
+    assert compared["left_out_why"] == "4 stopped early by ASHA; 1 no time_to_90_train_acc_s"

@@ -60,8 +60,12 @@ def ran_to_end(trials: pd.DataFrame) -> pd.Series:
     return (trials["status"] == "TERMINATED") & ~stopped
 
 
-def why_not_compared(row: pd.Series, limit: int | None = None) -> str:
-    """Why a trial's figures are not on the footing of the ones that ran to the end."""
+def why_not_compared(row: pd.Series, limit: int | None = None, needs: tuple[str, ...] = ()) -> str:
+    """Why a trial is not compared: a figure it lacks (of `needs`), or its figures are not on
+    the footing of the ones that ran to the end (or reached epoch `limit`)."""
+    missing = [column for column in needs if pd.isna(row[column])]
+    if missing:
+        return f"no {missing[0]}"
     if limit is not None:
         return f"reached fewer than {limit} epochs"
     if row["status"] == "TERMINATED":
@@ -93,30 +97,40 @@ def pareto_basis(trials: pd.DataFrame, epochs: pd.DataFrame, metric: str, cost: 
     """The trials a Pareto front of `metric` against `cost` compares (see the module's docstring).
     `trials` must already carry `cost` (queries.with_cost)."""
     scored = trials[trials[metric].notna() & trials[cost].notna()]
-    limit = _epoch_limit(scored)
+    limit, needs = _epoch_limit(scored), (metric, cost)
     if include_stopped:
         compared = scored.assign(up_to_epoch=scored["epochs"])
         stopped = int(compared["stopped_early"].sum())
-        text = (f"all {len(compared)} trials, each up to its last epoch"
+        text = (f"all {_trials(len(compared))}, each up to its last epoch"
                 + (f" ({stopped} stopped early by ASHA, marked *: their figures come from fewer epochs)"
                    if stopped else ""))
-        return Basis(compared, _left_out(trials, compared, limit=None), None, "all trials", text)
+        return Basis(compared, _left_out(trials, compared, None, needs), None, "all trials", text)
     finished = scored[ran_to_end(scored)]
     needed = min(MIN_COMPARED, len(scored))
-    if len(finished) >= needed or metric in AFTER_TRAINING:
-        compared = finished.assign(up_to_epoch=finished["epochs"])
-        text = (f"the {len(compared)} trials that trained all {_epochs_text(compared)}, each up to its last epoch"
-                if len(compared) != len(scored) or len(compared) == 0 else
-                f"all {len(compared)} trials (every one trained all {_epochs_text(compared)})")
-        if len(compared) < needed:  # a test-set figure has no earlier epoch to fall back to
-            text += f"; {metric} is measured after training, so there is no earlier epoch to compare at"
-        return Basis(compared, _left_out(trials, compared, limit=None), None, "ran to the end", text)
-    epoch = max(e for e in range(1, int(scored["epochs"].max()) + 1) if (scored["epochs"] >= e).sum() >= needed)
-    recomputed = at_epoch(scored, epochs, epoch)
-    compared = recomputed[recomputed[metric].notna() & recomputed[cost].notna()].assign(up_to_epoch=epoch)
-    text = (f"only {len(finished)} of {len(scored)} trials trained all {limit} epochs, too few to compare: "
-            f"the {len(compared)} trials that reached epoch {epoch}, each up to epoch {epoch}")
-    return Basis(compared, _left_out(trials, compared, limit=epoch), epoch, "at epoch", text)
+    why_not = None  # why there is no earlier epoch to fall back to, when there is none
+    if len(finished) < needed:
+        if metric in AFTER_TRAINING:
+            why_not = f"{metric} is measured after training, so there is no earlier epoch to compare at"
+        else:
+            epoch = max(e for e in range(1, limit + 1) if (scored["epochs"] >= e).sum() >= needed)
+            recomputed = at_epoch(scored, epochs, epoch)
+            compared = recomputed[recomputed[metric].notna() & recomputed[cost].notna()].assign(up_to_epoch=epoch)
+            if len(compared) >= needed:
+                text = (f"only {len(finished)} of {len(scored)} trials trained all {limit} epochs, too few to "
+                        f"compare: the {_trials(len(compared))} that reached epoch {epoch}, each up to epoch {epoch}")
+                return Basis(compared, _left_out(trials, compared, epoch, needs), epoch, "at epoch", text)
+            # a cost some trials never get, such as time_to_90_train_acc_s, is rarer at an earlier epoch
+            why_not = f"fewer than {needed} trials have a {cost} up to epoch {epoch}, the last {needed} reached"
+    compared = finished.assign(up_to_epoch=finished["epochs"])
+    text = (f"the {_trials(len(compared))} that trained all {_epochs_text(compared)}, each up to its last epoch"
+            if len(compared) != len(scored) or len(compared) == 0 else
+            f"all {_trials(len(compared))} (every one trained all {_epochs_text(compared)})")
+    return Basis(compared, _left_out(trials, compared, None, needs), None, "ran to the end",
+                 text + (f"; {why_not}" if why_not else ""))
+
+
+def _trials(count: int) -> str:
+    return f"{count} trial{'' if count == 1 else 's'}"
 
 
 def _epoch_limit(trials: pd.DataFrame) -> int:
@@ -131,10 +145,10 @@ def _epochs_text(trials: pd.DataFrame) -> str:
     return f"{high} epoch{'s' if high != 1 else ''}" if low == high else f"their {low}-{high} epochs"
 
 
-def _left_out(trials: pd.DataFrame, compared: pd.DataFrame, limit: int | None) -> pd.DataFrame:
-    """Trials with a result that `compared` leaves out, best first, each with why."""
+def _left_out(trials: pd.DataFrame, compared: pd.DataFrame, limit: int | None, needs: tuple[str, ...]) -> pd.DataFrame:
+    """Trials with at least one epoch that `compared` leaves out, each with why."""
     rest = trials[~trials["trial_id"].isin(compared["trial_id"]) & trials["epochs"].fillna(0).gt(0)]
-    return rest.assign(why=[why_not_compared(row, limit) for _, row in rest.iterrows()])
+    return rest.assign(why=[why_not_compared(row, limit, needs) for _, row in rest.iterrows()])
 
 
 def stopped_text(trials: pd.DataFrame) -> str:
