@@ -281,3 +281,25 @@ def test_a_cost_few_trials_reach_keeps_the_finished_trials_and_says_why(tmp_path
     assert compared["text"] == ("the 1 trial that trained all 4 epochs, each up to its last epoch; fewer than 5 "
                                 "trials have a time_to_90_train_acc_s up to epoch 2, the last 5 reached")
     assert compared["left_out_why"] == "4 stopped early by ASHA; 1 no time_to_90_train_acc_s"
+
+
+def test_a_model_without_trials_in_one_range_gets_a_grid_of_the_ranges_it_has():
+    """A binned key is a category listing every range; each model's heatmap shows only the
+    ranges its trials fell in, each cell labelled with its own value."""
+    import matplotlib.pyplot as plt
+
+    from tunefm.analysis import report
+
+    labels = ["[0.0001, 0.001)", "[0.001, 0.01)", "[0.01, 0.1]"]
+    cells = pd.DataFrame({"model": ["iaro1"] * 3 + ["iaro2"] * 2,
+                          "lr": pd.Categorical([*labels, labels[0], labels[2]], categories=labels, ordered=True),
+                          "batch_size": 32, "best_val_acc": [0.1, 0.2, 0.3, 0.5, 0.7], "n": 1, "stopped": 0})
+    fig = report.draw_grid(cells, "best_val_acc", "lr", "batch_size")
+    try:
+        by_model = {ax.get_title(): ax for ax in fig.axes if ax.get_title()}
+        iaro2 = by_model["iaro2"]
+        assert [t.get_text() for t in iaro2.get_yticklabels()] == [labels[0], labels[2]]
+        assert [t.get_text() for t in iaro2.texts] == ["0.5000", "0.7000"]
+        assert [t.get_text() for t in by_model["iaro1"].texts] == ["0.1000", "0.2000", "0.3000"]
+    finally:
+        plt.close(fig)

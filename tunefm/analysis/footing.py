@@ -54,10 +54,16 @@ class Basis:
                 "left_out": len(self.left_out), "left_out_why": "; ".join(f"{n} {why}" for why, n in reasons.items())}
 
 
+def stopped(trials: pd.DataFrame) -> pd.Series:
+    """Each trial's stopped_early as a plain bool (False where a table has none)."""
+    if "stopped_early" not in trials:
+        return pd.Series(False, index=trials.index)
+    return trials["stopped_early"].fillna(False).astype(bool)
+
+
 def ran_to_end(trials: pd.DataFrame) -> pd.Series:
     """Trials that ended normally after all their epochs (not stopped early, not failed or running)."""
-    stopped = trials["stopped_early"].fillna(False).astype(bool) if "stopped_early" in trials else False
-    return (trials["status"] == "TERMINATED") & ~stopped
+    return (trials["status"] == "TERMINATED") & ~stopped(trials)
 
 
 def why_not_compared(row: pd.Series, limit: int | None = None, needs: tuple[str, ...] = ()) -> str:
@@ -97,13 +103,13 @@ def pareto_basis(trials: pd.DataFrame, epochs: pd.DataFrame, metric: str, cost: 
     """The trials a Pareto front of `metric` against `cost` compares (see the module's docstring).
     `trials` must already carry `cost` (queries.with_cost)."""
     scored = trials[trials[metric].notna() & trials[cost].notna()]
-    limit, needs = _epoch_limit(scored), (metric, cost)
+    limit, needs = int(scored["epochs"].max()) if len(scored) else 0, (metric, cost)
     if include_stopped:
         compared = scored.assign(up_to_epoch=scored["epochs"])
-        stopped = int(compared["stopped_early"].sum())
+        count = int(stopped(compared).sum())
         text = (f"all {_trials(len(compared))}, each up to its last epoch"
-                + (f" ({stopped} stopped early by ASHA, marked *: their figures come from fewer epochs)"
-                   if stopped else ""))
+                + (f" ({count} stopped early by ASHA, marked *: their figures come from fewer epochs)"
+                   if count else ""))
         return Basis(compared, _left_out(trials, compared, None, needs), None, "all trials", text)
     finished = scored[ran_to_end(scored)]
     needed = min(MIN_COMPARED, len(scored))
@@ -122,9 +128,11 @@ def pareto_basis(trials: pd.DataFrame, epochs: pd.DataFrame, metric: str, cost: 
             # a cost some trials never get, such as time_to_90_train_acc_s, is rarer at an earlier epoch
             why_not = f"fewer than {needed} trials have a {cost} up to epoch {epoch}, the last {needed} reached"
     compared = finished.assign(up_to_epoch=finished["epochs"])
-    text = (f"the {_trials(len(compared))} that trained all {_epochs_text(compared)}, each up to its last epoch"
+    trained = _epochs(compared["epochs"]) if len(compared) else "their epochs"
+    trained = trained if compared["epochs"].nunique() <= 1 else f"their {trained}"  # configs with their own counts
+    text = (f"the {_trials(len(compared))} that trained all {trained}, each up to its last epoch"
             if len(compared) != len(scored) or len(compared) == 0 else
-            f"all {_trials(len(compared))} (every one trained all {_epochs_text(compared)})")
+            f"all {_trials(len(compared))} (every one trained all {trained})")
     return Basis(compared, _left_out(trials, compared, None, needs), None, "ran to the end",
                  text + (f"; {why_not}" if why_not else ""))
 
@@ -133,16 +141,10 @@ def _trials(count: int) -> str:
     return f"{count} trial{'' if count == 1 else 's'}"
 
 
-def _epoch_limit(trials: pd.DataFrame) -> int:
-    return int(trials["epochs"].max()) if len(trials) else 0
-
-
-def _epochs_text(trials: pd.DataFrame) -> str:
-    """'3 epochs', or '10-30 epochs' where configs set their own epoch counts."""
-    if trials.empty:
-        return "their epochs"
-    low, high = int(trials["epochs"].min()), int(trials["epochs"].max())
-    return f"{high} epoch{'s' if high != 1 else ''}" if low == high else f"their {low}-{high} epochs"
+def _epochs(counts: pd.Series) -> str:
+    """'1 epoch', '3 epochs', or '1-2 epochs' for a range of epoch counts."""
+    low, high = int(counts.min()), int(counts.max())
+    return f"{low} epoch{'' if low == 1 else 's'}" if low == high else f"{low}-{high} epochs"
 
 
 def _left_out(trials: pd.DataFrame, compared: pd.DataFrame, limit: int | None, needs: tuple[str, ...]) -> pd.DataFrame:
@@ -153,12 +155,10 @@ def _left_out(trials: pd.DataFrame, compared: pd.DataFrame, limit: int | None, n
 
 def stopped_text(trials: pd.DataFrame) -> str:
     """'77 of 112 stopped early by ASHA (after 1-2 epochs)', or '' when none was."""
-    stopped = trials[trials["stopped_early"].fillna(False).astype(bool)] if "stopped_early" in trials else trials[:0]
-    if stopped.empty:
+    early = trials[stopped(trials)]
+    if early.empty:
         return ""
-    low, high = int(stopped["epochs"].min()), int(stopped["epochs"].max())
-    after = f"{low} epoch{'s' if low != 1 else ''}" if low == high else f"{low}-{high} epochs"
-    return f"{len(stopped)} of {len(trials)} stopped early by ASHA (after {after})"
+    return f"{len(early)} of {len(trials)} stopped early by ASHA (after {_epochs(early['epochs'])})"
 
 
 def scope_text(trials: pd.DataFrame, at: str) -> str:

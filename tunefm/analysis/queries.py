@@ -136,7 +136,7 @@ def grid(trials: pd.DataFrame, metric: str = "best_val_acc", rows: str = "lr", c
 def pivot(cells: pd.DataFrame, model: str | None, rows: str, cols: str, metric: str) -> pd.DataFrame:
     """One model's grid cells as a rows x cols table of `metric` (or of n, stopped; NaN where no trial)."""
     part = cells if model is None else cells[cells["model"] == model]
-    return part.pivot(index=rows, columns=cols, values=metric)
+    return part.pivot(index=rows, columns=cols, values=metric)  # a binned key: the ranges these cells have
 
 
 def with_cost(trials: pd.DataFrame, cost: str) -> pd.DataFrame:

@@ -190,7 +190,7 @@ def draw_pareto(compared: pd.DataFrame, front: pd.DataFrame, left_out: pd.DataFr
 def draw_overfit(gap_cells: pd.DataFrame, rows: str = "lr", cols: str = "batch_size",
                  loss: str = LOSS_NAMES["softmax"]) -> Figure:
     """The mean gap of `queries.overfit_grid` cells as a diverging heatmap; `loss` names the loss."""
-    table = gap_cells.pivot(index=rows, columns=cols, values="mean_gap").dropna(how="all").dropna(axis=1, how="all")
+    table = gap_cells.pivot(index=rows, columns=cols, values="mean_gap")
     fig, ax = plt.subplots(figsize=(7, 3.8), layout="constrained")
     limit = np.nanmax(np.abs(table.to_numpy(dtype=float))) or 1.0
     image = _heatmap(ax, table, -limit, limit, "coolwarm", table.map(summary.fmt_gap))
@@ -352,10 +352,10 @@ def _draw(run: store.RunTables, folder: Path, cost: str, color_by: str = "lr",
         written.notes.append(f"hyperparameter importance: {e}")
     options = summary.SummaryOptions(metric=metric, cost=cost, include_stopped=include_stopped)
     front, basis = summary.pareto_front(run, options)
-    records = summary.with_basis(front.copy(), basis, metric)
-    title, listed = records.attrs["listed"]
+    front = summary.with_basis(front, basis, metric)
+    title, listed = front.attrs["listed"]
     note = "".join(f'<p class="compared">{html.escape(line)}</p>' for line in summary.pareto_note(
-        records, metric, cost, int(trials[metric].notna().sum())).splitlines())
+        front, metric, cost, int(trials[metric].notna().sum())).splitlines())
     sections.append((summary.pareto_heading(metric, cost),
                      figure("pareto.png", draw_pareto(basis.compared, front, basis.left_out, metric, cost, basis.text)),
                      [note, plot_html(interactive.pareto(basis.compared, front, basis.left_out, metric, cost,

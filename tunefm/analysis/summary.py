@@ -152,9 +152,9 @@ def with_basis(front: pd.DataFrame, basis: footing.Basis, metric: str) -> pd.Dat
     the front, best first: `listed` (title, frame with why). By default those are the trials
     left out; with --include-stopped, the stopped trials that were compared but are not on it."""
     if basis.mode == "all trials":
-        stopped = basis.compared[basis.compared["stopped_early"].fillna(False).astype(bool)
-                                 & ~basis.compared["trial_id"].isin(front["trial_id"])]
-        listed = stopped.assign(why="stopped early by ASHA")
+        compared = basis.compared
+        listed = compared[footing.stopped(compared) & ~compared["trial_id"].isin(front["trial_id"])].assign(
+            why="stopped early by ASHA")
         title = f"Stopped early, compared at their last epoch, not on the front ({len(listed)} trials)"
     else:
         listed = basis.left_out
@@ -359,8 +359,7 @@ def reference_note(reference: pd.DataFrame) -> str:
 
 def pivot_display(cells: pd.DataFrame, rows: str, cols: str, text: list[str]) -> pd.DataFrame:
     """Long-form cells as a rows x cols table of `text` (one string per cell), "-" where empty."""
-    table = cells.assign(text=text).pivot(index=rows, columns=cols, values="text")
-    table = table.dropna(how="all").dropna(axis=1, how="all").fillna("-")  # ranges no trial fell in
+    table = cells.assign(text=text).pivot(index=rows, columns=cols, values="text").fillna("-")
     table.index = [fmt_value(v) for v in table.index]
     table.columns = [fmt_value(v) for v in table.columns]
     table.index.name, table.columns.name = label(rows), label(cols)
@@ -404,9 +403,7 @@ def pareto_display(front: pd.DataFrame, metric: str, cost: str) -> pd.DataFrame:
     stopped early, `up to` the epoch its figures come from where that is not its last."""
     shown = front.drop(columns=[c for c in ("epochs", "stopped_early", "up_to_epoch", "why") if c in front])
     table = trials_display(shown, {metric: lambda x: fmt_metric(metric, x), cost: lambda x: fmt_metric(cost, x)})
-    stopped = (front["stopped_early"].fillna(False).astype(bool).tolist() if "stopped_early" in front
-               else [False] * len(front))
-    table["epochs"] = [fmt_count(e) + ("*" if s else "") for e, s in zip(front["epochs"], stopped)]
+    table["epochs"] = [fmt_count(e) + ("*" if s else "") for e, s in zip(front["epochs"], footing.stopped(front))]
     if "up_to_epoch" in front and (front["up_to_epoch"] != front["epochs"]).any():
         table["up to"] = front["up_to_epoch"].map(fmt_count)
     if "why" in front and front["why"].nunique() > 1:
