@@ -65,7 +65,7 @@ def small_fourfam(run_dir: Path, data_dir: Path) -> Path:
             decision = asha.on_trial_result(None, trial, {"epoch": metrics["epoch"], "val_acc": metrics["val_acc"]})
             if decision == "STOP":
                 break
-        writer.set_status(trial_id, config, "TERMINATED")
+        writer.set_status(trial_id, config, "TERMINATED", stopped_at_rung=asha.stopped_at.get(trial_id))
     writer.compact()
     evaluation = evaluate.evaluate_trials(run_dir, splits.test_x, splits.test_y, study.test_top, echo=lambda s: None,
                                           device=torch.device("cpu"))

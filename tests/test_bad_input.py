@@ -94,6 +94,10 @@ def study_file(tmp_path: Path, body: str) -> str:
 UNWRITABLE = "/proc/tunefm-results"  # even root cannot make a folder here
 GRID = ("from tunefm.study import Study\n"
         "STUDY = Study(name='mine', description='', grid={grid}, fixed={{'model': 'iaro1', 'batch_size': 8}})\n")
+OPTUNA = ("from ray import tune\nfrom tunefm.study import Study\n"
+          "STUDY = Study(name='o', description='', searcher='optuna', sampler='{sampler}', num_samples=3, "
+          "fixed={{'model': 'iaro1'}}, space={{'lr': tune.loguniform(1e-3, 0.1), 'momentum': tune.uniform(0.5, 0.9), "
+          "'batch_size': tune.choice([8, 16])}})\n")
 
 # (arguments, the one error line's text); {results}, {data}, {tmp}, {damaged:<name>} and {port} are filled in
 SEARCH_MISTAKES = [
@@ -128,6 +132,22 @@ SEARCH_MISTAKES = [
     (["--group-size", "1"], "--group-size must be >= 2, got 1"),
     (["--keep-checkpoints", "some"], "Invalid value for '--keep-checkpoints': 'some' is not one of 'best', 'all'."),
     (["--loop", "fast"], "Invalid value for '--loop': 'fast' is not one of 'auto', 'plain', 'channels_last'"),
+    (["--objectives", "val_acc:max,accuracy:max"], "--objectives: 'accuracy' names no epoch or trial column; valid: "
+                                                   "train_loss, train_acc"),
+    (["--objectives", "test_acc:max"], "'test_acc' names no epoch or trial column (measured after training; no rule "
+                                       "can read it)"),
+    (["--objectives", "params"], "--objectives: give params a direction, params:max or params:min, got 'params'"),
+    (["--objectives", "val_acc:max", "--no-early-stop"],
+     "--objectives has nothing to judge: --no-early-stop turns off the stopping rule and the grid searcher does not "
+     "read objectives; drop one of them"),
+    (["--max-epochs", "3", "--grace-period", "5"], "--grace-period 5 is more than the trials' 3 epochs; give 1 to 3"),
+    (["--space", "{file:" + OPTUNA.format(sampler="bayes") + "}"],
+     "sampler must be one of tpe, gp, cmaes, nsga2, got 'bayes'"),
+    (["--space", "{file:" + OPTUNA.format(sampler="nsga2") + "}"],
+     "sampler='nsga2' optimizes several objectives, got one (val_acc:max); give --objectives "
+     "val_acc:max,time_per_epoch_s:min, or use tpe"),
+    (["--space", "{file:" + OPTUNA.format(sampler="cmaes") + "}", "--objectives", "val_acc:max,params:min"],
+     "sampler='cmaes' optimizes one objective, got 2 (val_acc:max, params:min); use tpe, gp or nsga2"),
     (["--resume"], "--resume needs --name RUN: the interrupted run to continue"),
     (["--resume", "--name", "nope"], "no run named 'nope' to resume under {results}/ (runs there: busy, corrupt, done, "
                                      "empty, stateless)"),

@@ -4,7 +4,7 @@ layers importable without Ray or torch, and Ray's private names in one module.
     cli, catalog, bench_report      the commands                          (top)
     analysis/                       answers from a run folder: no Ray, no torch
     tune/                           everything that talks to Ray
-    study, searchers/               plain data: what to search
+    study, searchers/, stopping/    plain data: what to search, and when to stop a trial
     run/                            the run folder's one owner: no Ray, no torch
     engine/                         plain PyTorch: no Ray, no pandas
     errors, optional                shared by all                         (bottom)
@@ -32,6 +32,7 @@ LAYERS = {
     "tunefm.engine": (1, "engine"),
     "tunefm.run": (2, "run"),
     "tunefm.study": (3, "plain data"), "tunefm.searchers": (3, "plain data"),
+    "tunefm.stopping": (3, "plain data"),
     "tunefm.tune": (4, "tune"),
     "tunefm.analysis": (5, "analysis"),
     "tunefm.cli": (6, "commands"), "tunefm.catalog": (6, "commands"), "tunefm.bench_report": (6, "commands"),
@@ -171,6 +172,7 @@ def test_ray_private_names_and_tune_formats_only_in_ray_internals():
 @pytest.mark.parametrize("package, forbidden", [
     ("tunefm.run", ("ray", "torch")),
     ("tunefm.analysis", ("ray", "torch")),
+    ("tunefm.stopping", ("ray", "torch")),
     ("tunefm.engine", ("ray", "pandas")),
     ("tunefm.cli", ("ray", "torch", "matplotlib", "plotly", "optuna", "statsmodels", "mlflow")),  # start-up
 ])

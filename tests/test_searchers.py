@@ -21,6 +21,7 @@ from tunefm import searchers, study
 from tunefm.cli import main
 from tunefm.errors import UserError
 from tunefm.searchers import distributions, vocabulary
+from tunefm.stopping import objectives
 from tunefm.study import Study
 
 SPACE = {"lr": tune.loguniform(1e-3, 0.2), "momentum": tune.uniform(0.5, 0.95), "batch_size": tune.choice([16, 64])}
@@ -29,6 +30,7 @@ EXAMPLES = {
     "grid": dict(grid={"lr": [0.01, 0.1], "batch_size": [16, 64]}, fixed={"model": "iaro1", "momentum": 0.9}),
     "hyperopt": dict(space=SPACE, fixed={"model": "iaro1"}, num_samples=6, initial_points=2),
     "random": dict(space=SPACE, fixed={"model": "iaro1"}, num_samples=6),
+    "optuna": dict(space=SPACE, fixed={"model": "iaro1"}, num_samples=6, initial_points=2),
 }
 
 
@@ -37,10 +39,10 @@ def example(name: str, **changes) -> Study:
                  **{**EXAMPLES[name], **changes})
 
 
-def proposals(loaded: Study, seed: int = 0, concurrency: int | None = None) -> list[dict]:
+def proposals(loaded: Study, seed: int = 0, concurrency: int | None = None, objectives=()) -> list[dict]:
     """Every config the searcher's algorithm proposes, in order; each trial finishes (val_acc
-    from its lr) when the algorithm waits for one to."""
-    space, algorithm, num_samples = loaded.search.search_alg(loaded, seed, concurrency)
+    from its lr, params from its batch size) when the algorithm waits for one to."""
+    space, algorithm, num_samples = loaded.search.search_alg(loaded, seed, concurrency, None, objectives)
     assert num_samples == loaded.num_trials
     algorithm.set_search_properties(None, None, space)  # as Tune does before its first trial
     if not isinstance(algorithm, SearchAlgorithm):
@@ -56,7 +58,8 @@ def proposals(loaded: Study, seed: int = 0, concurrency: int | None = None) -> l
         elif running:
             done = running.pop(0)
             algorithm.on_trial_complete(done.trial_id, {"val_acc": 1 - abs(done.config["lr"] - 0.05),
-                                                        "training_iteration": 1})
+                                                        "params": 1000 * done.config["batch_size"],
+                                                        "epoch": 1, "training_iteration": 1})
         else:
             break
     return configs
@@ -109,7 +112,8 @@ def test_set_with_several_values_varies_the_key_over_exactly_those(name):
         assert {c["batch_size"] for c in configs} == {8, 32}
 
 
-@pytest.mark.parametrize("name, num_samples, trials", [("grid", 3, 12), ("hyperopt", 3, 3), ("random", 3, 3)])
+@pytest.mark.parametrize("name, num_samples, trials", [("grid", 3, 12), ("hyperopt", 3, 3), ("random", 3, 3),
+                                                            ("optuna", 3, 3)])
 def test_num_samples_means_seeds_per_grid_point_or_configs_to_draw(name, num_samples, trials):
     loaded = example(name)
     with_options = loaded.search.with_run_options(loaded, {}, num_samples, seed=7)
@@ -125,7 +129,9 @@ def test_spaces_describes_a_study_of_every_searcher(name, tmp_path):
               "hyperopt": "space={'lr': tune.loguniform(1e-3, 0.1)}, fixed={'model': 'iaro1', 'batch_size': 8}, "
                           "num_samples=5",
               "random": "space={'lr': tune.loguniform(1e-3, 0.1)}, fixed={'model': 'iaro1', 'batch_size': 8}, "
-                        "num_samples=5"}[name]
+                        "num_samples=5",
+              "optuna": "space={'lr': tune.loguniform(1e-3, 0.1)}, fixed={'model': 'iaro1', 'batch_size': 8}, "
+                        "num_samples=5, sampler='gp'"}[name]
     path = tmp_path / f"{name}_study.py"
     path.write_text(f"from ray import tune\nfrom tunefm.study import Study\n"
                     f"STUDY = Study(name='s', description='d', searcher={name!r}, {source})\n")
@@ -138,15 +144,17 @@ def test_spaces_describes_a_study_of_every_searcher(name, tmp_path):
 
 
 def test_a_searcher_field_set_for_a_searcher_that_ignores_it_is_refused():
-    with pytest.raises(UserError, match=r"^study 'random-example': initial_points need searcher='hyperopt'$"):
+    with pytest.raises(UserError, match=r"^study 'random-example': initial_points need searcher='hyperopt' or "
+                                        r"'optuna'$"):
         example("random", initial_points=3)
-    with pytest.raises(UserError, match=r"^study 'grid-example': space, num_samples need searcher='hyperopt' or "
-                                        r"'random'$"):
+    with pytest.raises(UserError, match=r"^study 'grid-example': space, num_samples need searcher='hyperopt', "
+                                        r"'random' or 'optuna'$"):
         example("grid", space={"seed": tune.choice([1, 2])}, num_samples=2)
     with pytest.raises(UserError, match=r"^study 'random-example': a random study searches `space`; put fixed "
                                         r"values in `fixed`, not grid or variants$"):
         example("random", grid={"seed": [1, 2]})
-    with pytest.raises(UserError, match=r"^study 's': searcher must be one of grid, hyperopt, random, got 'tpe'$"):
+    with pytest.raises(UserError, match=r"^study 's': searcher must be one of grid, hyperopt, random, optuna, "
+                                        r"got 'tpe'$"):
         Study(name="s", description="", searcher="tpe", fixed={"model": "iaro1", "lr": 0.1, "batch_size": 8})
 
 
@@ -158,7 +166,7 @@ def test_only_the_searchers_package_asks_which_searcher_a_study_has():
         if package in module.parents:
             continue
         for number, line in enumerate(module.read_text().splitlines(), 1):
-            if re.search(r"searcher\s*(==|!=)|(==|!=)\s*['\"](grid|hyperopt|random)['\"]", line):
+            if re.search(r"searcher\s*(==|!=)|(==|!=)\s*['\"](grid|hyperopt|random|optuna)['\"]", line):
                 switches.append(f"{module.name}:{number}: {line.strip()}")
     assert not switches
 
@@ -211,3 +219,50 @@ def test_grid_proposes_every_combination_in_a_seeded_shuffle():
     assert sorted((c["lr"], c["batch_size"]) for c in configs) == [(0.01, 16), (0.01, 64), (0.1, 16), (0.1, 64)]
     orders = {tuple((c["lr"], c["batch_size"]) for c in proposals(loaded, seed=s)) for s in range(6)}
     assert len(orders) > 1  # the order depends on --seed
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "gp", "cmaes", "nsga2"])
+def test_optuna_samplers_draw_inside_the_space_the_same_for_a_seed(sampler):
+    """nsga2 on two objectives (it takes no fewer); the others on val_acc and, but cmaes, on two."""
+    loaded = example("optuna", sampler=sampler, num_samples=8)
+    for named in (["val_acc:max"] if sampler != "nsga2" else []) + (["val_acc:max,params:min"]
+                                                                   if sampler != "cmaes" else []):
+        chosen = objectives.parse(named)
+        configs = proposals(loaded, seed=3, objectives=chosen)
+        assert len(configs) == 8 and all(inside(loaded, c) for c in configs)
+        assert configs == proposals(loaded, seed=3, objectives=chosen)
+        assert configs != proposals(loaded, seed=4, objectives=chosen)
+
+
+def test_optuna_tells_each_trial_its_objectives_from_its_rows():
+    """A trial column objective (time_per_epoch_s: the mean of the epochs reported) and a NaN
+    one (a diverged trial: told as failed)."""
+    loaded = example("optuna", num_samples=2)
+    space, limiter, _ = loaded.search.search_alg(loaded, 0, None, None,
+                                                 objectives.parse("val_acc:max,time_per_epoch_s:min"))
+    limiter.set_search_properties(None, None, space)
+    for trial_id, seconds, val in [("a", (1.0, 3.0, 5.0), 0.8), ("b", (1.0, 1.0), float("nan"))]:
+        assert limiter.suggest(trial_id) is not None
+        for epoch, s in enumerate(seconds[:-1], 1):
+            limiter.on_trial_result(trial_id, {"epoch": epoch, "val_acc": val, "epoch_time_s": s,
+                                               "training_iteration": epoch})
+        # the result on which a scheduler stops the trial reaches the searcher only here, as in Tune
+        limiter.on_trial_complete(trial_id, {"epoch": len(seconds), "val_acc": val, "epoch_time_s": seconds[-1],
+                                             "training_iteration": len(seconds)})
+    told = {t.number: t for t in limiter.searcher._ot_study.trials}
+    assert told[0].values == [0.8, 3.0] and told[0].state.name == "COMPLETE"
+    assert told[1].state.name == "FAIL"
+
+
+@pytest.mark.parametrize("changes, named, message", [
+    (dict(sampler="bayes"), None, "sampler must be one of tpe, gp, cmaes, nsga2, got 'bayes'"),
+    (dict(sampler="cmaes", space={"lr": tune.loguniform(1e-3, 0.2), "batch_size": tune.choice([16, 64])}), None,
+     "sampler='cmaes' needs at least two keys drawn from a range (tune.uniform, loguniform, randint, ...) in "
+     "space, got lr; use tpe or gp"),
+    (dict(sampler="nsga2"), "val_acc:max", "sampler='nsga2' optimizes several objectives, got one (val_acc:max)"),
+    (dict(sampler="cmaes"), "val_acc:max,params:min", "sampler='cmaes' optimizes one objective, got 2"),
+])
+def test_optuna_refuses_what_its_sampler_cannot_do(changes, named, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        loaded = example("optuna", **changes)
+        loaded.search.check_objectives(loaded, objectives.parse(named))

@@ -202,7 +202,7 @@ def test_markdown_and_csv(small_fourfam):
     one = invoke("summarize", str(small_fourfam), "--format", "csv", "--section", "pareto").output
     front = pd.read_csv(io.StringIO(one))
     assert list(front.columns) == ["trial_id", "model", "lr", "batch_size", "best_val_acc", "time_per_epoch_s",
-                                   "epochs", "stopped_early", "up_to_epoch"]
+                                   "epochs", "stopped_early", "stopped_at_rung", "up_to_epoch"]
     assert not front.stopped_early.any()
     several = invoke("summarize", str(small_fourfam), "--format", "csv", "--section", "best", "--section", "overfit")
     blocks = several.output.split("\n\n")

@@ -6,6 +6,7 @@
     tunefm summarize [RUN] --section best --format markdown
     tunefm evaluate RUN --test-top 5
     tunefm report RUN --out report/
+    tunefm replay RUN --sweep                # what ASHA would have cost and missed on a run's curves
     tunefm export RUN --mlflow-uri sqlite:///mlflow.db
     tunefm bench --models iaro1,iaro2 --batch-sizes 8,256 --device cuda
     tunefm spaces [NAME]      tunefm models
@@ -26,7 +27,7 @@ import signal
 import click
 from click.core import ParameterSource
 
-from tunefm.analysis import mlflow_export, summary, tables
+from tunefm.analysis import mlflow_export, replay, summary, tables
 from tunefm.analysis.importance import METHODS as IMPORTANCE_METHODS
 from tunefm.analysis.queries import AGGREGATES, COSTS
 from tunefm.analysis.summary import FORMATS, SECTIONS
@@ -110,15 +111,20 @@ def main(debug: bool) -> None:
 @click.option("--storage", default=None, metavar="URI",
               help="Where Tune keeps checkpoints and TensorBoard events, shared by every node: s3://bucket/path, "
                    "gs://..., or a shared folder.  [default: the run folder's tune/]")
-@click.option("--no-early-stop", is_flag=True, help="Run the full grid without ASHA.  [default: ASHA on val_acc]")
+@click.option("--no-early-stop", is_flag=True, help="Train every trial all its epochs: no stopping rule.  [default: ASHA on val_acc, "
+                   "or MO-ASHA on --objectives]")
 @click.option("--max-failures", type=int, default=2,
               help="Retries of a trial whose worker fails (a killed process, a lost node), each from its last "
                    "checkpoint.")
 @click.option("--resume", is_flag=True,
               help="Continue the interrupted run --name RUN with its own options: finished trials are kept, "
                    "running ones continue from their last checkpoint.  [default: a new run]")
-@click.option("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped.")
-@click.option("--reduction-factor", type=int, default=3, help="ASHA: keep 1/N of trials at each rung.")
+@click.option("--grace-period", type=int, default=1, help="ASHA and MO-ASHA: epochs before a trial can be stopped (the first rung).")
+@click.option("--reduction-factor", type=int, default=3, help="ASHA and MO-ASHA: keep 1/N of trials at each rung.")
+@click.option("--objectives", default=None, metavar="COL:max|min[,...]",
+              help="What early stopping judges at each rung (and an optuna study optimizes): one objective is ASHA, "
+                   "several are MO-ASHA (non-dominated sorting, then crowding distance), e.g. "
+                   "val_acc:max,time_per_epoch_s:min; any epoch column or numeric trial column.  [default: val_acc:max]")
 @click.option("--seed", type=int, default=0, help="Base seed for model init and batch order.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=V1[,V2...]",
               help="Override a config key: one value pins it, several make a grid. Repeatable.  [default: none]")
@@ -171,7 +177,8 @@ def search(**options) -> None:
     stopped = int(trials["stopped_early"].sum())
     failed = int((trials["status"] == "ERROR").sum())
     retried = int((trials["retries"] > 0).sum())
-    click.echo(f"\n{len(trials)} trials, {stopped} stopped early by ASHA, "
+    rule = "MO-ASHA" if len(settings.stopping_objectives()) > 1 else "ASHA"
+    click.echo(f"\n{len(trials)} trials, {stopped} stopped early by {rule}, "
                + (f"{retried} retried after a failure, " if retried else "")
                + (f"{failed} failed (see {outcome.run_dir / 'tune'}), " if failed else "")
                + f"{int(trials['epochs'].sum())} epochs trained.")
@@ -230,11 +237,11 @@ def compact(run: str, results_dir: str) -> None:
                    "else the next key that varies]")
 @click.option("--agg", type=click.Choice(AGGREGATES), default="mean",
               help="grid: how a cell combines its trials (seeds, other varied keys).")
-@click.option("--cost", type=click.Choice(COSTS), default="time_per_epoch_s",
+@click.option("--cost", type=click.Choice(COSTS), default=None,
               help="pareto: the cost axis (lower is better). total_time_s and gpu_seconds count early stopping "
-                   "as savings.")
+                   "as savings.  [default: the cost the run's --objectives minimized, else time_per_epoch_s]")
 @click.option("--include-stopped", is_flag=True,
-              help="pareto: compare trials ASHA stopped early too, at their last epoch (marked *).  [default: "
+              help="pareto: compare trials stopped early too, at their last epoch (marked *).  [default: "
                    "only trials that trained all their epochs]")
 @click.option("--trial", default=None, metavar="ID",
               help="confusion: this evaluated trial.  [default: the evaluated trial with the best val acc]")
@@ -257,14 +264,15 @@ def summarize(run: str | None, results_dir: str, sections: tuple[str, ...], fmt:
 @click.argument("run", required=False)
 @click.option("--results", "results_dir", default="results", metavar="DIR", help="Folder holding run folders.")
 @click.option("--out", "out_dir", default=None, metavar="DIR", help="Where to write.  [default: RUN/report]")
-@click.option("--cost", type=click.Choice(COSTS), default="time_per_epoch_s",
-              help="Cost axis of the Pareto plot (as for summarize).")
+@click.option("--cost", type=click.Choice(COSTS), default=None,
+              help="Cost axis of the Pareto plot (as for summarize).  [default: the cost the run's --objectives "
+                   "minimized, else time_per_epoch_s]")
 @click.option("--include-stopped", is_flag=True,
-              help="Pareto plot: compare trials ASHA stopped early too.  [default: drawn grey, off the front]")
+              help="Pareto plot: compare trials stopped early too.  [default: drawn grey, off the front]")
 @click.option("--color-by", default="lr", metavar="KEY",
               help="Config key that colours the interactive learning curves (lr, batch_size, model, ...).")
 @user_errors
-def report(run: str | None, results_dir: str, out_dir: str | None, cost: str, include_stopped: bool,
+def report(run: str | None, results_dir: str, out_dir: str | None, cost: str | None, include_stopped: bool,
            color_by: str) -> None:
     """An interactive, self-contained index.html (plotly; works offline) and PNG figures for a run.
 
@@ -276,6 +284,44 @@ def report(run: str | None, results_dir: str, out_dir: str | None, cost: str, in
     written = reporting.write(store.load_run(run_dir), out_dir, cost=cost, color_by=color_by,
                               include_stopped=include_stopped)
     click.echo(f"Wrote {len(written.figures)} figures and {written.index}")
+
+
+@main.command("replay")
+@click.argument("run", required=False)
+@click.option("--results", "results_dir", default="results", metavar="DIR", help="Folder holding run folders.")
+@click.option("--scheduler", type=click.Choice(replay.SCHEDULERS), default=None,
+              help="The rule to replay: asha judges the first objective, mo-asha all of them, none trains "
+                   "every epoch.  [default: mo-asha for several objectives, else asha]")
+@click.option("--grace-period", type=int, default=1, help="Epochs before a trial can be stopped.")
+@click.option("--reduction-factor", type=int, default=3, help="Keep 1/N of the trials at each rung.")
+@click.option("--objectives", default=None, metavar="COL:max|min[,...]",
+              help="What the rule judges, e.g. val_acc:max,time_per_epoch_s:min.  [default: the run's own "
+                   "--objectives, else val_acc:max]")
+@click.option("--concurrency", type=int, default=1,
+              help="Trials at once, started in the run's order; 1 replays a --concurrency 1 search exactly.")
+@click.option("--sweep", "sweep_settings", is_flag=True,
+              help=f"Replay grace periods {', '.join(map(str, replay.SWEEP_GRACE_PERIODS))} x reduction factors "
+                   f"{', '.join(map(str, replay.SWEEP_REDUCTION_FACTORS))} (within the run's epochs).  "
+                   f"[default: the one setting given]")
+@click.option("--json", "as_json", is_flag=True, help="JSON, each trial's epochs under each rule included.  [default: a table]")
+@user_errors
+def replay_command(run: str | None, results_dir: str, scheduler: str | None, grace_period: int, reduction_factor: int,
+                   objectives: str | None, concurrency: int, sweep_settings: bool, as_json: bool) -> None:
+    """Replay a stopping rule on a run's recorded curves, without training: the epochs it would
+    train, its simulated wall time, the configuration it would pick and its regret, and for
+    several objectives the hypervolume of its front. Best on a run made with --no-early-stop.
+
+    RUN is a run folder or a run name under --results.  [default: the newest run]
+    """
+    run_dir = store.resolve_run(run, results_dir)
+    curves, outcomes = replay.replay(store.load_run(run_dir), scheduler, grace_period, reduction_factor, objectives,
+                                     concurrency, sweep_settings)
+    if as_json:
+        click.echo(json.dumps(replay.without_nan({"run": str(run_dir), "settings": replay.records(curves, outcomes)}),
+                              indent=2, default=str))
+        return
+    click.echo("\n".join([*replay.heading(curves, outcomes), "",
+                           tables.text_table(replay.table(curves, outcomes), index=False, width=120)]))
 
 
 @main.command()

@@ -18,6 +18,8 @@ Searchers (`tunefm/searchers/`, one module each):
   are tried first.
 - "random": `num_samples` independent draws from `space`, seeded by --seed;
   `points_to_evaluate` are tried first.
+- "optuna": Optuna's `sampler` ("tpe", "gp", "cmaes" or "nsga2") draws `num_samples`
+  configs from `space` on --objectives (one or several), seeded by --seed.
 
 Config vocabulary (a trial's config is a flat dict; see DESIGN.md). Shared keys:
 
@@ -105,7 +107,8 @@ class Study:
     space: Mapping[str, Any] = field(default_factory=dict)  # hyperopt, random: Ray Tune distributions
     num_samples: int | None = None  # hyperopt, random: configs to try
     points_to_evaluate: Sequence[Mapping[str, Any]] = ()  # hyperopt, random: tried first
-    initial_points: int = 10  # hyperopt: random configs before TPE takes over
+    initial_points: int = 10  # hyperopt, optuna: random configs before the model takes over (nsga2: population)
+    sampler: str = "tpe"  # optuna: tpe | gp | cmaes | nsga2
     concurrency: int | None = None  # default limit on trials at once (TPE learns from finished ones)
     test_top: int = DEFAULT_TEST_TOP  # configs per model evaluated on the test set afterwards
     reported: Sequence[Reported] = ()
@@ -130,7 +133,8 @@ class Study:
         search.validate(self, where)
         unread = [name for name in SEARCHER_FIELDS if name not in search.fields and self._is_set(name)]
         if unread:
-            takers = " or ".join(repr(s) for s in searchers.taking(unread[0]))
+            names = [repr(s) for s in searchers.taking(unread[0])]
+            takers = " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 2 else names)
             raise UserError(f"{where}: {', '.join(unread)} need searcher={takers}")
         for key, value in self.fixed.items():
             validate_value(key, value)
@@ -230,6 +234,7 @@ class Study:
             "name": self.name, "source": self.source, "description": self.description,
             "searcher": self.searcher, "grid": dict(self.grid), "variants": [dict(v) for v in self.variants],
             "fixed": dict(self.fixed), "space": {k: distributions.describe(d) for k, d in self.space.items()},
+            **({"sampler": self.sampler} if "sampler" in self.search.fields else {}),
             "points_to_evaluate": [dict(p) for p in self.points_to_evaluate],
             "max_epochs": self.max_epochs, "num_trials": self.num_trials, "test_top": self.test_top,
             "reported": [r.record() for r in self.reported],

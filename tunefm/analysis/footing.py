@@ -66,7 +66,20 @@ def ran_to_end(trials: pd.DataFrame) -> pd.Series:
     return (trials["status"] == "TERMINATED") & ~stopped(trials)
 
 
-def why_not_compared(row: pd.Series, limit: int | None = None, needs: tuple[str, ...] = ()) -> str:
+def stopping_rule(info: dict) -> str:
+    """The rule that stopped a run's trials, for the words: 'ASHA', or 'MO-ASHA' for a search
+    with several --objectives (run.json's options)."""
+    objectives = (info.get("options") or {}).get("objectives") or ""
+    return "MO-ASHA" if "," in objectives else "ASHA"
+
+
+def stopped_why(row, rule: str = "ASHA") -> str:
+    """'stopped early by ASHA at rung 3' (the rung where the run recorded one)."""
+    rung = row.get("stopped_at_rung") if hasattr(row, "get") else None
+    return f"stopped early by {rule}" + ("" if rung is None or pd.isna(rung) else f" at rung {int(rung)}")
+
+
+def why_not_compared(row: pd.Series, limit: int | None = None, needs: tuple[str, ...] = (), rule: str = "ASHA") -> str:
     """Why a trial is not compared: a figure it lacks (of `needs`), or its figures are not on
     the footing of the ones that ran to the end (or reached epoch `limit`)."""
     missing = [column for column in needs if pd.isna(row[column])]
@@ -75,7 +88,7 @@ def why_not_compared(row: pd.Series, limit: int | None = None, needs: tuple[str,
     if limit is not None:
         return f"reached fewer than {limit} epochs"
     if row["status"] == "TERMINATED":
-        return "stopped early by ASHA"
+        return stopped_why(row, rule)
     return {"ERROR": "failed", INTERRUPTED: "interrupted"}.get(row["status"], "still running")
 
 
@@ -99,18 +112,18 @@ def at_epoch(trials: pd.DataFrame, epochs: pd.DataFrame, epoch: int) -> pd.DataF
 
 
 def pareto_basis(trials: pd.DataFrame, epochs: pd.DataFrame, metric: str, cost: str,
-                 include_stopped: bool = False) -> Basis:
+                 include_stopped: bool = False, rule: str = "ASHA") -> Basis:
     """The trials a Pareto front of `metric` against `cost` compares (see the module's docstring).
-    `trials` must already carry `cost` (queries.with_cost)."""
+    `trials` must already carry `cost` (queries.with_cost); `rule`: what stopped trials early."""
     scored = trials[trials[metric].notna() & trials[cost].notna()]
     limit, needs = int(scored["epochs"].max()) if len(scored) else 0, (metric, cost)
     if include_stopped:
         compared = scored.assign(up_to_epoch=scored["epochs"])
         count = int(stopped(compared).sum())
         text = (f"all {_trials(len(compared))}, each up to its last epoch"
-                + (f" ({count} stopped early by ASHA, marked *: their figures come from fewer epochs)"
+                + (f" ({count} stopped early by {rule}, marked *: their figures come from fewer epochs)"
                    if count else ""))
-        return Basis(compared, _left_out(trials, compared, None, needs), None, "all trials", text)
+        return Basis(compared, _left_out(trials, compared, None, needs, rule), None, "all trials", text)
     finished = scored[ran_to_end(scored)]
     needed = min(MIN_COMPARED, len(scored))
     why_not = None  # why there is no earlier epoch to fall back to, when there is none
@@ -124,7 +137,7 @@ def pareto_basis(trials: pd.DataFrame, epochs: pd.DataFrame, metric: str, cost: 
             if len(compared) >= needed:
                 text = (f"only {len(finished)} of {len(scored)} trials trained all {limit} epochs, too few to "
                         f"compare: the {_trials(len(compared))} that reached epoch {epoch}, each up to epoch {epoch}")
-                return Basis(compared, _left_out(trials, compared, epoch, needs), epoch, "at epoch", text)
+                return Basis(compared, _left_out(trials, compared, epoch, needs, rule), epoch, "at epoch", text)
             # a cost some trials never get, such as time_to_90_train_acc_s, is rarer at an earlier epoch
             why_not = f"fewer than {needed} trials have a {cost} up to epoch {epoch}, the last {needed} reached"
     compared = finished.assign(up_to_epoch=finished["epochs"])
@@ -133,7 +146,7 @@ def pareto_basis(trials: pd.DataFrame, epochs: pd.DataFrame, metric: str, cost: 
     text = (f"the {_trials(len(compared))} that trained all {trained}, each up to its last epoch"
             if len(compared) != len(scored) or len(compared) == 0 else
             f"all {_trials(len(compared))} (every one trained all {trained})")
-    return Basis(compared, _left_out(trials, compared, None, needs), None, "ran to the end",
+    return Basis(compared, _left_out(trials, compared, None, needs, rule), None, "ran to the end",
                  text + (f"; {why_not}" if why_not else ""))
 
 
@@ -147,24 +160,25 @@ def _epochs(counts: pd.Series) -> str:
     return f"{low} epoch{'' if low == 1 else 's'}" if low == high else f"{low}-{high} epochs"
 
 
-def _left_out(trials: pd.DataFrame, compared: pd.DataFrame, limit: int | None, needs: tuple[str, ...]) -> pd.DataFrame:
+def _left_out(trials: pd.DataFrame, compared: pd.DataFrame, limit: int | None, needs: tuple[str, ...],
+              rule: str = "ASHA") -> pd.DataFrame:
     """Trials with at least one epoch that `compared` leaves out, each with why."""
     rest = trials[~trials["trial_id"].isin(compared["trial_id"]) & trials["epochs"].fillna(0).gt(0)]
-    return rest.assign(why=[why_not_compared(row, limit, needs) for _, row in rest.iterrows()])
+    return rest.assign(why=[why_not_compared(row, limit, needs, rule) for _, row in rest.iterrows()])
 
 
-def stopped_text(trials: pd.DataFrame) -> str:
+def stopped_text(trials: pd.DataFrame, rule: str = "ASHA") -> str:
     """'77 of 112 stopped early by ASHA (after 1-2 epochs)', or '' when none was."""
     early = trials[stopped(trials)]
     if early.empty:
         return ""
-    return f"{len(early)} of {len(trials)} stopped early by ASHA (after {_epochs(early['epochs'])})"
+    return f"{len(early)} of {len(trials)} stopped early by {rule} (after {_epochs(early['epochs'])})"
 
 
-def scope_text(trials: pd.DataFrame, at: str) -> str:
+def scope_text(trials: pd.DataFrame, at: str, rule: str = "ASHA") -> str:
     """Which trials a section that keeps every trial includes, and at which epoch (`at`):
     'all 112 trials, each at its best epoch; 77 of 112 stopped early by ASHA (after 1-2
     epochs), so their figures come from fewer epochs'."""
     text = f"all {len(trials)} trials, each at {at}"
-    stopped = stopped_text(trials)
+    stopped = stopped_text(trials, rule)
     return text + (f"; {stopped}, so their figures come from fewer epochs" if stopped else "")

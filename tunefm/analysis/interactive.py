@@ -27,7 +27,7 @@ from plotly.colors import qualitative, sample_colorscale
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
-from tunefm.analysis import queries, summary
+from tunefm.analysis import footing, queries, summary
 from tunefm.engine.data import CLASSES
 from tunefm.run.trial_summary import config_columns
 
@@ -78,7 +78,7 @@ def trial_colors(trials: pd.DataFrame, key: str) -> tuple[dict[str, str], go.Sca
 
 
 def learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, color_by: str = "lr",
-                    loss: str = "cross-entropy") -> go.Figure:
+                    loss: str = "cross-entropy", rule: str = "ASHA") -> go.Figure:
     keys = varied_keys(trials)
     colors, bar = trial_colors(trials, color_by)
     categorical = bar is None  # each value in the legend, else a colour bar
@@ -92,7 +92,7 @@ def learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, color_by: str = 
             continue
         row = by_trial.loc[trial_id]
         stopped = bool(row.get("stopped_early", False))
-        text = f"{trial_id}<br>{_describe(row, keys)}" + ("<br>stopped early by ASHA" if stopped else "")
+        text = f"{trial_id}<br>{_describe(row, keys)}" + (f"<br>{footing.stopped_why(row, rule)}" if stopped else "")
         level = str(row[color_by])
         for column, (metric, _) in enumerate(panels, 1):
             in_legend = categorical and column == 1 and level not in shown_levels
@@ -194,7 +194,7 @@ def grid_heatmaps(trials: pd.DataFrame, metric: str = "best_val_acc", rows: str 
 
 
 def pareto(compared: pd.DataFrame, front: pd.DataFrame, left_out: pd.DataFrame, metric: str, cost: str,
-           cost_label: str) -> go.Figure:
+           cost_label: str, rule: str = "ASHA") -> go.Figure:
     """The compared trials against their cost with the front joined; the trials left out
     (stopped early, ...) grey and apart, each with its epochs in its hover text."""
     keys = varied_keys(compared if len(compared) else left_out)
@@ -203,7 +203,7 @@ def pareto(compared: pd.DataFrame, front: pd.DataFrame, left_out: pd.DataFrame, 
 
     def hover(frame: pd.DataFrame) -> list[str]:
         return [f"{r.trial_id}<br>{_describe(r, keys)}<br>{int(r.epochs)} epoch(s)"
-                + ("<br>stopped early by ASHA" if r.get("stopped_early") else "") for _, r in frame.iterrows()]
+                + (f"<br>{footing.stopped_why(r, rule)}" if r.get("stopped_early") else "") for _, r in frame.iterrows()]
 
     fig = go.Figure(go.Scatter(x=data[cost], y=data[metric], mode="markers", name="compared trial", text=hover(data),
                                marker=dict(color="#264653", size=7), hovertemplate=template))

@@ -170,7 +170,7 @@ def pareto(trials: pd.DataFrame, metric: str = "best_val_acc", cost: str = "tota
             keep.extend(same_cost.index[same_cost["_goodness"] == top])
             best_cheaper = top
     front = scored.loc[keep]
-    marks = [c for c in ("stopped_early", "up_to_epoch") if c in trials.columns]  # footing.pareto_basis's
+    marks = [c for c in ("stopped_early", "stopped_at_rung", "up_to_epoch") if c in trials.columns]  # footing's
     columns = ["trial_id", *describe_columns(trials), metric, cost, "epochs", *marks]
     return front[list(dict.fromkeys(columns))].reset_index(drop=True)
 

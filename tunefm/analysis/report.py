@@ -131,8 +131,8 @@ def _axis_label(key: str) -> str:
 
 
 def draw_grid(cells: pd.DataFrame, metric: str = "best_val_acc", rows: str = "lr",
-              cols: str = "batch_size") -> Figure:
-    """One heatmap per model of `queries.grid` cells."""
+              cols: str = "batch_size", rule: str = "ASHA") -> Figure:
+    """One heatmap per model of `queries.grid` cells (`rule`: what stopped trials early)."""
     labels = summary.grid_displays(cells, metric, rows, cols)
     models = list(labels)
     n_rows, n_cols = _grid_shape(len(models))
@@ -148,7 +148,7 @@ def draw_grid(cells: pd.DataFrame, metric: str = "best_val_acc", rows: str = "lr
         ax.set_ylabel(_axis_label(rows))
     for ax in list(axes.flat)[len(models):]:
         ax.set_visible(False)
-    stopped = "; * every trial in the cell stopped early by ASHA" if (cells["stopped"] > 0).any() else ""
+    stopped = f"; * every trial in the cell stopped early by {rule}" if (cells["stopped"] > 0).any() else ""
     fig.suptitle(f"Validation accuracy over {rows} x {cols} (mean over seeds){stopped}")
     fig.colorbar(image, ax=axes.ravel().tolist(), label=ACC_LABEL, shrink=0.9)
     return fig
@@ -271,10 +271,12 @@ def index_html(run: store.RunTables, written: Written, sections: list[tuple[str,
             "<body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
-def write(run: store.RunTables, out_dir: str | os.PathLike | None = None, cost: str = "time_per_epoch_s",
+def write(run: store.RunTables, out_dir: str | os.PathLike | None = None, cost: str | None = None,
           color_by: str = "lr", include_stopped: bool = False) -> Written:
     """Write every figure the run's data allows, and index.html; return what was written.
-    `color_by`: the config key that colours the interactive learning curves."""
+    `cost`: the Pareto plot's (default: `summary.default_cost`); `color_by`: the config key
+    that colours the interactive learning curves."""
+    cost = cost or summary.default_cost(run)
     out = Path(out_dir).expanduser() if out_dir else run.run_dir / "report"
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder")
@@ -303,13 +305,14 @@ def _draw(run: store.RunTables, folder: Path, cost: str, color_by: str = "lr",
           include_stopped: bool = False) -> tuple[Written, list]:
     """Each analysis once, drawn as an interactive figure and a PNG, and shown as a table."""
     trials, epochs, metric = run.trials, run.epochs, "best_val_acc"
+    rule = footing.stopping_rule(run.info)  # ASHA, or MO-ASHA on several objectives
     if trials[metric].isna().all():
         raise UserError(f"run {run.run_dir} has no trial with a result yet; nothing to plot")
     written, sections = Written(folder / "index.html"), []
 
     def compared(section: str) -> str:
         """Which trials a section includes and at which epochs (as `tunefm summarize` says it)."""
-        return f'<p class="compared">Compared: {html.escape(footing.scope_text(trials, summary.READ_AT[section]))}.</p>'
+        return f'<p class="compared">Compared: {html.escape(footing.scope_text(trials, summary.READ_AT[section], rule))}.</p>'
 
     def figure(name: str, fig: Figure) -> list[str]:
         try:
@@ -331,7 +334,7 @@ def _draw(run: store.RunTables, folder: Path, cost: str, color_by: str = "lr",
                          [note, *([_table_html(summary.reference_display(present), False)] if len(present) else [])]))
     loss = loss_name(_outputs(trials, None))
     sections.append(("Learning curves", figure("curves.png", draw_curves(best, trials, epochs)),
-                     [plot_html(interactive.learning_curves(trials, epochs, color_by, loss))]))
+                     [plot_html(interactive.learning_curves(trials, epochs, color_by, loss, rule))]))
     sections.append(("Parallel coordinates", [], [plot_html(interactive.parallel_coordinates(trials, metric))]))
     rows, cols = summary.grid_axes(run)
     binnings = summary.grid_binnings(run, summary.SummaryOptions(rows=rows, cols=cols))
@@ -340,7 +343,7 @@ def _draw(run: store.RunTables, folder: Path, cost: str, color_by: str = "lr",
     grid_tables = [f"<h3>{html.escape(model)}</h3>" + _table_html(table, True)
                    for model, table in summary.grid_displays(cells, metric, rows, cols).items()]
     heatmaps = interactive.grid_heatmaps(binned, metric, rows, cols)
-    sections.append((f"Validation accuracy over {rows} x {cols}", figure("grid.png", draw_grid(cells, metric, rows, cols)),
+    sections.append((f"Validation accuracy over {rows} x {cols}", figure("grid.png", draw_grid(cells, metric, rows, cols, rule)),
                      [compared("grid"), *([plot_html(heatmaps)] if heatmaps is not None else []), *grid_tables]))
     try:
         result = importance.importance(trials, metric)
@@ -352,14 +355,14 @@ def _draw(run: store.RunTables, folder: Path, cost: str, color_by: str = "lr",
         written.notes.append(f"hyperparameter importance: {e}")
     options = summary.SummaryOptions(metric=metric, cost=cost, include_stopped=include_stopped)
     front, basis = summary.pareto_front(run, options)
-    front = summary.with_basis(front, basis, metric)
+    front = summary.with_basis(front, basis, metric, rule)
     title, listed = front.attrs["listed"]
     note = "".join(f'<p class="compared">{html.escape(line)}</p>' for line in summary.pareto_note(
         front, metric, cost, int(trials[metric].notna().sum())).splitlines())
     sections.append((summary.pareto_heading(metric, cost),
                      figure("pareto.png", draw_pareto(basis.compared, front, basis.left_out, metric, cost, basis.text)),
                      [note, plot_html(interactive.pareto(basis.compared, front, basis.left_out, metric, cost,
-                                                         COST_LABELS.get(cost, cost))),
+                                                         COST_LABELS.get(cost, cost), rule)),
                       _table_html(summary.pareto_display(front, metric, cost), False),
                       *([f"<details><summary>{html.escape(title)}</summary>"
                          + _table_html(summary.pareto_display(listed, metric, cost), False) + "</details>"]

@@ -57,7 +57,7 @@ class SummaryOptions:
     rows: str | None = None  # None: queries.grid_axes picks (lr, batch_size where they vary)
     cols: str | None = None
     agg: str = "mean"
-    cost: str = "time_per_epoch_s"  # a property of the configuration, unlike total_time_s under ASHA
+    cost: str | None = None  # None: the run's --objectives cost, else time_per_epoch_s (`default_cost`)
     include_stopped: bool = False  # pareto: compare trials stopped early too, at their last epoch
     trial: str | None = None  # confusion: this trial instead of the best evaluated one
     importance_method: str = "auto"  # importance.METHODS
@@ -65,6 +65,10 @@ class SummaryOptions:
     def with_axes(self, run: store.RunTables) -> "SummaryOptions":
         """These options with the grid's rows and columns decided for this run."""
         return replace(self, **dict(zip(("rows", "cols"), grid_axes(run, self.rows, self.cols))))
+
+    def with_cost(self, run: store.RunTables) -> "SummaryOptions":
+        """These options with the Pareto cost decided for this run (`default_cost` unless given)."""
+        return replace(self, cost=self.cost or default_cost(run))
 
     def chosen_sections(self) -> tuple[str, ...]:
         for section in self.sections:
@@ -76,6 +80,23 @@ class SummaryOptions:
     def confusion_required(self) -> bool:
         """Asked for by name (or a --trial): a run without test results is then an error."""
         return self.trial is not None or "confusion" in self.sections
+
+
+# A cost objective of the search (--objectives COLUMN:min) as the Pareto cost it stands for
+OBJECTIVE_COSTS = {"time_per_epoch_s": "time_per_epoch_s", "epoch_time_s": "time_per_epoch_s", "params": "params",
+                   "time_to_90_train_acc_s": "time_to_90_train_acc_s", "total_time_s": "total_time_s",
+                   "time_total_s": "total_time_s"}
+
+
+def default_cost(run: store.RunTables) -> str:
+    """The Pareto front's cost: the first cost the search's --objectives minimized (what its
+    stopping rule weighed against accuracy), else time_per_epoch_s, a property of the
+    configuration unlike total_time_s under early stopping."""
+    for part in ((run.info.get("options") or {}).get("objectives") or "").split(","):
+        column, _, direction = part.partition(":")
+        if direction.strip() == "min" and column.strip() in OBJECTIVE_COSTS:
+            return OBJECTIVE_COSTS[column.strip()]
+    return "time_per_epoch_s"
 
 
 def grid_axes(run: store.RunTables, rows: str | None = None, cols: str | None = None) -> tuple[str, str]:
@@ -96,6 +117,7 @@ def tables(run: store.RunTables, options: SummaryOptions) -> dict[str, pd.DataFr
     trials = run.trials
     out: dict[str, pd.DataFrame] = {}
     sections = options.chosen_sections()
+    options = options.with_cost(run)
     if "best" in sections:
         out["best"] = queries.best(trials, options.metric)
     if "reference" in sections:
@@ -125,7 +147,7 @@ def tables(run: store.RunTables, options: SummaryOptions) -> dict[str, pd.DataFr
         if key in out:
             out[key].attrs["binned"] = [b.describe() for b in binnings.values()]
     if set(COMPARED_SECTIONS) & set(out):
-        out["compared"] = compared_records(trials, out)
+        out["compared"] = compared_records(trials, out, footing.stopping_rule(run.info))
     return out
 
 
@@ -137,24 +159,26 @@ def grid_binnings(run: store.RunTables, options: SummaryOptions) -> dict[str, bi
 def pareto_front(run: store.RunTables, options: SummaryOptions) -> tuple[pd.DataFrame, footing.Basis]:
     """The front (`queries.pareto`) over the trials `footing.pareto_basis` compares, and that basis."""
     queries.check_column(run.trials, options.metric, "--metric")
+    options = options.with_cost(run)
     costed = queries.with_cost(run.trials, options.cost)
-    basis = footing.pareto_basis(costed, run.epochs, options.metric, options.cost, options.include_stopped)
+    basis = footing.pareto_basis(costed, run.epochs, options.metric, options.cost, options.include_stopped,
+                                 footing.stopping_rule(run.info))
     return queries.pareto(basis.compared, options.metric, options.cost), basis
 
 
 def pareto_records(run: store.RunTables, options: SummaryOptions) -> pd.DataFrame:
     """The front, with its basis and the trials it left out in `.attrs` (`with_basis`)."""
-    return with_basis(*pareto_front(run, options), options.metric)
+    return with_basis(*pareto_front(run, options), options.metric, footing.stopping_rule(run.info))
 
 
-def with_basis(front: pd.DataFrame, basis: footing.Basis, metric: str) -> pd.DataFrame:
+def with_basis(front: pd.DataFrame, basis: footing.Basis, metric: str, rule: str = "ASHA") -> pd.DataFrame:
     """`front` with attrs: basis (plain data), text (in words), and the trials listed after
     the front, best first: `listed` (title, frame with why). By default those are the trials
     left out; with --include-stopped, the stopped trials that were compared but are not on it."""
     if basis.mode == "all trials":
         compared = basis.compared
-        listed = compared[footing.stopped(compared) & ~compared["trial_id"].isin(front["trial_id"])].assign(
-            why="stopped early by ASHA")
+        listed = compared[footing.stopped(compared) & ~compared["trial_id"].isin(front["trial_id"])]
+        listed = listed.assign(why=[footing.stopped_why(row, rule) for _, row in listed.iterrows()])
         title = f"Stopped early, compared at their last epoch, not on the front ({len(listed)} trials)"
     else:
         listed = basis.left_out
@@ -170,7 +194,7 @@ READ_AT = {"best": "its best epoch", "grid": "its best epoch", "importance": "it
            "overfit": "its last epoch"}  # the epoch the sections that keep every trial read it at
 
 
-def compared_records(trials: pd.DataFrame, found: dict[str, pd.DataFrame]) -> pd.DataFrame:
+def compared_records(trials: pd.DataFrame, found: dict[str, pd.DataFrame], rule: str = "ASHA") -> pd.DataFrame:
     """One row per section shown: which trials it compared, at which epochs, and what it left out."""
     rows = []
     for section in (s for s in COMPARED_SECTIONS if s in found):
@@ -179,7 +203,7 @@ def compared_records(trials: pd.DataFrame, found: dict[str, pd.DataFrame]) -> pd
         else:
             rows.append({"section": section, "trials": len(trials), "basis": "each trial as far as it trained",
                          "up_to_epoch": None, "left_out": 0, "left_out_why": "",
-                         "text": footing.scope_text(trials, READ_AT[section])})
+                         "text": footing.scope_text(trials, READ_AT[section], rule)})
     columns = ["section", "trials", "basis", "up_to_epoch", "left_out", "left_out_why", "text"]
     return pd.DataFrame(rows, columns=columns)
 
@@ -400,14 +424,20 @@ def importance_display(table: pd.DataFrame) -> pd.DataFrame:
 
 def pareto_display(front: pd.DataFrame, metric: str, cost: str) -> pd.DataFrame:
     """The front (or the trials it left out, with `why`); `*` after the epochs marks a trial
-    stopped early, `up to` the epoch its figures come from where that is not its last."""
-    shown = front.drop(columns=[c for c in ("epochs", "stopped_early", "up_to_epoch", "why") if c in front])
+    stopped early, `rung` the rung where the stopping rule stopped it, `up to` the epoch its
+    figures come from where that is not its last."""
+    shown = front.drop(columns=[c for c in ("epochs", "stopped_early", "stopped_at_rung", "up_to_epoch", "why")
+                                if c in front])
     table = trials_display(shown, {metric: lambda x: fmt_metric(metric, x), cost: lambda x: fmt_metric(cost, x)})
     table["epochs"] = [fmt_count(e) + ("*" if s else "") for e, s in zip(front["epochs"], footing.stopped(front))]
+    if "stopped_at_rung" in front and front["stopped_at_rung"].notna().any():  # where the rule stopped it
+        table["rung"] = front["stopped_at_rung"].map(lambda r: "" if pd.isna(r) else fmt_count(r))
     if "up_to_epoch" in front and (front["up_to_epoch"] != front["epochs"]).any():
         table["up to"] = front["up_to_epoch"].map(fmt_count)
-    if "why" in front and front["why"].nunique() > 1:
-        table["why"] = front["why"]
+    if "why" in front:
+        why = front["why"].str.replace(r" at rung \d+$", "", regex=True) if "rung" in table else front["why"]
+        if why.nunique() > 1:
+            table["why"] = why
     return table
 
 
@@ -500,7 +530,8 @@ def blocks(run: store.RunTables, found: dict[str, pd.DataFrame], options: Summar
                     reference_parts(found["reference"])))
     if "grid" in found:
         pivots = grid_displays(found["grid"], metric, rows, cols)
-        stopped = "; * = stopped early by ASHA" if (found["grid"]["stopped"] > 0).any() else ""
+        rule = footing.stopping_rule(run.info)
+        stopped = f"; * = stopped early by {rule}" if (found["grid"]["stopped"] > 0).any() else ""
         binned = "".join(f"; {text}" for text in found["grid"].attrs.get("binned", []))
         out.append((f"{label(metric)} ({options.agg}) by {rows} (rows) x {cols} (columns)",
                     note("grid", f"cells: {options.agg} over the trials with those values{binned}{stopped}"),
@@ -553,6 +584,7 @@ def render(run: store.RunTables, options: SummaryOptions, fmt: str = "table") ->
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if {"grid", "overfit"} & set(options.chosen_sections()):  # decided once, for the tables and their headings
         options = options.with_axes(run)
+    options = options.with_cost(run)
     found = tables(run, options)
     if fmt == "json":
         return json.dumps({key: json.loads(frame.to_json(orient="records", double_precision=15)) for key, frame in found.items()},

@@ -23,9 +23,10 @@ SUMMARY_COLUMNS = [
 # Numeric per-trial figures a study may compare with what its seed reported.
 REPORTABLE = [c for c in SUMMARY_COLUMNS if c not in TRIAL_FACTS or c == "params"]
 # status: Tune's (PENDING, RUNNING, TERMINATED, ERROR), or INTERRUPTED for a trial that
-# was running when the search was stopped; retries: restarts from a checkpoint after a failure.
-TRIAL_STATE = ["trial_id", "status", "stopped_early", "epochs", "retries"]
+# was running when the search was stopped; stopped_at_rung: the rung (epoch) where the stopping
+# rule ended it; retries: restarts from a checkpoint after a failure.
+TRIAL_STATE = ["trial_id", "status", "stopped_early", "stopped_at_rung", "epochs", "retries"]
 INTERRUPTED = "INTERRUPTED"
 
-INT_COLUMNS = {"epochs", "retries", "epoch", "best_epoch", "min_train_loss_epoch", "params", "threads", "group_size"}
+INT_COLUMNS = {"epochs", "stopped_at_rung", "retries", "epoch", "best_epoch", "min_train_loss_epoch", "params", "threads", "group_size"}
 TEXT_COLUMNS = {"trial_id", "status", "device", "node_id", "node_ip", "gpu_ids", "execution", "fused_group"}

@@ -31,7 +31,7 @@ def summarize_trials(epochs: pd.DataFrame, trials: pd.DataFrame, max_epochs: int
     `trials` has one row per trial: trial_id, status, the config columns and the
     trial facts (params, node_id, ...). A trial with no epoch yet keeps null metrics.
     """
-    config_columns = [c for c in trials.columns if c not in ("trial_id", "status", "retries", *TRIAL_FACTS)]
+    config_columns = [c for c in trials.columns if c not in ("trial_id", "status", "retries", "stopped_at_rung", *TRIAL_FACTS)]
     histories = ({tid: g.sort_values("epoch").to_dict("records") for tid, g in epochs.groupby("trial_id", sort=False)}
                  if len(epochs) else {})
     rows = [summary_row(trial._asdict(), histories.get(trial.trial_id, []), config_columns, max_epochs)
@@ -50,15 +50,18 @@ def summary_row(trial: Mapping[str, Any], history: list[Mapping[str, Any]], conf
     every flush.
 
     `stopped_early` means the scheduler ended the trial before `max_epochs` (or before
-    the trial's own `max_epochs` config key, where it has one). The best epoch is the
+    the trial's own `max_epochs` config key, where it has one); `stopped_at_rung` is the
+    rung the stopping rule stopped it at, where it said (runs before it did not). The best epoch is the
     first at the best val_acc. `time_to_90_train_acc_s` is the trial's time (Tune's
     time_total_s) at the end of the first epoch whose train accuracy reached 90%, null
     if none did.
     """
     n_epochs = len(history)
     retries = trial.get("retries")
-    row = {"trial_id": trial["trial_id"], "status": trial["status"],
-           "stopped_early": trial["status"] == "TERMINATED" and n_epochs < epoch_limit(trial, max_epochs),
+    stopped_early = trial["status"] == "TERMINATED" and n_epochs < epoch_limit(trial, max_epochs)
+    rung = trial.get("stopped_at_rung")
+    row = {"trial_id": trial["trial_id"], "status": trial["status"], "stopped_early": stopped_early,
+           "stopped_at_rung": int(rung) if stopped_early and not is_missing(rung) else None,
            "epochs": n_epochs, "retries": 0 if is_missing(retries) else int(retries),
            **{c: trial.get(c) for c in config_columns}}
     metrics: dict[str, Any] = dict.fromkeys(SUMMARY_COLUMNS, math.nan)
@@ -97,8 +100,11 @@ def _mean(values) -> float:
 
 def summary_dtypes(table: pd.DataFrame) -> pd.DataFrame:
     """The trials table's column types, whatever rows (or none) it was built from."""
+    if len(table) and "stopped_at_rung" not in table.columns and "stopped_early" in table.columns:
+        # runs written before the stopping rule recorded its rungs
+        table.insert(table.columns.get_loc("stopped_early") + 1, "stopped_at_rung", None)
     if len(table):
-        for column in ("best_epoch", "min_train_loss_epoch", "params", "threads", "group_size"):
+        for column in ("best_epoch", "min_train_loss_epoch", "params", "threads", "group_size", "stopped_at_rung"):
             table[column] = table[column].astype("Int64")
         for column in ("test_acc", "test_loss", "gpu_fraction", "time_to_90_train_acc_s", "started_at"):
             table[column] = table[column].astype("float64")

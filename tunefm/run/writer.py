@@ -150,8 +150,13 @@ class RunWriter:
     def knows(self, trial_id: str) -> bool:
         return trial_id in self._trials
 
-    def set_status(self, trial_id: str, config: Mapping[str, Any], status: str) -> None:
-        self._trial(trial_id, config)["status"] = status
+    def set_status(self, trial_id: str, config: Mapping[str, Any], status: str,
+                   stopped_at_rung: int | None = None) -> None:
+        """The trial's new status; `stopped_at_rung`: the rung where the stopping rule ended it."""
+        record = self._trial(trial_id, config)
+        record["status"] = status
+        if stopped_at_rung is not None:
+            record["stopped_at_rung"] = int(stopped_at_rung)
         self._dirty = True
 
     def add_retry(self, trial_id: str, config: Mapping[str, Any]) -> None:
@@ -238,6 +243,7 @@ class RunWriter:
         if trial_id in self._changed or trial_id not in self._summaries:
             record = self._trials[trial_id]
             trial = {"trial_id": trial_id, "status": record["status"], "retries": record["retries"],
+                     "stopped_at_rung": record.get("stopped_at_rung"),
                      **record["config"], **{k: record.get(k) for k in TRIAL_FACTS}}
             history = [row for _, row in sorted(self._history(trial_id).items())]
             row = trial_summary.summary_row(trial, history, list(record["config"]), self.max_epochs)
@@ -366,7 +372,7 @@ class RunWriter:
             config = {k: row[k] for k in keys if not _null(row[k])}
             record = self._trial(row["trial_id"], {})
             record.update(config=config, status=row["status"], retries=int(row.get("retries") or 0),
-                          **{k: row[k] for k in TRIAL_FACTS if not _null(row.get(k))})
+                          **{k: row[k] for k in ("stopped_at_rung", *TRIAL_FACTS) if not _null(row.get(k))})
             self._summaries[row["trial_id"]] = {k: None if _null(v) else v for k, v in row.items()}
 
     def _load_parts(self) -> None:

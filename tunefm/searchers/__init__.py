@@ -11,6 +11,7 @@ is a module here, a line in `REGISTRY`, and its tests:
     grid       every combination of `grid` values (times `variants`), in a seeded order
     hyperopt   Tree-structured Parzen Estimators (HyperOptSearch) drawing from `space`
     random     independent random draws from `space` (Ray Tune's BasicVariantGenerator)
+    optuna     Optuna's samplers (tpe, gp, cmaes, nsga2) on one or several objectives
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from tunefm.errors import UserError
 from tunefm.searchers.base import DrawingSearcher, Searcher
 from tunefm.searchers.grid import GridSearcher
 from tunefm.searchers.hyperopt import HyperoptSearcher
+from tunefm.searchers.optuna_samplers import OptunaSearcher
 from tunefm.searchers.random_search import RandomSearcher
 
-REGISTRY: dict[str, Searcher] = {s.name: s for s in (GridSearcher(), HyperoptSearcher(), RandomSearcher())}
+REGISTRY: dict[str, Searcher] = {s.name: s for s in (GridSearcher(), HyperoptSearcher(), RandomSearcher(),
+                                                       OptunaSearcher())}
 
 
 def names() -> list[str]:

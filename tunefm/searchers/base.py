@@ -31,6 +31,7 @@ class Study(Protocol):
     num_samples: int
     points_to_evaluate: Sequence[Mapping[str, Any]]
     initial_points: int
+    sampler: str
     concurrency: int | None
 
     def base_config(self) -> dict[str, Any]: ...
@@ -39,7 +40,7 @@ class Study(Protocol):
 
 # The Study fields that belong to some searcher; `Study.validate` refuses one set for a
 # searcher that does not read it (every searcher reads `fixed`).
-SEARCHER_FIELDS = ("grid", "variants", "space", "num_samples", "points_to_evaluate", "initial_points")
+SEARCHER_FIELDS = ("grid", "variants", "space", "num_samples", "points_to_evaluate", "initial_points", "sampler")
 
 
 class Searcher(abc.ABC):
@@ -48,6 +49,7 @@ class Searcher(abc.ABC):
     name: str  # what a study file writes: Study(searcher=name)
     summary: str  # one line for `tunefm spaces`
     fields: frozenset[str]  # the SEARCHER_FIELDS it reads
+    reads_objectives: bool = False  # optimizes --objectives (else val_acc, or nothing)
 
     @abc.abstractmethod
     def validate(self, study: "Study", where: str) -> None:
@@ -77,10 +79,16 @@ class Searcher(abc.ABC):
 
     @abc.abstractmethod
     def search_alg(self, study: "Study", seed: int, concurrency: int | None,
-                   configs: list[dict[str, Any]] | None = None) -> tuple[dict[str, Any], object, int]:
+                   configs: list[dict[str, Any]] | None = None,
+                   objectives: Sequence[Any] = ()) -> tuple[dict[str, Any], object, int]:
         """(param_space, Ray Tune search algorithm, num_samples) for `tune.Tuner`. `configs`:
         every trial's config (`configs()`) in the order to start them, where the Tune layer
-        orders them itself (by shape, for a fused search); None: the searcher's own order."""
+        orders them itself (by shape, for a fused search); None: the searcher's own order.
+        `objectives`: --objectives (`tunefm.stopping.objectives.Objective`s), for a searcher
+        that `reads_objectives`."""
+
+    def check_objectives(self, study: "Study", objectives: Sequence[Any]) -> None:
+        """--objectives fit this searcher (a UserError where they cannot); checked before Ray starts."""
 
     @abc.abstractmethod
     def describe(self, study: "Study") -> list[str]:

@@ -61,6 +61,11 @@ def describe(domain: Any) -> str:
     return f"{kind}({domain.lower:g}, {domain.upper:g})"
 
 
+def is_range(domain: Any) -> bool:
+    """A float or integer range (not a list of categories)."""
+    return isinstance(domain, (Float, Integer))
+
+
 def sampler_name(domain) -> str:
     """A Ray Tune distribution's kind ('uniform', 'loguniform', 'qloguniform', ...), from the
     public sampler classes of `ray.tune.search.sample`."""

@@ -86,7 +86,8 @@ class GridSearcher(Searcher):
         return study.with_overrides(overrides)
 
     def search_alg(self, study: "Study", seed: int, concurrency: int | None,
-                   configs: list[dict[str, Any]] | None = None) -> tuple[dict[str, Any], object, int]:
+                   configs: list[dict[str, Any]] | None = None,
+                   objectives: Sequence[Any] = ()) -> tuple[dict[str, Any], object, int]:
         configs = configs if configs is not None else trial_order(self.configs(study), seed)
         base = study.base_config()
         # Each config pins every key, so each is exactly one trial, started in this order;

@@ -8,7 +8,7 @@ or the study's `concurrency`, or --concurrency): all at once would make it rando
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.hyperopt import HyperOptSearch
@@ -31,7 +31,8 @@ class HyperoptSearcher(DrawingSearcher):
             raise UserError(f"{where}: initial_points must be an integer >= 1, got {study.initial_points!r}")
 
     def search_alg(self, study: "Study", seed: int, concurrency: int | None,
-                   configs: list[dict[str, Any]] | None = None) -> tuple[dict[str, Any], object, int]:
+                   configs: list[dict[str, Any]] | None = None,
+                   objectives: Sequence[Any] = ()) -> tuple[dict[str, Any], object, int]:
         algorithm = HyperOptSearch(metric="val_acc", mode="max", n_initial_points=study.initial_points,
                                    points_to_evaluate=[dict(p) for p in study.points_to_evaluate] or None,
                                    random_state_seed=seed)

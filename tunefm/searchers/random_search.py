@@ -13,7 +13,7 @@ the study's `concurrency` says otherwise).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from ray.tune.search import BasicVariantGenerator
 
@@ -25,7 +25,8 @@ class RandomSearcher(DrawingSearcher):
     summary = "random search: independent draws from the space, seeded by --seed"
 
     def search_alg(self, study: "Study", seed: int, concurrency: int | None,
-                   configs: list[dict[str, Any]] | None = None) -> tuple[dict[str, Any], object, int]:
+                   configs: list[dict[str, Any]] | None = None,
+                   objectives: Sequence[Any] = ()) -> tuple[dict[str, Any], object, int]:
         algorithm = BasicVariantGenerator(points_to_evaluate=[dict(p) for p in study.points_to_evaluate] or None,
                                           max_concurrent=concurrency or study.concurrency or 0, random_state=seed)
         return {**study.base_config(), **study.space}, algorithm, study.num_samples

@@ -3,10 +3,13 @@
 It runs in the driver, so one writer sees every trial: rows are buffered, flushed
 every few seconds, and always flushed when a trial ends; when the search ends its epoch
 parts are merged into one (`RunWriter.compact`). A
-trial that Tune restarts from its checkpoint after a failure counts one retry.
+trial that Tune restarts from its checkpoint after a failure counts one retry; a trial the
+stopping rule ended keeps the rung it was stopped at.
 """
 
 from __future__ import annotations
+
+from typing import Mapping
 
 from ray.tune import Callback
 
@@ -14,8 +17,9 @@ from tunefm.run.writer import RunWriter
 
 
 class ParquetRecorder(Callback):
-    def __init__(self, writer: RunWriter):
+    def __init__(self, writer: RunWriter, stops: Mapping[str, int] | None = None):
         self.writer = writer
+        self.stops = {} if stops is None else stops  # the stopping rule's {trial id: rung}, filled as it stops them
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.writer.set_status(trial.trial_id, trial.config, "RUNNING")
@@ -25,7 +29,7 @@ class ParquetRecorder(Callback):
         self.writer.maybe_flush()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.writer.set_status(trial.trial_id, trial.config, "TERMINATED")
+        self.writer.set_status(trial.trial_id, trial.config, "TERMINATED", stopped_at_rung=self.stops.get(trial.trial_id))
         self.writer.flush()
 
     def on_trial_recover(self, iteration, trials, trial, **info):

@@ -9,7 +9,7 @@ were running continue from their last checkpoint (the RNG states included, so th
 curve is the one an uninterrupted run would have drawn), trials not yet started
 start, and failed trials are retried from their last checkpoint. The Parquet writer
 starts from the files already written, so each (trial_id, epoch) row stays unique;
-ASHA starts from the epochs already written; run.json's "events" gain "resumed" (and
+The stopping rule (ASHA, MO-ASHA) starts from the epochs already written; run.json's "events" gain "resumed" (and
 "lost" when the previous search process died without a word).
 
 Only where the run is placed may change: --address, --data-dir (the same files, checked
@@ -173,15 +173,16 @@ class ResumedRun:
 
     def tuner(self, session: RaySession, writer: RunWriter, fusion: Fusion | None, pruning, echo):
         """Tune's saved experiment, restored with tunefm's trainable, callbacks and scheduler;
-        ASHA replays the epochs written so far."""
+        the stopping rule replays the epochs written so far."""
         search.quiet_tune_output()
         restore_missing_checkpoints(self.tune_dir)
         settings, study = self.settings, self.study
+        scheduler = search.make_scheduler(study, settings, self.earlier[store.EPOCHS], self.earlier[store.TRIALS])
         return ray_internals.restore_tuner(
             self.tune_dir, search.make_trainable(study, settings, self.splits, session.cluster.has_gpus, fusion),
             search.make_callbacks(study, settings, writer, self.run_dir, echo, self.earlier[store.TRIALS], fusion,
-                                  pruning),
-            search.make_scheduler(study, settings, self.earlier[store.EPOCHS]), settings.max_failures)
+                                  pruning, stops=getattr(scheduler, "stopped_at", None)),
+            scheduler, settings.max_failures)
 
     def record(self, session: RaySession, decision: placement.Decision, echo) -> RunRecord:
         trials = self.earlier[store.TRIALS]

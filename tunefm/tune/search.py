@@ -10,10 +10,10 @@ from Ray's start to run.json's last word, is `lifecycle.live`; this module suppl
 what is particular to a new search, and the Tuner that resume.py builds too: the data
 into the object store once; the trials the study's searcher proposes (tunefm/searchers/)
 with resources from their model (a GPU fraction where the cluster has GPUs); ASHA on
-val_acc unless early stopping is off; callbacks streaming every epoch into Parquet and
-TensorBoard; and checkpoints in the run folder's tune/, or under `--storage` for a
-multi-node cluster. A trial whose worker dies is retried from its last checkpoint
-(`--max-failures`).
+val_acc, or MO-ASHA on --objectives (tune/stopping.py), unless early stopping is off;
+callbacks streaming every epoch into Parquet and TensorBoard; and checkpoints in the run
+folder's tune/, or under `--storage` for a multi-node cluster. A trial whose worker dies
+is retried from its last checkpoint (`--max-failures`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Callable
+from typing import Callable, Mapping
 from urllib.parse import urlparse
 
 import pandas as pd
@@ -33,7 +32,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.schedulers import FIFOScheduler
 
 from tunefm import study as studies
 from tunefm.engine import data
@@ -41,11 +40,13 @@ from tunefm.errors import UserError
 from tunefm.run import store
 from tunefm.run.record import RunRecord
 from tunefm.run.writer import RunWriter
+from tunefm.stopping import rules
 from tunefm.tune import cluster, interrupt, lifecycle, placement
 from tunefm.tune.lifecycle import Fusion, RaySession, SearchOutcome
 from tunefm.tune.progress import ProgressLine
 from tunefm.tune.recorder import ParquetRecorder
 from tunefm.tune.settings import SearchSettings
+from tunefm.tune.stopping import RuleScheduler
 from tunefm.tune.tensorboard import TensorBoardWriter
 from tunefm.tune.trial import tune_trainable
 
@@ -149,37 +150,56 @@ def make_trainable(study: studies.Study, settings: SearchSettings, splits: data.
     )
 
 
-def make_scheduler(study: studies.Study, settings: SearchSettings, earlier_epochs: pd.DataFrame | None = None):
-    """ASHA on val_acc per epoch (or FIFO without early stopping).
+def stopping_rule(study: studies.Study, settings: SearchSettings) -> rules.RungRule | None:
+    """The search's early-stopping rule: ASHA on val_acc, or on --objectives (MO-ASHA on
+    several); None without early stopping."""
+    if not settings.early_stop:
+        return None
+    return rules.for_objectives(settings.stopping_objectives(), study.max_epochs, settings.grace_period,
+                                settings.reduction_factor)
+
+
+def check_stopping(study: studies.Study, settings: SearchSettings) -> None:
+    """The stopping options fit the study: a grace period within its epochs, and --objectives
+    read by something (the stopping rule, or a searcher that optimizes objectives)."""
+    study.search.check_objectives(study, settings.stopping_objectives())
+    if settings.early_stop:
+        stopping_rule(study, settings)  # a UserError for a grace period longer than the trials
+    elif settings.objectives is not None and not study.search.reads_objectives:
+        raise UserError(f"--objectives has nothing to judge: --no-early-stop turns off the stopping rule and "
+                        f"the {study.searcher} searcher does not read objectives; drop one of them")
+
+
+def make_scheduler(study: studies.Study, settings: SearchSettings, earlier_epochs: pd.DataFrame | None = None,
+                   earlier_trials: pd.DataFrame | None = None):
+    """The stopping rule as Tune's scheduler (FIFO without early stopping), rung by rung on
+    `epoch` (the trainable's count, rather than Tune's training_iteration: the same after a
+    resume).
 
     Tune does not save a scheduler's state with the experiment, so a resumed search
-    replays the epochs written so far (`earlier_epochs`): ASHA's rungs then hold what
-    they held when the search stopped, and judge the remaining trials the same way.
+    replays the epochs written so far (`earlier_epochs`, with `earlier_trials`' facts):
+    the rungs then hold what they held when the search stopped, and judge the remaining
+    trials the same way.
     """
-    if not settings.early_stop:
+    rule = stopping_rule(study, settings)
+    if rule is None:
         return FIFOScheduler()
-    # "epoch" (the trainable's count) rather than Tune's training_iteration: the same after a resume.
-    scheduler = ASHAScheduler(time_attr="epoch", metric="val_acc", mode="max",
-                              max_t=study.max_epochs, grace_period=settings.grace_period,
-                              reduction_factor=settings.reduction_factor)
-    if earlier_epochs is not None:
-        for trial_id, history in earlier_epochs.sort_values("epoch").groupby("trial_id"):
-            trial = SimpleNamespace(trial_id=trial_id)
-            scheduler.on_trial_add(None, trial)
-            for epoch, val_acc in zip(history["epoch"], history["val_acc"]):
-                scheduler.on_trial_result(None, trial, {"epoch": int(epoch), "val_acc": float(val_acc)})
+    scheduler = RuleScheduler(rule)
+    if earlier_epochs is not None and len(earlier_epochs):
+        scheduler.replay(earlier_epochs, earlier_trials)
     return scheduler
 
 
 def make_callbacks(study: studies.Study, settings: SearchSettings, writer: RunWriter, run_dir: Path,
                    echo: Callable[[str], None], earlier_trials: pd.DataFrame | None = None,
-                   fusion: Fusion | None = None, pruning=None) -> list:
+                   fusion: Fusion | None = None, pruning=None, stops: Mapping[str, int] | None = None) -> list:
     """Parquet, the progress line and TensorBoard, all fed by the driver as results arrive;
     plus Tune's own JSON and CSV loggers (each trial's result.json and progress.csv), but
     not its TensorBoard logger, which would write every scalar a second time; and the
     deletion of checkpoints that are not kept (`pruning`, a retention.Pruning; after the
-    Parquet writer, which knows each trial's best epoch)."""
-    callbacks = [ParquetRecorder(writer),
+    Parquet writer, which knows each trial's best epoch). `stops`: the stopping rule's
+    {trial id: rung} (`RuleScheduler.stopped_at`), recorded with each trial it stops."""
+    callbacks = [ParquetRecorder(writer, stops),
                  ProgressLine(study.num_trials, study.max_epochs, echo, max_failures=settings.max_failures,
                               earlier=earlier_trials),
                  TensorBoardWriter(run_dir / store.TENSORBOARD_DIR, study), JsonLoggerCallback(), CSVLoggerCallback()]
@@ -199,6 +219,9 @@ def quiet_tune_output() -> None:
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     # make_callbacks adds the loggers it wants itself (not Tune's second TensorBoard).
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # An optuna searcher's objective may be a trial column (time_per_epoch_s) that it computes
+    # from the reported rows itself, so no result carries it; --objectives were checked already.
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     interrupt.quiet_tune_stop_messages()
 
 
@@ -210,13 +233,14 @@ def make_tuner(study: studies.Study, settings: SearchSettings, splits: data.Spli
     # Fused, same-shape trials start together to share groups; else the searcher's own order.
     configs = placement.fused_order(configs, settings.seed) if fusion is not None and configs is not None else None
     param_space, search_alg, num_samples = study.search.search_alg(study, settings.seed, settings.concurrency,
-                                                                    configs)
+                                                                    configs, settings.stopping_objectives())
     quiet_tune_output()
+    scheduler = make_scheduler(study, settings)
     return tune.Tuner(
         make_trainable(study, settings, splits, cluster_has_gpus, fusion),
         param_space=param_space,
         tune_config=tune.TuneConfig(
-            scheduler=make_scheduler(study, settings),
+            scheduler=scheduler,
             search_alg=search_alg,
             num_samples=num_samples,
             reuse_actors=True,  # a new actor per trial re-imports torch: seconds each
@@ -225,7 +249,8 @@ def make_tuner(study: studies.Study, settings: SearchSettings, splits: data.Spli
         run_config=tune.RunConfig(
             name=store.TUNE_DIR,
             storage_path=storage_path,
-            callbacks=make_callbacks(study, settings, writer, run_dir, echo, fusion=fusion, pruning=pruning),
+            callbacks=make_callbacks(study, settings, writer, run_dir, echo, fusion=fusion, pruning=pruning,
+                                     stops=getattr(scheduler, "stopped_at", None)),
             # Tune keeps every checkpoint; retention.Pruning deletes what is not kept (see there why).
             checkpoint_config=tune.CheckpointConfig(),
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
@@ -249,6 +274,7 @@ class NewRun:
         """Validate every option, the study, the data and the run folder; nothing is written."""
         settings.validate()
         study = build_study(settings)
+        check_stopping(study, settings)
         splits = data.load(settings.data_dir, settings.train_size, settings.val_size, settings.test_size)
         run_dir = choose_run_dir(settings, study)
         return cls(settings, study, splits, run_dir, tune_parent(run_dir, settings.storage))

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from tunefm.engine import choices
 from tunefm.errors import UserError
 from tunefm.run import checkpoints
+from tunefm.stopping import objectives
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class SearchSettings:
     max_failures: int = 2  # retries of a trial whose worker fails, each from its last checkpoint
     grace_period: int = 1
     reduction_factor: int = 3
+    objectives: str | None = None  # what the stopping rule (and an optuna searcher) judges; default val_acc:max
     seed: int = 0
     sets: tuple[str, ...] = field(default_factory=tuple)
     test_top: int | None = None  # configs per model evaluated on the test set afterwards (the study's); 0: none
@@ -46,6 +48,10 @@ class SearchSettings:
     fuse: str = "auto"  # train same-shape trials as one stacked model (placement.py): auto | on | off
     group_size: int | None = None  # fused: trials per CPU slot or GPU (default: calibrated / 16 per GPU)
     keep_checkpoints: str = "best"  # retention.py: best | all
+
+    def stopping_objectives(self) -> tuple[objectives.Objective, ...]:
+        """--objectives, parsed: ASHA judges one, MO-ASHA several (default: val_acc:max)."""
+        return objectives.parse(self.objectives or "val_acc:max")
 
     def resume_changes(self) -> dict:
         """The options a resume may change (the rest are the run's own, from its run.json)."""
@@ -71,6 +77,7 @@ class SearchSettings:
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
+        self.stopping_objectives()
         choices.check_loop(self.loop)
         choices.check_fuse(self.fuse)
         checkpoints.check_policy(self.keep_checkpoints)
