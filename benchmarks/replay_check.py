@@ -50,7 +50,7 @@ def main() -> None:
             ("its val acc", f"{predicted.pick_val_acc:.4f}", f"{as_real.pick_val_acc:.4f}"),
             ("regret", f"{predicted.regret:.4f}", f"{as_real.regret:.4f}")]
     if predicted.hypervolume_ratio is not None:
-        rows.append(("hypervolume ratio", f"{predicted.hypervolume_ratio:.3f}", f"{as_real.hypervolume_ratio:.3f}"))
+        rows.append(("hypervolume ratio", f"{predicted.hypervolume_ratio:.4f}", f"{as_real.hypervolume_ratio:.4f}"))
         rows.append(("trials on the full front kept", f"{len(set(predicted.front) & set(predicted.full_front))}"
                      f"/{len(predicted.full_front)}", f"{len(set(as_real.front) & set(as_real.full_front))}"
                      f"/{len(as_real.full_front)}"))

@@ -5,6 +5,7 @@ for a run that lacks the epochs a rule needs."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -139,3 +140,20 @@ def test_bad_replay_options_are_one_line(tmp_path, args, message):
     result = CliRunner().invoke(main, ["replay", str(tmp_path / "run"), *args])
     assert result.exit_code != 0 and result.output.startswith(message), result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_the_readmes_replay_example_is_what_the_committed_run_replays_to():
+    """The README's example output and results/reference/replay.md's tables, from the committed
+    run's tables: the same command prints them again, character for character."""
+    root = Path(__file__).resolve().parent.parent
+    readme, reference = (root / "README.md").read_text(), (root / "results" / "reference" / "replay.md").read_text()
+    run_dir = root / "results" / "reference" / "fourfam-2k-9ep-full"
+    for options in (["--objectives", "val_acc:max,time_per_epoch_s:min"],
+                    ["--objectives", "val_acc:max,time_per_epoch_s:min", "--scheduler", "asha"], []):
+        result = invoke("replay", str(run_dir), "--sweep", *options)
+        assert result.exit_code == 0, result.output
+        table = "\n".join(line for line in result.output.splitlines()
+                          if not line.startswith(("Replay on", "Objectives", "pick:", "hypervolume:"))).strip()
+        assert table in reference
+    shown = invoke("replay", str(run_dir), "--sweep", "--objectives", "val_acc:max,time_per_epoch_s:min").output
+    assert shown.strip() in readme

@@ -266,3 +266,10 @@ def test_optuna_refuses_what_its_sampler_cannot_do(changes, named, message):
     with pytest.raises(UserError, match=re.escape(message)):
         loaded = example("optuna", **changes)
         loaded.search.check_objectives(loaded, objectives.parse(named))
+
+
+def test_optuna_tries_its_points_first():
+    point = {"lr": 0.05, "momentum": 0.9, "batch_size": 64}
+    for sampler in ("tpe", "cmaes"):
+        configs = proposals(example("optuna", sampler=sampler, points_to_evaluate=[point]))
+        assert len(configs) == 6 and {k: configs[0][k] for k in point} == point

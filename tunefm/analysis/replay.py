@@ -330,7 +330,7 @@ def table(curves: Curves, outcomes: Sequence[Outcome]) -> pd.DataFrame:
         }
         if record["hypervolume_ratio"] is not None:
             kept = len(set(record["front"]) & set(record["full_front"]))
-            row["hypervolume"] = f"{record['hypervolume_ratio']:.3f} ({kept}/{len(record['full_front'])} of front)"
+            row["hypervolume"] = f"{record['hypervolume_ratio']:.4f} ({kept}/{len(record['full_front'])} of front)"
         rows.append(row)
     return pd.DataFrame(rows)
 
