@@ -298,7 +298,8 @@ def report(run: str | None, results_dir: str, out_dir: str | None, cost: str | N
               help="What the rule judges, e.g. val_acc:max,time_per_epoch_s:min.  [default: the run's own "
                    "--objectives, else val_acc:max]")
 @click.option("--concurrency", type=int, default=1,
-              help="Trials at once, started in the run's order; 1 replays a --concurrency 1 search exactly.")
+              help="Trials at once, started in the run's order; 1 replays a --concurrency 1 search exactly "
+                   "(where the objectives do not depend on measured times).")
 @click.option("--sweep", "sweep_settings", is_flag=True,
               help=f"Replay grace periods {', '.join(map(str, replay.SWEEP_GRACE_PERIODS))} x reduction factors "
                    f"{', '.join(map(str, replay.SWEEP_REDUCTION_FACTORS))} (within the run's epochs).  "
