@@ -17,7 +17,7 @@ import argparse
 import math
 from pathlib import Path
 
-from tunefm.analysis import replay
+from tunefm.analysis import replay, replay_report
 from tunefm.run import store
 from tunefm.run.trial_summary import config_columns
 
@@ -68,7 +68,7 @@ def describe(curves: replay.Curves, trial_id: str | None) -> str:
     if trial_id is None:
         return "-"
     row = curves.trials.loc[curves.trials["trial_id"] == trial_id].iloc[0]
-    return " ".join(f"{k}={row[k]}" for k in replay.varied_keys(curves))
+    return " ".join(f"{k}={row[k]}" for k in replay_report.varied_keys(curves))
 
 
 if __name__ == "__main__":

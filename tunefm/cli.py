@@ -27,7 +27,7 @@ import signal
 import click
 from click.core import ParameterSource
 
-from tunefm.analysis import mlflow_export, replay, summary, tables
+from tunefm.analysis import mlflow_export, replay, replay_report, summary, tables
 from tunefm.analysis.importance import METHODS as IMPORTANCE_METHODS
 from tunefm.analysis.queries import AGGREGATES, COSTS
 from tunefm.analysis.summary import FORMATS, SECTIONS
@@ -318,11 +318,12 @@ def replay_command(run: str | None, results_dir: str, scheduler: str | None, gra
     curves, outcomes = replay.replay(store.load_run(run_dir), scheduler, grace_period, reduction_factor, objectives,
                                      concurrency, sweep_settings)
     if as_json:
-        click.echo(json.dumps(replay.without_nan({"run": str(run_dir), "settings": replay.records(curves, outcomes)}),
-                              indent=2, default=str))
+        records = replay_report.records(curves, outcomes)
+        click.echo(json.dumps(replay_report.without_nan({"run": str(run_dir), "settings": records}), indent=2,
+                              default=str))
         return
-    click.echo("\n".join([*replay.heading(curves, outcomes), "",
-                           tables.text_table(replay.table(curves, outcomes), index=False, width=120)]))
+    click.echo("\n".join([*replay_report.heading(curves, outcomes), "",
+                           tables.text_table(replay_report.table(curves, outcomes), index=False, width=120)]))
 
 
 @main.command()

@@ -5,7 +5,7 @@
                                        objectives=parse("val_acc:max"), concurrency=1))
     outcome.epochs, outcome.wall_s, outcome.regret, outcome.hypervolume_ratio
 
-The trials start in the run's order (their trial ids: the order the searcher proposed
+`replay_report` shows the outcomes. The trials start in the run's order (their trial ids: the order the searcher proposed
 them), `concurrency` at a time. Each epoch takes the time it took in the run (the rise
 of the trial's time_total_s, so a trial's start-up counts in its first epoch). At every
 epoch the rule (`tunefm.stopping.rules`, the same code the search's scheduler runs)
@@ -14,7 +14,7 @@ events is the search's own, so the replay of ASHA on a `--no-early-stop` run giv
 trial the epochs a real ASHA search at `--concurrency 1` gives it.
 
 What each setting is judged by:
-- epochs: the epochs it trains, against the run's (and against `none` at the same concurrency);
+- epochs: the epochs it trains, against the run's (the `as run` row: each trial its own epochs);
 - wall_s: the simulated time until the last trial ends;
 - the pick: the trial with the best val_acc seen in the epochs it trained, and its regret,
   the run's best val_acc minus the pick's;
@@ -41,7 +41,6 @@ from tunefm.run.columns import TRIAL_FACTS
 from tunefm.run.trial_summary import config_columns
 from tunefm.stopping import pareto, rules
 from tunefm.stopping.objectives import Objective, parse, scores
-from tunefm.stopping.objectives import text as objectives_text
 
 SCHEDULERS = ("asha", "mo-asha", "none")
 AS_RUN = "as run"  # the baseline: every trial trains the epochs it trained in the run
@@ -99,11 +98,17 @@ class Curves:
         """Seconds the trial's `epoch` took in the run: the rise of its time_total_s (its
         epoch_time_s where that is missing)."""
         history = self.histories[trial_id]
-        now, before = history[epoch - 1].get("time_total_s"), history[epoch - 2].get("time_total_s") if epoch > 1 else 0.0
-        if now is not None and before is not None and not (math.isnan(now) or math.isnan(before)) and now >= before:
+        now = history[epoch - 1].get("time_total_s")
+        before = history[epoch - 2].get("time_total_s") if epoch > 1 else 0.0
+        if _measured(now) and _measured(before) and now >= before:
             return float(now - before)
         own = history[epoch - 1].get("epoch_time_s")
-        return 0.0 if own is None or math.isnan(own) else float(own)
+        return float(own) if _measured(own) else 0.0
+
+
+def _measured(value: Any) -> bool:
+    """A time the run recorded (not missing, not NaN)."""
+    return value is not None and not math.isnan(value)
 
 
 @dataclass
@@ -262,96 +267,6 @@ def sweep(curves: Curves, base: Setting, grace_periods: Sequence[int] = SWEEP_GR
     return outcomes
 
 
-def records(curves: Curves, outcomes: Sequence[Outcome], per_trial: bool = True) -> list[dict[str, Any]]:
-    """The outcomes as plain data (`--json`)."""
-    baseline = {o.setting.concurrency: o for o in outcomes if o.setting.scheduler in ("none", AS_RUN)}
-    out = []
-    for o in outcomes:
-        record = {
-            "scheduler": o.setting.scheduler, "grace_period": o.setting.grace_period,
-            "reduction_factor": o.setting.reduction_factor, "objectives": objectives_text(o.setting.objectives),
-            "concurrency": o.setting.concurrency, "epochs": o.total_epochs, "run_epochs": o.run_epochs,
-            "epochs_fraction": o.total_epochs / o.run_epochs if o.run_epochs else math.nan,
-            "wall_s": o.wall_s, "pick": pick_record(curves, o.pick, o.pick_val_acc, o.epochs.get(o.pick)),
-            "run_best": pick_record(curves, o.best, o.best_val_acc, len(curves.histories.get(o.best, []))),
-            "regret": o.regret, "hypervolume_ratio": o.hypervolume_ratio,
-            "front": o.front, "full_front": o.full_front,
-        }
-        if o.setting.concurrency in baseline:
-            record["wall_fraction"] = o.wall_s / baseline[o.setting.concurrency].wall_s if baseline[o.setting.concurrency].wall_s else math.nan
-        if per_trial:
-            record["trials"] = {tid: {"epochs": n, "stopped_at_rung": o.stopped_at.get(tid)} for tid, n in o.epochs.items()}
-        out.append(record)
-    return out
-
-
-def pick_record(curves: Curves, trial_id: str | None, val_acc: float, epochs: int | None) -> dict[str, Any] | None:
-    if trial_id is None:
-        return None
-    row = curves.trials.loc[curves.trials["trial_id"] == trial_id].iloc[0]
-    ran_to_end = epochs is not None and epochs >= curves.limits[trial_id]
-    test = row.get("test_acc")
-    return {"trial_id": trial_id, "config": {k: _plain(row[k]) for k in config_columns(curves.trials)
-                                             if not _missing(row[k])},
-            "val_acc": val_acc, "epochs": epochs,
-            # the run's test figure is of the trial's best epoch over all its epochs: the same pick only if it ran to the end
-            "test_acc": float(test) if ran_to_end and not _missing(test) else None}
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value
-
-
-def varied_keys(curves: Curves) -> list[str]:
-    """The config keys that differ between trials (what tells one pick from another)."""
-    trials = curves.trials
-    return [k for k in config_columns(trials) if trials[k].astype(str).nunique() > 1]
-
-
-def table(curves: Curves, outcomes: Sequence[Outcome]) -> pd.DataFrame:
-    """One row per setting: what it trains, how long it takes, what it picks."""
-    keys = varied_keys(curves)
-    rows = []
-    for record in records(curves, outcomes, per_trial=False):
-        pick = record["pick"] or {"config": {}, "val_acc": math.nan, "test_acc": None}
-        row = {
-            "rule": Setting(record["scheduler"], record["grace_period"], record["reduction_factor"], ()).label(),
-            "epochs": f"{record['epochs']} ({record['epochs_fraction']:.0%})",
-            "wall": f"{record['wall_s']:.1f} s" + (f" ({record['wall_fraction']:.0%})"
-                                                   if not math.isnan(record.get("wall_fraction", math.nan)) else ""),
-            "pick": " ".join(str(pick["config"].get(k, "-")) for k in keys) or pick.get("trial_id", "-"),
-            "val acc": f"{pick['val_acc']:.4f}",
-            "test acc": "-" if pick["test_acc"] is None else f"{pick['test_acc']:.4f}",
-            "regret": f"{record['regret']:.4f}",
-        }
-        if record["hypervolume_ratio"] is not None:
-            kept = len(set(record["front"]) & set(record["full_front"]))
-            row["hypervolume"] = f"{record['hypervolume_ratio']:.4f} ({kept}/{len(record['full_front'])} of front)"
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def heading(curves: Curves, outcomes: Sequence[Outcome]) -> list[str]:
-    first = outcomes[-1].setting
-    keys = varied_keys(curves)
-    lines = [f"Replay on run {curves.run_name}: {len(curves.order)} trials, up to {curves.max_epochs} epochs, "
-             f"{first.concurrency} at a time, in the run's order and epoch times.",
-             f"Objectives: {objectives_text(first.objectives)}"
-             + (" (asha judges the first; the hypervolume counts all)" if len(first.objectives) > 1
-                and any(o.setting.scheduler == "asha" for o in outcomes) else "")]
-    if keys:
-        lines.append(f"pick: {' '.join(keys)} of the trial with the best val acc seen; regret: the run's best val "
-                     f"acc ({outcomes[0].best_val_acc:.4f}) minus the pick's")
-    if len(first.objectives) > 1:
-        lines.append("hypervolume: of the trials trained to the end, over all trials' at the end, each objective "
-                     "scaled to [0, 1] over all trials")
-    return lines
-
-
 def replay(run: store.RunTables, scheduler: str | None = None, grace_period: int = 1, reduction_factor: int = 3,
            objectives: str | None = None, concurrency: int = 1,
            sweep_settings: bool = False) -> tuple[Curves, list[Outcome]]:
@@ -371,11 +286,3 @@ def replay(run: store.RunTables, scheduler: str | None = None, grace_period: int
     baseline = simulate(curves, replace(setting, scheduler=AS_RUN))
     return curves, [baseline, simulate(curves, setting)]
 
-
-def without_nan(value: Any) -> Any:
-    """`value` with NaN as None, for JSON (which has no NaN)."""
-    if isinstance(value, dict):
-        return {k: without_nan(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [without_nan(v) for v in value]
-    return None if isinstance(value, float) and math.isnan(value) else value

@@ -26,6 +26,8 @@ KEPT = ("epoch", *EPOCH_METRICS, *TRIAL_FACTS)  # what a rule may read of a repo
 
 
 class RuleScheduler(FIFOScheduler):
+    """Continue or stop each trial after each reported epoch, as `rule` decides."""
+
     def __init__(self, rule: rules.RungRule):
         super().__init__()
         self.rule = rule
@@ -60,15 +62,17 @@ class RuleScheduler(FIFOScheduler):
         facts: dict[str, dict[str, Any]] = {}
         if trials is not None and len(trials):
             facts = trials.set_index("trial_id")[[c for c in TRIAL_FACTS if c in trials]].to_dict("index")
-        rows = epochs.to_dict("records")
-        # In the order they were reported where the run says when (each trial's start plus its
-        # time so far), so the rungs fill as they did; else trial by trial.
-        def reported(row: dict[str, Any]) -> tuple:
-            start = facts.get(row["trial_id"], {}).get("started_at")
-            at = (start or 0.0) + (row.get("time_total_s") or 0.0)
-            return (at if at == at else 0.0, row["trial_id"], row["epoch"])
-        for row in sorted(rows, key=reported):
+        for row in sorted(epochs.to_dict("records"), key=lambda row: _reported_at(row, facts)):
             self._decide(row["trial_id"], {**facts.get(row["trial_id"], {}), **row})
 
     def debug_string(self) -> str:
         return f"tunefm {self.rule.name} on {', '.join(map(str, self.rule.objectives))}"
+
+
+def _reported_at(row: Mapping[str, Any], facts: Mapping[str, Mapping[str, Any]]) -> tuple:
+    """When a written row was reported, for replaying rows in their order: the trial's start
+    plus its time so far where the run says (else by trial, then epoch), so the rungs fill as
+    they did."""
+    start = facts.get(row["trial_id"], {}).get("started_at")
+    at = (start or 0.0) + (row.get("time_total_s") or 0.0)
+    return (at if at == at else 0.0, row["trial_id"], row["epoch"])  # at != at: NaN
