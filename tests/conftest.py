@@ -156,14 +156,22 @@ def copy_of_data(tmp_path, data_dir) -> Path:
     return target
 
 
+def start_session_ray():
+    """The session's Ray: always a new local one (`address="local"`), whatever RAY_ADDRESS or
+    the record of a `ray start` cluster (ray_current_cluster, left behind by a dead one too)
+    say; a bare ray.init() would join those, or refuse num_cpus for them. Fixed resources (no
+    GPU even where one exists), so resource tests mean the same everywhere."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    return ray
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray for the whole test session (starting one takes seconds)."""
-    import ray
-
-    # Fixed resources (no GPU even where one exists), so resource tests mean the same everywhere.
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    ray = start_session_ray()
     yield ray
     ray.shutdown()
 

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from local_cluster import LocalCluster, fresh_ray_env, run_tunefm
+from local_cluster import LocalCluster, free_port, fresh_ray_env, run_tunefm
 
 from tunefm.errors import UserError
 from tunefm.run import store
@@ -274,3 +276,33 @@ def test_the_declared_ray_range_the_cluster_pin_and_the_tested_versions_agree():
     assert ".".join(pinned.split(".")[:2]) in ray_internals.TESTED_RAY
     for untested in ("2.59.0", "2.61.0"):
         assert not declared.specifier.contains(untested)
+
+
+def test_the_test_sessions_ray_is_its_own_whatever_the_machine_holds(tmp_path):
+    """The record a dead `ray start` leaves behind (ray_current_cluster naming an address where
+    nothing answers): a bare ray.init(num_cpus=2) would take it for a cluster to join and
+    refuse; the session fixture's start_session_ray starts its own local Ray and runs a task
+    on it, with RAY_ADDRESS naming the dead one too."""
+    dead = f"127.0.0.1:{free_port()}"
+    temp = Path(tempfile.mkdtemp(prefix="tfm-ray-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    try:
+        (temp / "ray").mkdir()
+        (temp / "ray" / "ray_current_cluster").write_text(dead)
+        env = {**fresh_ray_env(tmp_path), "RAY_TMPDIR": str(temp)}
+
+        def python(code: str, **extra: str) -> subprocess.CompletedProcess:
+            return subprocess.run([sys.executable, "-c", code], env={**env, **extra}, capture_output=True,
+                                  text=True, timeout=180, cwd=Path(__file__).parent)
+
+        bare = python("import ray; ray.init(num_cpus=2, num_gpus=0, include_dashboard=False)")
+        assert bare.returncode != 0
+        assert "When connecting to an existing cluster, num_cpus and num_gpus must not be provided" in bare.stderr
+        ours = python("from conftest import start_session_ray\n"
+                      "ray = start_session_ray()\n"
+                      "print(ray.get(ray.remote(lambda: 6 * 7).remote()), ray.get_runtime_context().gcs_address)\n"
+                      "ray.shutdown()\n", RAY_ADDRESS=dead)
+        assert ours.returncode == 0, ours.stderr[-2000:]
+        answer, address = ours.stdout.strip().splitlines()[-1].split()
+        assert answer == "42" and address != dead
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
