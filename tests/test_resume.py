@@ -14,11 +14,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
+import pyarrow.fs as pafs
 import pytest
 from conftest import QUICK_FOURFAM
 from local_cluster import fresh_ray_env
 
-from tunefm.run import store
+from tunefm.run import checkpoints, store
 from tunefm.tune import ray_internals, resume, search
 from tunefm.tune.settings import SearchSettings
 
@@ -114,11 +115,14 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_runs_trials(quick_fourfam, t
     epochs_before = store.read_epochs(run_dir)
     assert not epochs_before.duplicated(["trial_id", "epoch"]).any()
     finished_before = before[before.status == "TERMINATED"].trial_id
-    interrupted = before[(before.status == "INTERRUPTED") & (before.epochs >= 1)].trial_id.tolist()
-    # The trials whose checkpoint Tune's saved state records (one stopped while Tune was still
-    # taking in its checkpoint has none there, and starts again, to the same numbers).
-    recorded = {Path(p).parent.name for p in ray_internals.named_checkpoints(str(run_dir / store.TUNE_DIR),
-                                                                      unfinished_only=True)}
+    interrupted = before[(before.status == "INTERRUPTED") & (before.epochs >= 1)].set_index("trial_id").epochs
+    # where each continues: its newest whole checkpoint up to the last epoch the run recorded,
+    # whether or not Tune's saved state names it (Tune saves it before the trials stop)
+    newest = {trial_id: max((c.epoch for c in checkpoints.listing(pafs.LocalFileSystem(),
+                                                                   str(run_dir / store.TUNE_DIR / trial_id))
+                             if c.complete and c.epoch <= recorded), default=0)
+              for trial_id, recorded in interrupted.items()}
+    assert interrupted.size and all(newest.values())
 
     resumed = subprocess.run([sys.executable, "-c", "from tunefm.cli import main; main()",
                               *resume_line.removeprefix("Resume with: tunefm ").split()],
@@ -142,11 +146,15 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_runs_trials(quick_fourfam, t
     kept = epochs_before[epochs_before.trial_id.isin(finished_before)].sort_values(["trial_id", "epoch"])
     now = epochs[epochs.trial_id.isin(finished_before)].sort_values(["trial_id", "epoch"])
     pd.testing.assert_frame_equal(kept.reset_index(drop=True), now.reset_index(drop=True))
-    # the interrupted ones continued from their last checkpoint, and every number matches the
-    # uninterrupted run's wherever both trained the same config to the same epoch
-    for trial_id in set(interrupted) & recorded:
-        if trials.set_index("trial_id").epochs[trial_id] > before.set_index("trial_id").epochs[trial_id]:
-            assert restored_from_checkpoint(run_dir / store.TUNE_DIR, trial_id)
+    # the interrupted ones continued from their last checkpointed epoch and trained no epoch
+    # twice (Tune's own record of each trial's results, kept across the restore), and every
+    # number matches the uninterrupted run's wherever both trained the same config to the same epoch
+    for trial_id, epoch in newest.items():
+        reported = [json.loads(line) for line in (run_dir / store.TUNE_DIR / trial_id / "result.json").read_text()
+                    .splitlines()]
+        assert sorted(r["epoch"] for r in reported) == list(range(1, len(reported) + 1)), trial_id
+        restarts = [r["epoch"] for r in reported if r["iterations_since_restore"] == 1]
+        assert restarts == [1, epoch + 1] or (restarts == [1] and epoch == len(reported)), (trial_id, restarts)
     mine, theirs = config_rows(epochs), config_rows(reference_epochs)
     both = mine.index.intersection(theirs.index)
     assert len(both) >= 0.8 * len(theirs)

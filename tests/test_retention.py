@@ -82,3 +82,21 @@ def test_keep_checkpoints_all_keeps_every_trials_checkpoints(tmp_path, data_dir,
     for trial in trials.itertuples():
         assert trial.best_epoch in on_disk(tmp_path / "all" / store.TUNE_DIR, trial.trial_id)
         assert trial.epochs in on_disk(tmp_path / "all" / store.TUNE_DIR, trial.trial_id)  # the latest too
+
+
+def test_a_resumed_trial_takes_its_newest_whole_checkpoint_up_to_its_recorded_epoch(tmp_path):
+    """Epochs 1-4 checkpointed; epoch 4's state.pt was cut short (a copy killed midway), and
+    the run recorded epochs up to 3. Tune names epoch 1: the trial continues from epoch 3."""
+    trial = tmp_path / "t1"
+    for epoch in range(1, 5):
+        folder = trial / f"checkpoint_{epoch - 1:06d}"
+        folder.mkdir(parents=True)
+        checkpoints.write(folder, checkpoints.files(bytes([epoch]) * (100 + epoch), epoch, 0.5))
+    state = trial / "checkpoint_000003" / checkpoints.STATE_FILE
+    state.write_bytes(state.read_bytes()[:50])
+    listed = checkpoints.listing(pafs.LocalFileSystem(), str(trial))
+    assert [(c.epoch, c.complete) for c in listed] == [(1, True), (2, True), (3, True), (4, False)]
+    assert checkpoints.newer_state(str(trial), than_epoch=1, up_to_epoch=4) == bytes([3]) * 103
+    assert checkpoints.newer_state(str(trial), than_epoch=1, up_to_epoch=2) == bytes([2]) * 102
+    assert checkpoints.newer_state(str(trial), than_epoch=3, up_to_epoch=4) is None  # Tune's is the newest whole one
+    assert checkpoints.newer_state(str(tmp_path / "none"), than_epoch=0, up_to_epoch=3) is None

@@ -2,7 +2,8 @@
 of them, and which of them a run's policy keeps.
 
     <tune>/<trial_id>/<folder>/state.pt    model, optimizer, epoch, RNG states (engine.training)
-                              /meta.json   {"epoch": 3, "val_acc": 0.91}: found without torch
+                              /meta.json   {"epoch": 3, "val_acc": 0.91, "state_bytes": 90210}:
+                                           found without torch; a state.pt of that size is whole
 
 Tune names the folders and decides when one is written; a checkpoint folder is known here
 by its own files, not by Tune's folder names. Read through pyarrow's file systems, so
@@ -32,11 +33,13 @@ class Checkpoint:
     epoch: int | None
     size: int
     has_state: bool
+    complete: bool = False  # its epoch is known and its state.pt whole (the size meta.json records, where it does)
 
 
 def files(state: bytes, epoch: int, val_acc: float) -> dict[str, bytes]:
     """A checkpoint's files: the state's bytes, and the meta that lets it be found cheaply."""
-    return {STATE_FILE: state, META_FILE: json.dumps({"epoch": epoch, "val_acc": val_acc}).encode()}
+    meta = {"epoch": epoch, "val_acc": val_acc, "state_bytes": len(state)}
+    return {STATE_FILE: state, META_FILE: json.dumps(meta).encode()}
 
 
 def write(folder: str | os.PathLike, contents: dict[str, bytes]) -> None:
@@ -68,22 +71,43 @@ def listing(fs: pafs.FileSystem, trial_dir: str) -> list[Checkpoint]:
         if relative.count("/") != 1:
             continue  # the trial's own files, or deeper
         top, name = relative.split("/")
-        entry = folders.setdefault(f"{root}/{top}", {"size": 0, "meta": None, "state": False})
+        entry = folders.setdefault(f"{root}/{top}", {"size": 0, "meta": None, "state": False, "state_size": None})
         entry["size"] += info.size or 0
         entry["meta"] = info.path if name == META_FILE else entry["meta"]
-        entry["state"] = entry["state"] or name == STATE_FILE
+        if name == STATE_FILE:
+            entry["state"], entry["state_size"] = True, info.size
     found = []
     for folder, entry in sorted(folders.items()):
         if entry["meta"] is None and not entry["state"]:
             continue  # not a checkpoint
-        epoch = None
+        epoch, whole_size = None, None
         if entry["meta"] is not None:
             try:
-                epoch = int(json.loads(read_bytes(fs, entry["meta"]))["epoch"])
+                meta = json.loads(read_bytes(fs, entry["meta"]))
+                epoch, whole_size = int(meta["epoch"]), meta.get("state_bytes")
             except (OSError, ValueError, KeyError):
                 epoch = None
-        found.append(Checkpoint(folder, epoch, entry["size"], entry["state"]))
+        complete = epoch is not None and entry["state"] and whole_size in (None, entry["state_size"])
+        found.append(Checkpoint(folder, epoch, entry["size"], entry["state"], complete))
     return found
+
+
+def newer_state(trial_dir: str, than_epoch: int, up_to_epoch: int) -> bytes | None:
+    """The state of the trial's newest complete checkpoint in `trial_dir` (a path or URI) with
+    an epoch after `than_epoch` (0: none) and at most `up_to_epoch`; None where it has none.
+
+    Why a resumed trial needs it: on Ctrl-C, Tune saves its experiment state and only then
+    stops the trials, still taking in the results that arrive meanwhile. The Parquet writer
+    records such an epoch and its checkpoint is on disk, but the saved state names the one
+    before (or none), so Tune would restore the trial from there and train that epoch again.
+    `up_to_epoch` is the last epoch the run recorded: a checkpoint whose result never reached
+    the driver is not used, so no epoch goes missing from the tables either."""
+    try:
+        fs, path = pafs.FileSystem.from_uri(trial_dir) if "://" in trial_dir else (pafs.LocalFileSystem(), trial_dir)
+        found = [c for c in listing(fs, path) if c.complete and than_epoch < c.epoch <= up_to_epoch]
+        return read_bytes(fs, state_path(max(found, key=lambda c: c.epoch).folder)) if found else None
+    except OSError:  # a folder this node cannot reach: the checkpoint Tune gives stands
+        return None
 
 
 def check_policy(policy: str) -> None:

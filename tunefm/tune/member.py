@@ -6,7 +6,7 @@ It asks the run's coordinator (`placement.py`) for the executor of its device, j
 (fresh, or with the checkpoint Tune restored it from: a retry, a resume), then asks for one
 epoch at a time and reports each exactly as a solo trial does: the same metrics, the same
 checkpoint files (`state.pt`, `meta.json`), plus where it ran (`execution`, `fused_group`,
-`group_size`). ASHA stops it like any trial; the search tells the executor (`Membership`).
+`group_size`). The stopping rule stops it like any trial; the search tells the executor (`Membership`).
 
 It imports neither torch nor pandas: a trial process only waits, reports and writes files,
 so sixteen of them cost little beside the one executor that trains them.
@@ -14,10 +14,12 @@ so sixteen of them cost little beside the one executor that trains them.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
 import time
+from typing import Mapping
 
 import ray
 from ray import tune
@@ -26,7 +28,10 @@ from tunefm.run import checkpoints
 from tunefm.tune import interrupt
 
 
-def member_trainable(config: dict, coordinator: str) -> None:
+def member_trainable(config: dict, coordinator: str, tune_dir: str | None = None,
+                     resume_at: Mapping[str, int] | None = None) -> None:
+    """A fused group's member as a Tune trial (`tune_dir`, `resume_at`: as for a solo trial,
+    trial.tune_trainable)."""
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "checkpoint created" line per epoch is noise
     interrupt.quiet_exit_during_garbage_collection()
     started_at = time.time()  # as a solo trial's: when the trial began, waiting for its executor included
@@ -37,11 +42,16 @@ def member_trainable(config: dict, coordinator: str) -> None:
     runtime = ray.get_runtime_context()
     executor = ray.get(ray.get_actor(coordinator).executor_for.remote(trial_id, config, runtime.get_node_id(),
                                                                       gpu_ids))
-    checkpoint, state = tune.get_checkpoint(), None
+    checkpoint, state, epoch = tune.get_checkpoint(), None, 0
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             with open(os.path.join(folder, checkpoints.STATE_FILE), "rb") as f:
                 state = f.read()
+            with open(os.path.join(folder, checkpoints.META_FILE)) as f:
+                epoch = int(json.load(f)["epoch"])
+    recorded = (resume_at or {}).get(trial_id)
+    if recorded and tune_dir:
+        state = checkpoints.newer_state(f"{tune_dir}/{trial_id}", epoch, recorded) or state
     ray.get(executor.join.remote(trial_id, config, state))
     own = {"gpu_fraction": float(resources.get("GPU", 0.0)), "started_at": started_at}
     while (epoch := ray.get(executor.next_epoch.remote(trial_id))) is not None:

@@ -37,6 +37,7 @@ import os
 import random
 from collections import Counter
 from dataclasses import dataclass
+from typing import Mapping
 
 import ray
 import torch
@@ -276,10 +277,12 @@ def stop(running: Running | None) -> None:
         pass
 
 
-def member_trainable_for(coordinator: str, cpus_per_trial: float, decision: Decision, on_gpus: bool):
+def member_trainable_for(coordinator: str, cpus_per_trial: float, decision: Decision, on_gpus: bool,
+                         tune_dir: str | None = None, resume_at: Mapping[str, int] | None = None):
     bundle = member_resources(cpus_per_trial, decision.capacity, on_gpus)
-    return tune.with_resources(tune.with_parameters(member_trainable, coordinator=coordinator),
-                               PlacementGroupFactory([bundle]))
+    trainable = tune.with_parameters(member_trainable, coordinator=coordinator, tune_dir=tune_dir,
+                                     resume_at=resume_at)
+    return tune.with_resources(trainable, PlacementGroupFactory([bundle]))
 
 
 class Membership(Callback):

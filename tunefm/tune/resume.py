@@ -178,11 +178,23 @@ class ResumedRun:
         restore_missing_checkpoints(self.tune_dir)
         settings, study = self.settings, self.study
         scheduler = search.make_scheduler(study, settings, self.earlier[store.EPOCHS], self.earlier[store.TRIALS])
+        trainable = search.make_trainable(study, settings, self.splits, session.cluster.has_gpus, fusion,
+                                          self.tune_dir, self.recorded_epochs())
         return ray_internals.restore_tuner(
-            self.tune_dir, search.make_trainable(study, settings, self.splits, session.cluster.has_gpus, fusion),
+            self.tune_dir, trainable,
             search.make_callbacks(study, settings, writer, self.run_dir, echo, self.earlier[store.TRIALS], fusion,
                                   pruning, stops=getattr(scheduler, "stopped_at", None)),
             scheduler, settings.max_failures)
+
+    def recorded_epochs(self) -> dict[str, int]:
+        """Each unfinished trial's last epoch in the run's tables: the newest checkpoint it may
+        continue from, where Tune's saved state names an older one (`checkpoints.newer_state`)."""
+        trials, epochs = self.earlier[store.TRIALS], self.earlier[store.EPOCHS]
+        if trials.empty or epochs.empty:
+            return {}
+        unfinished = set(trials.loc[trials["status"] != "TERMINATED", "trial_id"])
+        last = epochs[epochs["trial_id"].isin(unfinished)].groupby("trial_id")["epoch"].max()
+        return {str(trial_id): int(epoch) for trial_id, epoch in last.items()}
 
     def record(self, session: RaySession, decision: placement.Decision, echo) -> RunRecord:
         trials = self.earlier[store.TRIALS]

@@ -135,17 +135,22 @@ def create_run_dir(run_dir: Path) -> None:
 
 
 def make_trainable(study: studies.Study, settings: SearchSettings, splits: data.Splits, cluster_has_gpus: bool,
-                   fusion: Fusion | None = None):
+                   fusion: Fusion | None = None, tune_dir: str | None = None,
+                   resume_at: Mapping[str, int] | None = None):
     """The trial function with the data (into the object store once) and its resources; a
-    fused trial's function and share of a slot where the search fuses."""
+    fused trial's function and share of a slot where the search fuses. A resumed search
+    gives `tune_dir` and `resume_at` ({trial id: its last recorded epoch}): each trial
+    continues from its newest checkpoint up to that epoch (`checkpoints.newer_state`)."""
     if fusion is not None:
         return placement.member_trainable_for(fusion.running.name, settings.cpus_per_trial, fusion.decision,
-                                              placement.uses_gpus(cluster_has_gpus, settings.gpus_per_trial))
+                                              placement.uses_gpus(cluster_has_gpus, settings.gpus_per_trial),
+                                              tune_dir, resume_at)
 
     arrays = {"train_x": splits.train_x, "train_y": splits.train_y,
               "val_x": splits.val_x, "val_y": splits.val_y}  # the test set never reaches a trial
     return tune.with_resources(
-        tune.with_parameters(tune_trainable, arrays=arrays, max_epochs=study.max_epochs, loop=settings.loop),
+        tune.with_parameters(tune_trainable, arrays=arrays, max_epochs=study.max_epochs, loop=settings.loop,
+                             tune_dir=tune_dir, resume_at=resume_at),
         cluster.trial_resources(settings.cpus_per_trial, settings.gpus_per_trial, cluster_has_gpus),
     )
 

@@ -20,6 +20,7 @@ import logging
 import os
 import tempfile
 import time
+from typing import Mapping
 
 import numpy as np
 import ray
@@ -31,8 +32,12 @@ from tunefm.run import checkpoints
 from tunefm.tune import interrupt
 
 
-def tune_trainable(config: dict, arrays: dict[str, np.ndarray], max_epochs: int, loop: str = loops.AUTO) -> None:
-    """Ray Tune entry point; wrap with `tune.with_parameters(arrays=..., max_epochs=..., loop=...)`."""
+def tune_trainable(config: dict, arrays: dict[str, np.ndarray], max_epochs: int, loop: str = loops.AUTO,
+                   tune_dir: str | None = None, resume_at: Mapping[str, int] | None = None) -> None:
+    """Ray Tune entry point; wrap with `tune.with_parameters(arrays=..., max_epochs=..., loop=...)`.
+    A resumed search adds `tune_dir` and `resume_at` ({trial id: the last epoch the run
+    recorded}): a trial continues from its newest checkpoint up to that epoch, where Tune's
+    saved state names an older one (`checkpoints.newer_state`)."""
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "checkpoint created" line per epoch is noise
     interrupt.quiet_exit_during_garbage_collection()
     context = tune.get_context()
@@ -47,6 +52,11 @@ def tune_trainable(config: dict, arrays: dict[str, np.ndarray], max_epochs: int,
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             saved = training.load_checkpoint(os.path.join(folder, checkpoints.STATE_FILE))
+    recorded = (resume_at or {}).get(context.get_trial_id())
+    if recorded and tune_dir:
+        newer = checkpoints.newer_state(f"{tune_dir}/{context.get_trial_id()}", saved["epoch"] if saved else 0,
+                                        recorded)
+        saved = training.load_checkpoint(newer) if newer is not None else saved
     steps = training_plan.training_steps(config, len(arrays["train_y"]), max_epochs)
     plan = training_plan.plan_trial(config, device, loop, steps, saved)
     state = training.init_state(config, device, plan.loop)
