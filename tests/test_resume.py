@@ -115,14 +115,13 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_runs_trials(quick_fourfam, t
     epochs_before = store.read_epochs(run_dir)
     assert not epochs_before.duplicated(["trial_id", "epoch"]).any()
     finished_before = before[before.status == "TERMINATED"].trial_id
-    interrupted = before[(before.status == "INTERRUPTED") & (before.epochs >= 1)].set_index("trial_id").epochs
+    interrupted = before[before.status == "INTERRUPTED"].set_index("trial_id").epochs
     # where each continues: its newest whole checkpoint up to the last epoch the run recorded,
-    # whether or not Tune's saved state names it (Tune saves it before the trials stop)
+    # whether or not Tune's saved state names it (Tune saves it before the trials stop); 0: from the start
     newest = {trial_id: max((c.epoch for c in checkpoints.listing(pafs.LocalFileSystem(),
                                                                    str(run_dir / store.TUNE_DIR / trial_id))
                              if c.complete and c.epoch <= recorded), default=0)
               for trial_id, recorded in interrupted.items()}
-    assert interrupted.size and all(newest.values())
 
     resumed = subprocess.run([sys.executable, "-c", "from tunefm.cli import main; main()",
                               *resume_line.removeprefix("Resume with: tunefm ").split()],
@@ -154,7 +153,7 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_runs_trials(quick_fourfam, t
                     .splitlines()]
         assert sorted(r["epoch"] for r in reported) == list(range(1, len(reported) + 1)), trial_id
         restarts = [r["epoch"] for r in reported if r["iterations_since_restore"] == 1]
-        assert restarts == [1, epoch + 1] or (restarts == [1] and epoch == len(reported)), (trial_id, restarts)
+        assert restarts == ([1, epoch + 1] if epoch else [1]), (trial_id, epoch, restarts)
     mine, theirs = config_rows(epochs), config_rows(reference_epochs)
     both = mine.index.intersection(theirs.index)
     assert len(both) >= 0.8 * len(theirs)
