@@ -96,7 +96,8 @@ def test_a_resumed_trial_takes_its_newest_whole_checkpoint_up_to_its_recorded_ep
     state.write_bytes(state.read_bytes()[:50])
     listed = checkpoints.listing(pafs.LocalFileSystem(), str(trial))
     assert [(c.epoch, c.complete) for c in listed] == [(1, True), (2, True), (3, True), (4, False)]
-    assert checkpoints.newer_state(str(trial), than_epoch=1, up_to_epoch=4) == bytes([3]) * 103
-    assert checkpoints.newer_state(str(trial), than_epoch=1, up_to_epoch=2) == bytes([2]) * 102
-    assert checkpoints.newer_state(str(trial), than_epoch=3, up_to_epoch=4) is None  # Tune's is the newest whole one
-    assert checkpoints.newer_state(str(tmp_path / "none"), than_epoch=0, up_to_epoch=3) is None
+    assert checkpoints.newer_state(str(tmp_path), "t1", 1, {"t1": 4}) == bytes([3]) * 103
+    assert checkpoints.newer_state(str(tmp_path), "t1", 1, {"t1": 2}) == bytes([2]) * 102
+    assert checkpoints.newer_state(str(tmp_path), "t1", 3, {"t1": 4}) is None  # Tune's is the newest whole one
+    assert checkpoints.newer_state(str(tmp_path), "t2", 0, {"t2": 3}) is None  # no folder
+    assert checkpoints.newer_state(str(tmp_path), "t1", 0, None) is None  # a new search: Tune's checkpoint stands

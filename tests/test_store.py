@@ -27,8 +27,8 @@ def test_trial_summary_from_epochs(tmp_path):
     writer.flush()
 
     trials = store.read_trials(tmp_path).set_index("trial_id")
-    assert list(trials.columns[:8]) == ["status", "stopped_early", "stopped_at_rung", "epochs", "retries", "model", "lr",
-                                       "batch_size"]
+    assert list(trials.columns[:8]) == ["status", "stopped_early", "stopped_at_rung", "epochs", "retries", "model",
+                                       "lr", "batch_size"]
     a, b, c = trials.loc["a"], trials.loc["b"], trials.loc["c"]
     assert a.epochs == 4 and not a.stopped_early
     assert a.best_val_acc == 0.8 and a.best_epoch == 2 and a.val_loss_at_best == 0.7

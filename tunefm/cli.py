@@ -34,6 +34,7 @@ from tunefm.analysis.summary import FORMATS, SECTIONS
 from tunefm.engine.choices import FUSE_MODES, LOOPS
 from tunefm.errors import Interrupted, UserError
 from tunefm.run import store, writer
+from tunefm.stopping import rules
 from tunefm.tune.settings import SearchSettings
 
 # Ray, torch, matplotlib and plotly are imported inside the commands that need them (each
@@ -81,6 +82,14 @@ class OneLineErrors(click.Group):
             raise
 
 
+def rung_options(command):
+    """--grace-period and --reduction-factor, the same for a search and for `replay`."""
+    command = click.option("--reduction-factor", type=int, default=3,
+                           help="ASHA and MO-ASHA: keep 1/N of the trials at each rung.")(command)
+    return click.option("--grace-period", type=int, default=1,
+                        help="ASHA and MO-ASHA: epochs before a trial can be stopped (the first rung).")(command)
+
+
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
 @click.version_option(package_name="tunefm")
@@ -111,7 +120,8 @@ def main(debug: bool) -> None:
 @click.option("--storage", default=None, metavar="URI",
               help="Where Tune keeps checkpoints and TensorBoard events, shared by every node: s3://bucket/path, "
                    "gs://..., or a shared folder.  [default: the run folder's tune/]")
-@click.option("--no-early-stop", is_flag=True, help="Train every trial all its epochs: no stopping rule.  [default: ASHA on val_acc, "
+@click.option("--no-early-stop", is_flag=True,
+              help="Train every trial all its epochs: no stopping rule.  [default: ASHA on val_acc, "
                    "or MO-ASHA on --objectives]")
 @click.option("--max-failures", type=int, default=2,
               help="Retries of a trial whose worker fails (a killed process, a lost node), each from its last "
@@ -119,8 +129,7 @@ def main(debug: bool) -> None:
 @click.option("--resume", is_flag=True,
               help="Continue the interrupted run --name RUN with its own options: finished trials are kept, "
                    "running ones continue from their last checkpoint.  [default: a new run]")
-@click.option("--grace-period", type=int, default=1, help="ASHA and MO-ASHA: epochs before a trial can be stopped (the first rung).")
-@click.option("--reduction-factor", type=int, default=3, help="ASHA and MO-ASHA: keep 1/N of trials at each rung.")
+@rung_options
 @click.option("--objectives", default=None, metavar="COL:max|min[,...]",
               help="What early stopping judges at each rung (and an optuna study optimizes): one objective is ASHA, "
                    "several are MO-ASHA (non-dominated sorting, then crowding distance), e.g. "
@@ -177,8 +186,7 @@ def search(**options) -> None:
     stopped = int(trials["stopped_early"].sum())
     failed = int((trials["status"] == "ERROR").sum())
     retried = int((trials["retries"] > 0).sum())
-    rule = "MO-ASHA" if len(settings.stopping_objectives()) > 1 else "ASHA"
-    click.echo(f"\n{len(trials)} trials, {stopped} stopped early by {rule}, "
+    click.echo(f"\n{len(trials)} trials, {stopped} stopped early by {rules.label(settings.stopping_objectives())}, "
                + (f"{retried} retried after a failure, " if retried else "")
                + (f"{failed} failed (see {outcome.run_dir / 'tune'}), " if failed else "")
                + f"{int(trials['epochs'].sum())} epochs trained.")
@@ -292,8 +300,7 @@ def report(run: str | None, results_dir: str, out_dir: str | None, cost: str | N
 @click.option("--scheduler", type=click.Choice(replay.SCHEDULERS), default=None,
               help="The rule to replay: asha judges the first objective, mo-asha all of them, none trains "
                    "every epoch.  [default: mo-asha for several objectives, else asha]")
-@click.option("--grace-period", type=int, default=1, help="Epochs before a trial can be stopped.")
-@click.option("--reduction-factor", type=int, default=3, help="Keep 1/N of the trials at each rung.")
+@rung_options
 @click.option("--objectives", default=None, metavar="COL:max|min[,...]",
               help="What the rule judges, e.g. val_acc:max,time_per_epoch_s:min.  [default: the run's own "
                    "--objectives, else val_acc:max]")
@@ -304,7 +311,8 @@ def report(run: str | None, results_dir: str, out_dir: str | None, cost: str | N
               help=f"Replay grace periods {', '.join(map(str, replay.SWEEP_GRACE_PERIODS))} x reduction factors "
                    f"{', '.join(map(str, replay.SWEEP_REDUCTION_FACTORS))} (within the run's epochs).  "
                    f"[default: the one setting given]")
-@click.option("--json", "as_json", is_flag=True, help="JSON, each trial's epochs under each rule included.  [default: a table]")
+@click.option("--json", "as_json", is_flag=True,
+              help="JSON, each trial's epochs under each rule included.  [default: a table]")
 @user_errors
 def replay_command(run: str | None, results_dir: str, scheduler: str | None, grace_period: int, reduction_factor: int,
                    objectives: str | None, concurrency: int, sweep_settings: bool, as_json: bool) -> None:

@@ -28,6 +28,8 @@ import pandas as pd
 
 from tunefm.run.columns import INTERRUPTED, TRIAL_FACTS
 from tunefm.run.trial_summary import summary_row
+from tunefm.stopping import rules
+from tunefm.stopping.objectives import Objective, parse
 
 MIN_COMPARED = 5
 # Figures that exist only after training (measured on the test set from the best checkpoint):
@@ -66,16 +68,20 @@ def ran_to_end(trials: pd.DataFrame) -> pd.Series:
     return (trials["status"] == "TERMINATED") & ~stopped(trials)
 
 
+def run_objectives(info: dict) -> tuple[Objective, ...]:
+    """The objectives a run's search stopped its trials on (run.json's --objectives)."""
+    return parse((info.get("options") or {}).get("objectives") or "val_acc:max")
+
+
 def stopping_rule(info: dict) -> str:
     """The rule that stopped a run's trials, for the words: 'ASHA', or 'MO-ASHA' for a search
-    with several --objectives (run.json's options)."""
-    objectives = (info.get("options") or {}).get("objectives") or ""
-    return "MO-ASHA" if "," in objectives else "ASHA"
+    with several --objectives."""
+    return rules.label(run_objectives(info))
 
 
-def stopped_why(row, rule: str = "ASHA") -> str:
+def stopped_why(row: pd.Series, rule: str = "ASHA") -> str:
     """'stopped early by ASHA at rung 3' (the rung where the run recorded one)."""
-    rung = row.get("stopped_at_rung") if hasattr(row, "get") else None
+    rung = row.get("stopped_at_rung")
     return f"stopped early by {rule}" + ("" if rung is None or pd.isna(rung) else f" at rung {int(rung)}")
 
 

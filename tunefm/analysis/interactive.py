@@ -203,7 +203,8 @@ def pareto(compared: pd.DataFrame, front: pd.DataFrame, left_out: pd.DataFrame, 
 
     def hover(frame: pd.DataFrame) -> list[str]:
         return [f"{r.trial_id}<br>{_describe(r, keys)}<br>{int(r.epochs)} epoch(s)"
-                + (f"<br>{footing.stopped_why(r, rule)}" if r.get("stopped_early") else "") for _, r in frame.iterrows()]
+                + (f"<br>{footing.stopped_why(r, rule)}" if r.get("stopped_early") else "")
+                for _, r in frame.iterrows()]
 
     fig = go.Figure(go.Scatter(x=data[cost], y=data[metric], mode="markers", name="compared trial", text=hover(data),
                                marker=dict(color="#264653", size=7), hovertemplate=template))

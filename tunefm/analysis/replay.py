@@ -138,8 +138,6 @@ class Outcome:
 def make_rule(curves: Curves, setting: Setting) -> rules.RungRule | None:
     if setting.scheduler in ("none", AS_RUN):
         return None
-    if setting.scheduler not in SCHEDULERS:
-        raise UserError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {setting.scheduler!r}")
     judged = setting.objectives[:1] if setting.scheduler == "asha" else setting.objectives
     return rules.make(setting.scheduler, judged, curves.max_epochs, setting.grace_period, setting.reduction_factor)
 
@@ -242,8 +240,12 @@ def scale(points: dict[str, tuple[float, ...]]) -> dict[str, tuple[float, ...]]:
         finite = [p[k] for p in points.values() if math.isfinite(p[k])]
         lows.append(min(finite, default=0.0))
         highs.append(max(finite, default=1.0))
-    return {tid: tuple((p[k] - lows[k]) / (highs[k] - lows[k]) if highs[k] > lows[k] else (1.0 if math.isfinite(p[k]) else -math.inf)
-                       for k in range(dims)) for tid, p in points.items()}
+    def scaled(value: float, k: int) -> float:
+        if highs[k] > lows[k]:
+            return (value - lows[k]) / (highs[k] - lows[k])
+        return 1.0 if math.isfinite(value) else -math.inf  # every trial the same on this objective
+
+    return {tid: tuple(scaled(p[k], k) for k in range(dims)) for tid, p in points.items()}
 
 
 def sweep(curves: Curves, base: Setting, grace_periods: Sequence[int] = SWEEP_GRACE_PERIODS,

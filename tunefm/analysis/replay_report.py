@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from tunefm.analysis import replay
+from tunefm.analysis import queries, replay
 from tunefm.run.trial_summary import config_columns
 from tunefm.stopping.objectives import text as objectives_text
 
@@ -35,10 +35,12 @@ def records(curves: replay.Curves, outcomes: Sequence[replay.Outcome],
             "regret": o.regret, "hypervolume_ratio": o.hypervolume_ratio,
             "front": o.front, "full_front": o.full_front,
         }
-        if o.setting.concurrency in baseline:
-            record["wall_fraction"] = o.wall_s / baseline[o.setting.concurrency].wall_s if baseline[o.setting.concurrency].wall_s else math.nan
+        base_wall = baseline[o.setting.concurrency].wall_s if o.setting.concurrency in baseline else None
+        if base_wall is not None:
+            record["wall_fraction"] = o.wall_s / base_wall if base_wall else math.nan
         if per_trial:
-            record["trials"] = {tid: {"epochs": n, "stopped_at_rung": o.stopped_at.get(tid)} for tid, n in o.epochs.items()}
+            record["trials"] = {tid: {"epochs": n, "stopped_at_rung": o.stopped_at.get(tid)}
+                                for tid, n in o.epochs.items()}
         out.append(record)
     return out
 
@@ -53,7 +55,8 @@ def pick_record(curves: replay.Curves, trial_id: str | None, val_acc: float,
     return {"trial_id": trial_id, "config": {k: _plain(row[k]) for k in config_columns(curves.trials)
                                              if not _missing(row[k])},
             "val_acc": val_acc, "epochs": epochs,
-            # the run's test figure is of the trial's best epoch over all its epochs: the same pick only if it ran to the end
+            # the run's test figure is of the trial's best epoch over all its epochs: the same
+            # pick only if it ran to the end
             "test_acc": float(test) if ran_to_end and not _missing(test) else None}
 
 
@@ -67,8 +70,7 @@ def _plain(value: Any) -> Any:
 
 def varied_keys(curves: replay.Curves) -> list[str]:
     """The config keys that differ between trials (what tells one pick from another)."""
-    trials = curves.trials
-    return [k for k in config_columns(trials) if trials[k].astype(str).nunique() > 1]
+    return queries.varied_keys(curves.trials, exclude=())
 
 
 def table(curves: replay.Curves, outcomes: Sequence[replay.Outcome]) -> pd.DataFrame:
@@ -109,8 +111,6 @@ def heading(curves: replay.Curves, outcomes: Sequence[replay.Outcome]) -> list[s
         lines.append("hypervolume: of the trials trained to the end, over all trials' at the end, each objective "
                      "scaled to [0, 1] over all trials")
     return lines
-
-
 
 
 def without_nan(value: Any) -> Any:

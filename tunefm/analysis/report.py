@@ -312,7 +312,8 @@ def _draw(run: store.RunTables, folder: Path, cost: str, color_by: str = "lr",
 
     def compared(section: str) -> str:
         """Which trials a section includes and at which epochs (as `tunefm summarize` says it)."""
-        return f'<p class="compared">Compared: {html.escape(footing.scope_text(trials, summary.READ_AT[section], rule))}.</p>'
+        text = footing.scope_text(trials, summary.READ_AT[section], rule)
+        return f'<p class="compared">Compared: {html.escape(text)}.</p>'
 
     def figure(name: str, fig: Figure) -> list[str]:
         try:
@@ -343,7 +344,8 @@ def _draw(run: store.RunTables, folder: Path, cost: str, color_by: str = "lr",
     grid_tables = [f"<h3>{html.escape(model)}</h3>" + _table_html(table, True)
                    for model, table in summary.grid_displays(cells, metric, rows, cols).items()]
     heatmaps = interactive.grid_heatmaps(binned, metric, rows, cols)
-    sections.append((f"Validation accuracy over {rows} x {cols}", figure("grid.png", draw_grid(cells, metric, rows, cols, rule)),
+    sections.append((f"Validation accuracy over {rows} x {cols}",
+                     figure("grid.png", draw_grid(cells, metric, rows, cols, rule)),
                      [compared("grid"), *([plot_html(heatmaps)] if heatmaps is not None else []), *grid_tables]))
     try:
         result = importance.importance(trials, metric)

@@ -92,11 +92,8 @@ def default_cost(run: store.RunTables) -> str:
     """The Pareto front's cost: the first cost the search's --objectives minimized (what its
     stopping rule weighed against accuracy), else time_per_epoch_s, a property of the
     configuration unlike total_time_s under early stopping."""
-    for part in ((run.info.get("options") or {}).get("objectives") or "").split(","):
-        column, _, direction = part.partition(":")
-        if direction.strip() == "min" and column.strip() in OBJECTIVE_COSTS:
-            return OBJECTIVE_COSTS[column.strip()]
-    return "time_per_epoch_s"
+    return next((OBJECTIVE_COSTS[o.column] for o in footing.run_objectives(run.info)
+                 if o.direction == "min" and o.column in OBJECTIVE_COSTS), "time_per_epoch_s")
 
 
 def grid_axes(run: store.RunTables, rows: str | None = None, cols: str | None = None) -> tuple[str, str]:
@@ -117,7 +114,6 @@ def tables(run: store.RunTables, options: SummaryOptions) -> dict[str, pd.DataFr
     trials = run.trials
     out: dict[str, pd.DataFrame] = {}
     sections = options.chosen_sections()
-    options = options.with_cost(run)
     if "best" in sections:
         out["best"] = queries.best(trials, options.metric)
     if "reference" in sections:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from typing import Mapping
 
 import pyarrow.fs as pafs
 
@@ -92,16 +93,22 @@ def listing(fs: pafs.FileSystem, trial_dir: str) -> list[Checkpoint]:
     return found
 
 
-def newer_state(trial_dir: str, than_epoch: int, up_to_epoch: int) -> bytes | None:
-    """The state of the trial's newest complete checkpoint in `trial_dir` (a path or URI) with
-    an epoch after `than_epoch` (0: none) and at most `up_to_epoch`; None where it has none.
+def newer_state(tune_dir: str | None, trial_id: str, than_epoch: int,
+                recorded: Mapping[str, int] | None) -> bytes | None:
+    """The state of the trial's newest complete checkpoint in `<tune_dir>/<trial_id>` (a path or
+    URI) with an epoch after `than_epoch` (0: none) and at most `recorded[trial_id]`, the last
+    epoch the run recorded for it; None where it has none, or nothing was recorded (a new search).
 
     Why a resumed trial needs it: on Ctrl-C, Tune saves its experiment state and only then
     stops the trials, still taking in the results that arrive meanwhile. The Parquet writer
     records such an epoch and its checkpoint is on disk, but the saved state names the one
     before (or none), so Tune would restore the trial from there and train that epoch again.
-    `up_to_epoch` is the last epoch the run recorded: a checkpoint whose result never reached
+    Bounded by the last epoch the run recorded: a checkpoint whose result never reached
     the driver is not used, so no epoch goes missing from the tables either."""
+    up_to_epoch = (recorded or {}).get(trial_id)
+    if not up_to_epoch or not tune_dir:
+        return None
+    trial_dir = f"{tune_dir}/{trial_id}"
     try:
         fs, path = pafs.FileSystem.from_uri(trial_dir) if "://" in trial_dir else (pafs.LocalFileSystem(), trial_dir)
         found = [c for c in listing(fs, path) if c.complete and than_epoch < c.epoch <= up_to_epoch]

@@ -28,5 +28,6 @@ REPORTABLE = [c for c in SUMMARY_COLUMNS if c not in TRIAL_FACTS or c == "params
 TRIAL_STATE = ["trial_id", "status", "stopped_early", "stopped_at_rung", "epochs", "retries"]
 INTERRUPTED = "INTERRUPTED"
 
-INT_COLUMNS = {"epochs", "stopped_at_rung", "retries", "epoch", "best_epoch", "min_train_loss_epoch", "params", "threads", "group_size"}
+INT_COLUMNS = {"epochs", "stopped_at_rung", "retries", "epoch", "best_epoch", "min_train_loss_epoch", "params", "threads",
+               "group_size"}
 TEXT_COLUMNS = {"trial_id", "status", "device", "node_id", "node_ip", "gpu_ids", "execution", "fused_group"}

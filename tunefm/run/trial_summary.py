@@ -31,7 +31,7 @@ def summarize_trials(epochs: pd.DataFrame, trials: pd.DataFrame, max_epochs: int
     `trials` has one row per trial: trial_id, status, the config columns and the
     trial facts (params, node_id, ...). A trial with no epoch yet keeps null metrics.
     """
-    config_columns = [c for c in trials.columns if c not in ("trial_id", "status", "retries", "stopped_at_rung", *TRIAL_FACTS)]
+    config_columns = [c for c in trials.columns if c not in (*TRIAL_STATE, *TRIAL_FACTS)]
     histories = ({tid: g.sort_values("epoch").to_dict("records") for tid, g in epochs.groupby("trial_id", sort=False)}
                  if len(epochs) else {})
     rows = [summary_row(trial._asdict(), histories.get(trial.trial_id, []), config_columns, max_epochs)

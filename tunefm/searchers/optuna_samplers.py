@@ -86,29 +86,26 @@ class ObjectiveOptunaSearch(OptunaSearch):
                          mode=[o.direction for o in objectives] if len(objectives) > 1 else objectives[0].direction,
                          **kwargs)
         self._objectives = tuple(objectives)
-        self._rows: dict[str, list[dict[str, Any]]] = {}
+        self._histories = objective_columns.Histories()
 
     def _with_objectives(self, trial_id: str, result: dict) -> dict:
-        history = self._rows.get(trial_id, [])
-        if "epoch" in result and (not history or history[-1].get("epoch") != result["epoch"]):
-            # Tune does not pass the searcher the result on which the scheduler stops a trial
-            history = [row for row in history if row.get("epoch", 0) < result["epoch"]] + [result]
-        values = objective_columns.values(self._objectives, history or [result])
+        history = self._histories.add(trial_id, result)
+        values = objective_columns.values(self._objectives, history)
         return {**result, **{o.column: v for o, v in zip(self._objectives, values)}}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        rows = self._rows.setdefault(trial_id, [])
-        if "epoch" in result:
-            del rows[int(result["epoch"]) - 1:]  # a retried trial reports its epochs again
-        rows.append(dict(result))
+        if len(self._objectives) > 1:  # Optuna takes no intermediate values on several objectives
+            self._histories.add(trial_id, result)
+            return
         super().on_trial_result(trial_id, self._with_objectives(trial_id, result))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        # the result passes here even where Tune withheld it from on_trial_result (a trial the scheduler stopped)
         if result:
             result = self._with_objectives(trial_id, result)
             if any(math.isnan(float(result[o.column])) for o in self._objectives):
                 result, error = None, True
-        self._rows.pop(trial_id, None)
+        self._histories.drop(trial_id)
         super().on_trial_complete(trial_id, result, error)
 
 

@@ -56,7 +56,8 @@ def parse(text: str) -> tuple[Objective, ...]:
             raise UserError(f"--objectives: {column!r} names no epoch or trial column{extra}; valid: "
                             f"{', '.join(COLUMNS)}")
         if not sep or direction not in DIRECTIONS:
-            raise UserError(f"--objectives: give {column} a direction, {column}:max or {column}:min, got {part.strip()!r}")
+            raise UserError(f"--objectives: give {column} a direction, {column}:max or {column}:min, "
+                            f"got {part.strip()!r}")
         if any(o.column == column for o in found):
             raise UserError(f"--objectives names {column} twice")
         found.append(Objective(column, direction))
@@ -69,10 +70,28 @@ def text(objectives: Sequence[Objective]) -> str:
 
 def _number(value: Any) -> float:
     try:
-        number = float(value)
+        return float(value)
     except (TypeError, ValueError):
         return math.nan
-    return number
+
+
+class Histories:
+    """Each trial's reported rows in epoch order, as the driver takes them in: what `values`
+    reads. A trial retried from a checkpoint reports its epochs again; they replace the old."""
+
+    def __init__(self):
+        self._rows: dict[str, list[dict[str, Any]]] = {}
+
+    def add(self, trial_id: str, row: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The trial's rows up to and including `row` (one with an `epoch` replaces that epoch on)."""
+        rows = self._rows.setdefault(trial_id, [])
+        if "epoch" in row:
+            del rows[int(row["epoch"]) - 1:]
+        rows.append(dict(row))
+        return rows
+
+    def drop(self, trial_id: str) -> None:
+        self._rows.pop(trial_id, None)
 
 
 def values(objectives: Sequence[Objective], history: Sequence[Mapping[str, Any]],

@@ -44,7 +44,7 @@ def milestones(max_epochs: int, grace_period: int, reduction_factor: int) -> lis
     return [grace_period * reduction_factor ** k for k in reversed(range(count))]
 
 
-def check(max_epochs: int, grace_period: int, reduction_factor: int) -> None:
+def check(max_epochs: int, grace_period: int) -> None:
     if grace_period > max_epochs:
         raise UserError(f"--grace-period {grace_period} is more than the trials' {max_epochs} epochs; "
                         f"give 1 to {max_epochs}")
@@ -56,7 +56,7 @@ class RungRule(abc.ABC):
     name: str
 
     def __init__(self, objectives: Sequence[Objective], max_epochs: int, grace_period: int, reduction_factor: int):
-        check(max_epochs, grace_period, reduction_factor)
+        check(max_epochs, grace_period)
         self.objectives = tuple(objectives)
         self.max_epochs = max_epochs
         self.grace_period = grace_period
@@ -135,8 +135,17 @@ def make(name: str, objectives: Sequence[Objective], max_epochs: int, grace_peri
     raise UserError(f"scheduler must be one of {', '.join(NAMES)}, none, got {name!r}")
 
 
+def name_for(objectives: Sequence[Objective]) -> str:
+    """The search's rule for these objectives: asha on one, mo-asha on several."""
+    return "asha" if len(objectives) == 1 else "mo-asha"
+
+
+def label(objectives: Sequence[Objective]) -> str:
+    """The rule's name in words: 'ASHA' or 'MO-ASHA'."""
+    return name_for(objectives).upper()
+
+
 def for_objectives(objectives: Sequence[Objective], max_epochs: int, grace_period: int,
                    reduction_factor: int) -> RungRule:
     """The search's rule: ASHA on one objective, MO-ASHA on several."""
-    return make("asha" if len(objectives) == 1 else "mo-asha", objectives, max_epochs, grace_period,
-                reduction_factor)
+    return make(name_for(objectives), objectives, max_epochs, grace_period, reduction_factor)

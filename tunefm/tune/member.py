@@ -49,9 +49,7 @@ def member_trainable(config: dict, coordinator: str, tune_dir: str | None = None
                 state = f.read()
             with open(os.path.join(folder, checkpoints.META_FILE)) as f:
                 epoch = int(json.load(f)["epoch"])
-    recorded = (resume_at or {}).get(trial_id)
-    if recorded and tune_dir:
-        state = checkpoints.newer_state(f"{tune_dir}/{trial_id}", epoch, recorded) or state
+    state = checkpoints.newer_state(tune_dir, trial_id, epoch, resume_at) or state
     ray.get(executor.join.remote(trial_id, config, state))
     own = {"gpu_fraction": float(resources.get("GPU", 0.0)), "started_at": started_at}
     while (epoch := ray.get(executor.next_epoch.remote(trial_id))) is not None:

@@ -29,7 +29,8 @@ class ParquetRecorder(Callback):
         self.writer.maybe_flush()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.writer.set_status(trial.trial_id, trial.config, "TERMINATED", stopped_at_rung=self.stops.get(trial.trial_id))
+        self.writer.set_status(trial.trial_id, trial.config, "TERMINATED",
+                               stopped_at_rung=self.stops.get(trial.trial_id))
         self.writer.flush()
 
     def on_trial_recover(self, iteration, trials, trial, **info):

@@ -21,6 +21,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from tunefm.run.columns import EPOCH_METRICS, TRIAL_FACTS
 from tunefm.stopping import rules
+from tunefm.stopping.objectives import Histories
 
 KEPT = ("epoch", *EPOCH_METRICS, *TRIAL_FACTS)  # what a rule may read of a reported result
 
@@ -31,7 +32,7 @@ class RuleScheduler(FIFOScheduler):
     def __init__(self, rule: rules.RungRule):
         super().__init__()
         self.rule = rule
-        self._histories: dict[str, list[dict[str, Any]]] = {}
+        self._histories = Histories()
 
     @property
     def stopped_at(self) -> dict[str, int]:
@@ -40,10 +41,7 @@ class RuleScheduler(FIFOScheduler):
     def _decide(self, trial_id: str, result: Mapping[str, Any]) -> str:
         if "epoch" not in result:
             return TrialScheduler.CONTINUE
-        history = self._histories.setdefault(trial_id, [])
-        epoch = int(result["epoch"])
-        del history[epoch - 1:]  # a retried trial reports its epochs again from its checkpoint
-        history.append({k: result[k] for k in KEPT if k in result})
+        history = self._histories.add(trial_id, {k: result[k] for k in KEPT if k in result})
         decision = self.rule.on_epoch(trial_id, history)
         return TrialScheduler.CONTINUE if decision == rules.CONTINUE else TrialScheduler.STOP
 
@@ -51,10 +49,10 @@ class RuleScheduler(FIFOScheduler):
         return self._decide(trial.trial_id, result)
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
-        self._histories.pop(trial.trial_id, None)
+        self._histories.drop(trial.trial_id)
 
     def on_trial_remove(self, tune_controller, trial) -> None:
-        self._histories.pop(trial.trial_id, None)
+        self._histories.drop(trial.trial_id)
 
     def replay(self, epochs: pd.DataFrame, trials: pd.DataFrame | None = None) -> None:
         """Feed the rows of a search stopped earlier (epochs.parquet, with trials.parquet's

@@ -52,11 +52,8 @@ def tune_trainable(config: dict, arrays: dict[str, np.ndarray], max_epochs: int,
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             saved = training.load_checkpoint(os.path.join(folder, checkpoints.STATE_FILE))
-    recorded = (resume_at or {}).get(context.get_trial_id())
-    if recorded and tune_dir:
-        newer = checkpoints.newer_state(f"{tune_dir}/{context.get_trial_id()}", saved["epoch"] if saved else 0,
-                                        recorded)
-        saved = training.load_checkpoint(newer) if newer is not None else saved
+    newer = checkpoints.newer_state(tune_dir, context.get_trial_id(), saved["epoch"] if saved else 0, resume_at)
+    saved = training.load_checkpoint(newer) if newer is not None else saved
     steps = training_plan.training_steps(config, len(arrays["train_y"]), max_epochs)
     plan = training_plan.plan_trial(config, device, loop, steps, saved)
     state = training.init_state(config, device, plan.loop)
