@@ -78,7 +78,30 @@ def is_alive(pid: int) -> bool:
     return state != "Z"  # a zombie has exited; only its parent's wait is missing
 
 
-class LocalCluster:
+class ClusterDrivers:
+    """tunefm run against a cluster with its environment (`env`), the cluster's processes
+    recorded (`observe`) before and after."""
+
+    env: dict[str, str]
+
+    def observe(self) -> None:
+        raise NotImplementedError
+
+    def tunefm(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        """The tunefm command, run as a new user would, against this cluster."""
+        self.observe()
+        done = run_tunefm(self.env, *args, timeout=timeout)
+        self.observe()
+        return done
+
+    def start_tunefm(self, *args: str) -> subprocess.Popen:
+        """The tunefm command against this cluster, left running (stdout and stderr piped)."""
+        self.observe()
+        return subprocess.Popen([sys.executable, "-c", "from tunefm.cli import main; main()", *args], env=self.env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+class LocalCluster(ClusterDrivers):
     def __init__(self, log_dir: Path):
         self.log_dir = Path(log_dir)
         # Ray's session folder holds unix sockets, whose paths must stay short: not under pytest's tmp_path.
@@ -131,19 +154,6 @@ class LocalCluster:
         done = self.python(code, timeout=timeout_s + 60)
         if done.stdout.strip() != str(count):
             raise RuntimeError(f"expected {count} Ray nodes, got {done.stdout.strip()!r}: {done.stderr[-2000:]}")
-
-    def tunefm(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        """The tunefm command, run as a new user would, against this cluster."""
-        self.observe()
-        done = run_tunefm(self.env, *args, timeout=timeout)
-        self.observe()
-        return done
-
-    def start_tunefm(self, *args: str) -> subprocess.Popen:
-        """The tunefm command against this cluster, left running (stdout and stderr piped)."""
-        self.observe()
-        return subprocess.Popen([sys.executable, "-c", "from tunefm.cli import main; main()", *args], env=self.env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def node_ids(self) -> tuple[str, list[str]]:
         """(the head's node id, the other live nodes' ids)."""

@@ -232,3 +232,21 @@ def test_the_protected_runs_are_still_readable(results):
     """The snapshot above compares like with like: the runs really are what they claim."""
     assert store.load_run(results / "done").info["status"] == "completed"
     assert json.loads((results / "busy" / store.RUN_FILE).read_text())["pid"] == os.getpid()
+
+
+PUBLISH_MISTAKES = [
+    (["publish-node-types", "{tmp}/no-such.yaml"], "cannot read the cluster config {tmp}/no-such.yaml: [Errno 2]"),
+    (["publish-node-types", "{tmp}/plain.yaml"], "{tmp}/plain.yaml is not a Ray cluster config: it has no "
+                                                 "available_node_types"),
+    (["publish-node-types", "cluster/local.yaml", "--address", "127.0.0.1:{port}"],
+     "no Ray cluster answers at --address 127.0.0.1:{port} (Connection refused)"),
+]
+
+
+@pytest.mark.parametrize("args,message", PUBLISH_MISTAKES, ids=[" ".join(a) for a, _ in PUBLISH_MISTAKES])
+def test_publishing_node_types_wrongly_is_one_error_line(args, message, results, tmp_path, monkeypatch):
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    (tmp_path / "plain.yaml").write_text("a: 1\n")
+    port = free_port()
+    filled = [a.format(tmp=tmp_path, port=port) for a in args]
+    check_one_error_line(filled, message.format(tmp=tmp_path, port=port), results)

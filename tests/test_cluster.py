@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import ray
 import yaml
 from local_cluster import LocalCluster, free_port, fresh_ray_env, run_tunefm
 
@@ -27,6 +28,7 @@ from tunefm.tune import cluster, ray_internals
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "cluster" / "config.yaml"
 CONSTRAINTS = REPO / "cluster" / "constraints.txt"
+LOCAL = REPO / "cluster" / "local.yaml"
 
 
 def load_config() -> dict:
@@ -60,6 +62,48 @@ def test_cluster_config_installs_tunefm_and_turns_token_auth_on():
     assert "export RAY_AUTH_MODE=token" in setup  # for drivers started on the nodes (ray exec, ray job)
 
 
+def test_local_config_is_the_aws_cluster_on_one_machine():
+    """cluster/local.yaml: config.yaml's node types, resources and start commands, on tunefm's
+    one-machine provider, and valid for Ray as `ray up` prepares it."""
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    aws, local = load_config(), yaml.safe_load(LOCAL.read_text())
+    validate_config(prepare_config(yaml.safe_load(LOCAL.read_text())))
+    assert local["provider"] == {"type": "external", "module": "tunefm.tune.one_machine.OneMachineNodeProvider"}
+    assert local["head_node_type"] == aws["head_node_type"]
+    assert local["available_node_types"].keys() == aws["available_node_types"].keys()
+    for name, node in local["available_node_types"].items():
+        theirs = aws["available_node_types"][name]
+        assert node["resources"].keys() == theirs["resources"].keys(), name  # a GPU worker has a (logical) GPU
+        assert node["resources"].get("GPU") == theirs["resources"].get("GPU")
+        assert node.get("min_workers", 0) == theirs.get("min_workers", 0)
+    assert local["available_node_types"]["head"]["resources"] == {"CPU": 0}
+
+    def one_machine(command: str) -> str:  # every node here shares the machine's ports
+        return command.replace(" --object-manager-port=8076", "")
+
+    for commands in ("head_start_ray_commands", "worker_start_ray_commands"):
+        assert local[commands] == [one_machine(c) for c in aws[commands]], commands
+    assert cluster.autoscaler_node_types(aws) == [("gpu_worker", {"CPU": 8, "GPU": 1}, 0, 4)]
+    assert cluster.autoscaler_node_types(local) == [("gpu_worker", {"CPU": 2, "GPU": 1}, 0, 2)]
+
+
+def test_published_node_types_are_what_a_search_counts_as_launchable(ray_session):
+    """`tunefm publish-node-types` (the YAMLs' last head start command) records the worker types
+    in the cluster's GCS, where `connect` finds them: Ray's autoscaler does not publish them."""
+    address = ray.get_runtime_context().gcs_address
+    assert ray_internals.launchable_nodes() == []
+    try:
+        published = cluster.publish_node_types(str(LOCAL), address)
+        assert published == [("gpu_worker", {"CPU": 2, "GPU": 1}, 0, 2)]
+        assert ray_internals.launchable_nodes() == [{"CPU": 2.0, "GPU": 1.0}]
+        live = cluster.connect(cpus_per_trial=2, gpus_per_trial=0.25)
+        assert live.has_gpus and live.multi_node  # a GPU worker not yet running counts
+    finally:
+        ray_internals.publish_node_types(address, [])  # the session's Ray has no autoscaler again
+    assert ray_internals.launchable_nodes() == []
+
+
 def test_constraints_pin_every_dependency():
     pins = dict(line.split("==") for line in CONSTRAINTS.read_text().splitlines()
                 if line.strip() and not line.startswith("#"))
@@ -68,8 +112,9 @@ def test_constraints_pin_every_dependency():
     assert all(re.fullmatch(r"\d+(\.\d+)+", v) for v in pins.values()), pins
 
 
-def test_every_key_of_the_cluster_config_is_commented():
-    lines = CONFIG.read_text().splitlines()
+@pytest.mark.parametrize("path", [CONFIG, LOCAL], ids=["config.yaml", "local.yaml"])
+def test_every_key_of_the_cluster_config_is_commented(path):
+    lines = path.read_text().splitlines()
     uncommented = []
     for i, line in enumerate(lines):
         if re.match(r"\s*(- )?[A-Za-z_~.][\w.~/-]*:", line) and "#" not in line:

@@ -230,7 +230,18 @@ def test_ray_gpu_ids_map_to_devices_in_the_executors_own_process(monkeypatch):
         devices.cuda_index("2", visible="0,1")
     assert devices.for_ray_gpu(None) == torch.device("cpu")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-aaa,GPU-bbb")
+    monkeypatch.setattr(devices, "cuda_available", lambda: True)
     assert devices.for_ray_gpu("GPU-bbb") == torch.device("cuda", 1)
+
+
+def test_a_logical_gpu_is_the_cpu_for_an_executor_too(monkeypatch):
+    """A node that declares GPUs without CUDA (a `ray up` cluster on one machine, a node started
+    with --num-gpus) gives executors a GPU id with no device behind it: they train on the CPU,
+    as solo trials do, instead of failing at their first CUDA call."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    monkeypatch.setattr(devices, "cuda_available", lambda: False)
+    assert devices.for_ray_gpu("0") == torch.device("cpu")
+    assert training_plan.trial_device(["0"]) == torch.device("cpu")
 
 
 def test_the_coordinator_leaves_the_gpu_index_to_the_executor():

@@ -10,6 +10,7 @@
     tunefm export RUN --mlflow-uri sqlite:///mlflow.db
     tunefm bench --models iaro1,iaro2 --batch-sizes 8,256 --device cuda
     tunefm spaces [NAME]      tunefm models
+    tunefm publish-node-types  # on a `ray up` head: the node types the autoscaler may launch
 
 Each command parses its options, calls the library and prints the answer. A
 `UserError` becomes one `Error: ...` line and exit code 1 (`--debug` shows the
@@ -450,6 +451,22 @@ def spaces(name: str | None) -> None:
         click.echo(tables.text_table(catalog.studies_table(), index=False, width=120))
         click.echo("\nSearchers (a study's `searcher=`):\n" + catalog.searchers_text())
         click.echo("\nRun one: tunefm search --space NAME   Details: tunefm spaces NAME")
+
+
+@main.command("publish-node-types")
+@click.argument("config", default="~/ray_bootstrap_config.yaml")
+@click.option("--address", default=None, help="The Ray cluster's address.  [default: the one on this machine]")
+@user_errors
+def publish_node_types(config: str, address: str | None) -> None:
+    """On a `ray up` head node: tell Ray's GCS which worker node types the autoscaler may launch,
+    so that a search waits for them instead of refusing trials the running nodes cannot hold.
+    The head start commands of cluster/config.yaml and cluster/local.yaml run it; CONFIG is the
+    config `ray up` copied to the head."""
+    from tunefm.tune import cluster  # Ray: the cluster's GCS
+
+    for name, resources, low, high in cluster.publish_node_types(config, address):
+        shown = ", ".join(f"{key} {value:g}" for key, value in resources.items())
+        click.echo(f"Node type {name}: {shown}; {low} to {high} node(s)")
 
 
 @main.command()

@@ -68,8 +68,11 @@ def cuda_index(gpu_id: str, visible: str | None = None) -> int:
 
 
 def for_ray_gpu(gpu_id: str | None) -> torch.device:
-    """The device for a GPU id Ray gave (None: the CPU)."""
-    return torch.device("cpu") if gpu_id in (None, "") else torch.device("cuda", cuda_index(gpu_id))
+    """The device for a GPU id Ray gave (None: the CPU). A logical GPU, one a node declares without
+    CUDA behind it, is the CPU too, as for a solo trial (`training_plan.trial_device`)."""
+    if gpu_id in (None, "") or not cuda_available():
+        return torch.device("cpu")
+    return torch.device("cuda", cuda_index(gpu_id))
 
 
 def bound(device: torch.device | str):

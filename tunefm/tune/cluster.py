@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import ray
+import yaml
 from ray.tune import PlacementGroupFactory
 
 from tunefm.engine import devices, models
@@ -79,6 +80,35 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
         found = f" (--address auto found {address})" if given == "auto" else ""
         raise UserError(f"no Ray cluster answers at --address {given}{found} ({e.strerror or e}); "
                         f"start one with `ray start --head` or give its head node's address") from None
+
+
+def autoscaler_node_types(config: dict) -> list[tuple[str, dict[str, float], int, int]]:
+    """(name, resources, min_workers, max_workers) of each worker node type of a `ray up` config."""
+    limit = int(config.get("max_workers", 0))
+    return [(name, dict(node_type.get("resources") or {}), int(node_type.get("min_workers", 0)),
+             min(int(node_type.get("max_workers", limit)), limit))
+            for name, node_type in config.get("available_node_types", {}).items()
+            if name != config.get("head_node_type")]
+
+
+def publish_node_types(config_path: str, address: str | None = None) -> list[tuple[str, dict[str, float], int, int]]:
+    """Tell the Ray cluster at `address` (default: the one on this machine) which worker node types
+    its autoscaler may launch, from the config `ray up` copied to the head (~/ray_bootstrap_config.yaml).
+
+    Run by the head start commands of cluster/*.yaml: Ray's own autoscaler keeps its node types to
+    itself, and without them a search on a cluster whose GPU workers are not running yet could not
+    tell "wait for the autoscaler" from "no node will ever hold this trial"."""
+    try:
+        config = yaml.safe_load(open(os.path.expanduser(config_path)))
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"cannot read the cluster config {config_path}: {e}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("available_node_types"), dict):
+        raise UserError(f"{config_path} is not a Ray cluster config: it has no available_node_types")
+    address = address or "auto"
+    check_reachable(address)
+    node_types = autoscaler_node_types(config)
+    ray_internals.publish_node_types(ray_internals.auto_address() if address == "auto" else address, node_types)
+    return node_types
 
 
 def start_ray(address: str | None, log_to_driver: bool = False, **local_options) -> tuple[bool, str | None]:
@@ -173,6 +203,7 @@ def announce(cluster: Cluster, dashboard: str | None, address: str | None, stora
     if not token_auth and not address:
         echo("Warning: RAY_AUTH_MODE=disabled: the dashboard and Ray's ports accept anyone who can reach them")
     if storage is None and cluster.multi_node:
-        echo(f"Warning: a cluster of {len(cluster.nodes)} node(s) and no --storage: trials on other nodes keep their "
-             f"checkpoints on their own disks, where resuming and the test evaluation cannot find them; "
+        more = " (and the nodes its autoscaler may launch)" if cluster.launchable else ""
+        echo(f"Warning: a cluster of {len(cluster.nodes)} node(s){more} and no --storage: trials on other nodes "
+             f"keep their checkpoints on their own disks, where resuming and the test evaluation cannot find them; "
              f"give --storage s3://bucket/path or a folder every node shares (docs/cluster.md)")

@@ -8,6 +8,7 @@ internal would break silently (a trial restarted from scratch, a callback lost).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -69,9 +70,10 @@ def auth_mode() -> str:
 
 
 def launchable_nodes() -> list[dict[str, float]]:
-    """Resources of each node type the cluster's autoscaler may still launch (none without one).
-    Ray publishes the autoscaler's node types only through its private GCS state client;
-    anything unexpected there means "no autoscaler"."""
+    """Resources of each node type the cluster's autoscaler may still launch (none without one),
+    from GCS's cluster config (KubeRay's, or `publish_node_types`'s for a `ray up` cluster).
+    Ray reads it only through its private GCS state client; anything unexpected there means
+    "no autoscaler"."""
     try:
         from ray._private.state import state
 
@@ -79,6 +81,33 @@ def launchable_nodes() -> list[dict[str, float]]:
         return [dict(group.resources) for group in config.node_group_configs if group.max_count != 0]
     except Exception:
         return []
+
+
+def publish_node_types(address: str, node_types: list[tuple[str, dict[str, float], int, int]]) -> None:
+    """Record (name, resources, min_count, max_count) of each node type in GCS's cluster config,
+    the record `launchable_nodes` reads. KubeRay fills it; a `ray up` autoscaler does not (Ray
+    2.60), so the cluster YAMLs' head start commands call this. Ray writes it only through its
+    private GCS client; resources there are whole numbers (fractional ones round down)."""
+    from ray._raylet import GcsClient
+    from ray.core.generated import autoscaler_pb2
+
+    config = autoscaler_pb2.ClusterConfig()
+    for name, resources, min_count, max_count in node_types:
+        group = config.node_group_configs.add(name=name, min_count=min_count, max_count=max_count)
+        group.resources.update({key: int(value) for key, value in resources.items()})
+    GcsClient(address=address).report_cluster_config(config.SerializeToString())
+
+
+def forget_stopped_head(gcs_port: int) -> None:
+    """Remove this machine's record of the last `ray start --head` (ray_current_cluster) when it
+    names the head on `gcs_port`, just stopped; `ray stop` does the same. Left behind, it would
+    send every driver that joins "auto" to a dead address. Its place is Ray's private knowledge."""
+    from ray._common.utils import get_ray_address_file
+
+    path = Path(get_ray_address_file(None))
+    with contextlib.suppress(OSError):
+        if path.read_text().strip().rpartition(":")[2] == str(gcs_port):
+            path.unlink()
 
 
 def auto_address() -> str | None:
