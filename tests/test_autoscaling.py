@@ -70,7 +70,7 @@ def test_ray_up_launches_workers_for_a_search_stops_them_when_idle_and_ray_down_
         nodes += cluster.ray_nodes()
         workers.update(cluster.workers())
 
-        # Idle workers go after idle_timeout_minutes (1): the autoscaler terminates them through the provider.
+        # Idle workers go after idle_timeout_minutes (0.5): the autoscaler terminates them through the provider.
         deadline = time.monotonic() + 150
         while cluster.workers() and time.monotonic() < deadline:
             time.sleep(2)
