@@ -16,7 +16,6 @@ cluster still runs, by its token: a failed test leaves nothing either.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import secrets
@@ -47,7 +46,7 @@ class UpCluster(ClusterDrivers):
                     # the node commands' `ray`, `python` and `tunefm` are this environment's
                     "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
         self.cluster_name = "tunefm-local"
-        self.state_file = self.temp_dir / f"tunefm-cluster-{self.cluster_name}.json"
+        self.state_file = one_machine.state_path(self.cluster_name, str(self.temp_dir))
         self.seen: set[int] = set()
         self.token: str | None = None
 
@@ -69,18 +68,12 @@ class UpCluster(ClusterDrivers):
         return self.ray("down", "-y", LOCAL_YAML)
 
     def state(self) -> dict:
-        """The provider's record of the cluster's nodes ({} once torn down), read under its lock."""
-        try:
-            with open(self.state_file) as f:
-                fcntl.flock(f, fcntl.LOCK_SH)  # the provider rewrites it in place under an exclusive lock
-                text = f.read()
-        except FileNotFoundError:
-            return {}
-        return json.loads(text) if text.strip() else {}
+        """The provider's record of the cluster's nodes (no nodes once torn down)."""
+        return one_machine.read_state(self.cluster_name, str(self.temp_dir))
 
     def workers(self) -> dict[str, dict]:
         """instance id -> record, for the worker nodes the provider holds now."""
-        return {i: n for i, n in self.state().get("nodes", {}).items() if n["tags"]["ray-node-type"] == "worker"}
+        return {i: n for i, n in self.state()["nodes"].items() if n["tags"]["ray-node-type"] == "worker"}
 
     def ray_nodes(self) -> list[dict]:
         """Each node Ray's autoscaler knows: its Ray node id, instance id (the provider's), type and state."""

@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import ray
@@ -62,8 +63,9 @@ def check_resources_fit(cpus: float, gpus: float | None, nodes: list[dict[str, f
             raise UserError(f"{flag} {amount:g} can never be met: the largest node has {most:g} {resource}")
 
 
-def check_reachable(address: str, timeout_s: float = 5.0) -> None:
-    """Fail in seconds on a host:port with nothing listening; ray.init would retry for minutes."""
+def check_reachable(address: str, timeout_s: float = 5.0) -> str:
+    """Fail in seconds on a host:port with nothing listening; ray.init would retry for minutes.
+    Returns the address checked (what `auto` resolved to)."""
     given = address
     if address == "auto":
         address = ray_internals.auto_address()
@@ -73,13 +75,14 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
                             "to run on a local Ray")
     host, sep, port = address.rpartition(":")
     if "://" in address or not sep or not port.isdigit():
-        return  # ray:// is Ray Client's; anything else ray.init checks itself
+        return address  # ray:// is Ray Client's; anything else ray.init checks itself
     try:
         socket.create_connection((host, int(port)), timeout=timeout_s).close()
     except OSError as e:
         found = f" (--address auto found {address})" if given == "auto" else ""
         raise UserError(f"no Ray cluster answers at --address {given}{found} ({e.strerror or e}); "
                         f"start one with `ray start --head` or give its head node's address") from None
+    return address
 
 
 def autoscaler_node_types(config: dict) -> list[tuple[str, dict[str, float], int, int]]:
@@ -99,15 +102,13 @@ def publish_node_types(config_path: str, address: str | None = None) -> list[tup
     itself, and without them a search on a cluster whose GPU workers are not running yet could not
     tell "wait for the autoscaler" from "no node will ever hold this trial"."""
     try:
-        config = yaml.safe_load(open(os.path.expanduser(config_path)))
+        config = yaml.safe_load(Path(config_path).expanduser().read_text())
     except (OSError, yaml.YAMLError) as e:
         raise UserError(f"cannot read the cluster config {config_path}: {e}") from None
     if not isinstance(config, dict) or not isinstance(config.get("available_node_types"), dict):
         raise UserError(f"{config_path} is not a Ray cluster config: it has no available_node_types")
-    address = address or "auto"
-    check_reachable(address)
     node_types = autoscaler_node_types(config)
-    ray_internals.publish_node_types(ray_internals.auto_address() if address == "auto" else address, node_types)
+    ray_internals.publish_node_types(check_reachable(address or "auto"), node_types)
     return node_types
 
 

@@ -25,8 +25,8 @@ this node" in the runner's shell.
 
 Several processes share the cluster's state (`ray up`, the autoscaler on the head, `ray
 down`): nodes, their tags and the files copied onto them live in one JSON file in the
-temporary directory, read and written under an exclusive lock. It is removed with the last
-node.
+temporary directory, written under an exclusive lock and read under a shared one. It is
+removed with the last node.
 """
 
 from __future__ import annotations
@@ -58,8 +58,13 @@ NODE_VARIABLE = "RAY_CLOUD_INSTANCE_ID"  # the node's id, in each of its process
 STOP_GRACE_S = 5.0  # SIGTERM, then SIGKILL what still runs after this long (a raylet drains for 10 s and more)
 
 
-def state_path(cluster_name: str) -> Path:
-    return Path(tempfile.gettempdir()) / f"tunefm-cluster-{cluster_name}.json"
+def state_path(cluster_name: str, temp_dir: str | None = None) -> Path:
+    """Where the cluster's state lives: the temporary directory of `ray up` and of the nodes it starts."""
+    return Path(temp_dir or tempfile.gettempdir()) / f"tunefm-cluster-{cluster_name}.json"
+
+
+def parse_state(text: str) -> dict[str, Any]:
+    return json.loads(text) if text.strip() else {"token": secrets.token_hex(8), "created": 0, "nodes": {}}
 
 
 @contextlib.contextmanager
@@ -71,8 +76,7 @@ def locked_state(cluster_name: str) -> Iterator[dict[str, Any]]:
     with open(path, "a+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         f.seek(0)
-        text = f.read()
-        state = json.loads(text) if text.strip() else {"token": secrets.token_hex(8), "created": 0, "nodes": {}}
+        state = parse_state(f.read())
         yield state
         if state["nodes"]:
             f.seek(0)
@@ -83,9 +87,14 @@ def locked_state(cluster_name: str) -> Iterator[dict[str, Any]]:
             path.unlink(missing_ok=True)  # still under the lock: a concurrent writer reopens a new file
 
 
-def read_state(cluster_name: str) -> dict[str, Any]:
-    with locked_state(cluster_name) as state:
-        return json.loads(json.dumps(state))
+def read_state(cluster_name: str, temp_dir: str | None = None) -> dict[str, Any]:
+    """The cluster's state as last written (no nodes once torn down), read under a shared lock."""
+    try:
+        with open(state_path(cluster_name, temp_dir)) as f:
+            fcntl.flock(f, fcntl.LOCK_SH)  # a writer rewrites it in place under its exclusive lock
+            return parse_state(f.read())
+    except FileNotFoundError:
+        return parse_state("")
 
 
 def node_processes(token: str, node_ids: list[str] | None = None) -> list[psutil.Process]:
@@ -140,9 +149,6 @@ def stop_nodes(token: str, node_ids: list[str] | None) -> None:
 
 class OneMachineNodeProvider(NodeProvider):
     """Ray's node provider interface over nodes that are processes on this machine."""
-
-    def __init__(self, provider_config: dict[str, Any], cluster_name: str):
-        super().__init__(provider_config, cluster_name)
 
     def _nodes(self) -> dict[str, dict[str, Any]]:
         return read_state(self.cluster_name)["nodes"]
@@ -215,6 +221,20 @@ STOP_ONLY_THIS_NODE = (f'ray() {{ if [ "$1" = stop ]; then "{sys.executable}" -m
                        'else command ray "$@"; fi; }\n')
 
 
+def copy(source: str, target: str) -> bool:
+    """Copy a file or folder on this machine (`~` expanded); True when `target` did not exist before."""
+    source_path, target_path = Path(source).expanduser(), Path(target).expanduser()
+    if source_path.resolve() == target_path.resolve():
+        return False  # a head's file, "copied" to a worker on the same disk
+    created = not target_path.exists()
+    if source_path.is_dir():
+        shutil.copytree(source_path, target_path, dirs_exist_ok=True)
+    else:
+        target_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source_path, target_path)
+    return created
+
+
 class OneMachineCommandRunner(CommandRunnerInterface):
     """Runs a node's commands in bash on this machine, marked as that node's; copies files locally."""
 
@@ -243,27 +263,12 @@ class OneMachineCommandRunner(CommandRunnerInterface):
 
     def run_rsync_up(self, source: str, target: str, options: dict | None = None) -> None:
         """Copy `source` to `target` here, recording what the copy created so that `ray down` removes it."""
-        source_path, target_path = Path(os.path.expanduser(source)), Path(os.path.expanduser(target))
-        if source_path.resolve() == target_path.resolve():
-            return  # a head's file, "copied" to a worker on the same disk
-        created = not target_path.exists()
-        if source_path.is_dir():
-            shutil.copytree(source_path, target_path, dirs_exist_ok=True)
-        else:
-            target_path.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source_path, target_path)
-        if created:
+        if copy(source, target):
             with locked_state(self.cluster_name) as state:
-                state["nodes"][self.node_id]["copied"].append(str(target_path))
+                state["nodes"][self.node_id]["copied"].append(os.path.expanduser(target))
 
     def run_rsync_down(self, source: str, target: str, options: dict | None = None) -> None:
-        source_path, target_path = Path(os.path.expanduser(source)), Path(os.path.expanduser(target))
-        if source_path.resolve() == target_path.resolve():
-            return
-        if source_path.is_dir():
-            shutil.copytree(source_path, target_path, dirs_exist_ok=True)
-        else:
-            shutil.copyfile(source_path, target_path)
+        copy(source, target)
 
     def remote_shell_command_str(self) -> str:
         return "bash"
@@ -275,7 +280,8 @@ class OneMachineCommandRunner(CommandRunnerInterface):
 def main() -> None:
     """`python -m tunefm.tune.one_machine stop`: what `ray stop` runs in a node's shell."""
     if sys.argv[1:] != ["stop"] or CLUSTER_VARIABLE not in os.environ:
-        sys.exit("usage: python -m tunefm.tune.one_machine stop   (in a shell of a node of cluster/local.yaml)")
+        sys.exit("Error: `python -m tunefm.tune.one_machine stop` is what `ray stop` runs in a shell of a node of "
+                 "cluster/local.yaml; elsewhere use `ray down cluster/local.yaml`")
     node_id = os.environ.get(NODE_VARIABLE)
     start = time.monotonic()
     stop_nodes(os.environ[CLUSTER_VARIABLE], [node_id] if node_id else None)
