@@ -238,6 +238,8 @@ PUBLISH_MISTAKES = [
     (["publish-node-types", "{tmp}/no-such.yaml"], "cannot read the cluster config {tmp}/no-such.yaml: [Errno 2]"),
     (["publish-node-types", "{tmp}/plain.yaml"], "{tmp}/plain.yaml is not a Ray cluster config: it has no "
                                                  "available_node_types"),
+    (["publish-node-types", "README.md"], "README.md is not valid YAML at line 14: expected '<document start>', "
+                                          "but found '<scalar>'"),
     (["publish-node-types", "cluster/local.yaml", "--address", "127.0.0.1:{port}"],
      "no Ray cluster answers at --address 127.0.0.1:{port} (Connection refused)"),
 ]

@@ -103,8 +103,12 @@ def publish_node_types(config_path: str, address: str | None = None) -> list[tup
     tell "wait for the autoscaler" from "no node will ever hold this trial"."""
     try:
         config = yaml.safe_load(Path(config_path).expanduser().read_text())
-    except (OSError, yaml.YAMLError) as e:
+    except OSError as e:
         raise UserError(f"cannot read the cluster config {config_path}: {e}") from None
+    except yaml.YAMLError as e:  # PyYAML's message spans lines: its problem and where
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{config_path} is not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
     if not isinstance(config, dict) or not isinstance(config.get("available_node_types"), dict):
         raise UserError(f"{config_path} is not a Ray cluster config: it has no available_node_types")
     node_types = autoscaler_node_types(config)
