@@ -283,7 +283,7 @@ def old_format_checkpoint(ex: executor.Executor, trial_id: str) -> bytes:
 
 def executor_section(report: Report, args, splits: data.Splits) -> list[dict]:
     device = report.device
-    arrays = arrays_of(splits)  # 512 images: too few steps to calibrate, so groups form uncalibrated
+    arrays = arrays_of(splits)  # 512 images (256 --quick): too few steps to calibrate, so groups form uncalibrated
     small = {"batch_size": 32, "model": "iaro1", "momentum": 0.9}
     configs = {f"t{i}": {**small, "lr": lr, "seed": i} for i, lr in enumerate((0.01, 0.02, 0.05))}
     configs.update({f"d{i}": {"batch_size": 32, "model": "cnn3", "lr": 0.01, "seed": i} for i in range(2)})
@@ -338,12 +338,12 @@ def executor_section(report: Report, args, splits: data.Splits) -> list[dict]:
 
 
 # ---- pinned loops, in a process of their own --------------------------------------------------
-def pinned_worker(device_name: str, data_dir, models: list[str], results) -> None:
+def pinned_worker(device_name: str, data_dir, models: list[str], train_size: int, results) -> None:
     try:
         device = torch.device(device_name)
         devices.make_deterministic(device)  # before cuBLAS starts in this process
         torch.set_num_threads(1)
-        splits = data.load(data_dir, train_size=1024, val_size=256, test_size=10)
+        splits = data.load(data_dir, train_size=train_size, val_size=256, test_size=10)
         arrays = arrays_of(splits)
         out = []
         for model in models:
@@ -376,7 +376,8 @@ def pinned_worker(device_name: str, data_dir, models: list[str], results) -> Non
 def pinned_section(report: Report, args, splits: data.Splits) -> list[dict]:
     context = mp.get_context("spawn")
     results = context.Queue()
-    process = context.Process(target=pinned_worker, args=(report.device.type, args.data_dir, args.models, results))
+    process = context.Process(target=pinned_worker, args=(report.device.type, args.data_dir, args.models,
+                                                          256 if args.quick else 1024, results))
     process.start()
     outcome = results.get(timeout=600)
     process.join(timeout=60)
@@ -477,7 +478,8 @@ def main() -> None:
     report = Report(Path(args.out), "gpu-acceptance" + ("" if device.type == "cuda" else "-cpu"), device, args.quick)
     sizes = {"loops": (8192 if not args.quick else 512, 256), "packing": (8192 if not args.quick else 512, 128),
              "numerics": (2048 if not args.quick else 256, 512 if not args.quick else 128),
-             "executor": (512, 256), "pinned": (0, 0), "devices": (512, 256)}
+             "executor": (512 if not args.quick else 256, 256 if not args.quick else 128), "pinned": (0, 0),
+             "devices": (512, 256)}
     for name in args.sections:
         if time.perf_counter() - report.started > args.budget_s:
             report.section(name, [], 0.0, note=f"skipped: the run passed --budget-s {args.budget_s:g}")

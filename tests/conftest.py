@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import os
 import shutil
@@ -10,11 +11,12 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from local_cluster import descendants, fresh_ray_env
+from local_cluster import descendants, fresh_ray_env, group_alive
 
 from tunefm.engine import data
 from tunefm.run import store
@@ -26,85 +28,166 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "fashion-mnist"
 
 QUICK_FOURFAM = ["--space", "fourfam", "--max-epochs", "3", "--train-size", "3000",
                  "--val-size", "1000"]  # the README's quick search, word for word
-background_search: "QuickSearch | None" = None  # started by pytest_collection_finish
+SESSION_ENV = "TUNEFM_TEST_SESSION_DIR"  # the whole session's folder, shared by its xdist workers
 
 
-def pytest_collection_modifyitems(config, items):
-    """Every test that needs the README's quick search (minutes) is in the slow tier."""
-    for item in items:
-        if "quick_fourfam" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.slow)
+def is_worker(config) -> bool:
+    """A pytest-xdist worker (the controller, or a run without workers, makes the shared folder)."""
+    return hasattr(config, "workerinput")
+
+
+def session_dir() -> Path:
+    return Path(os.environ[SESSION_ENV])
 
 
 def pytest_configure(config):
-    """A calibration cache of the session's own (before Ray starts, so its workers inherit it):
-    tests never read or change the user's ~/.cache/tunefm."""
-    os.environ["TUNEFM_CACHE_DIR"] = tempfile.mkdtemp(prefix="tunefm-cache-")
+    """One folder for the whole session, however many workers run it (`-n`): its calibration
+    cache (tests never read or change the user's ~/.cache/tunefm; shared, so a shape is measured
+    once per session as on a user's machine) and the README's quick search. Made before the
+    workers and Ray start, so they inherit it through the environment."""
+    if not is_worker(config):
+        folder = Path(tempfile.mkdtemp(prefix="tunefm-tests-"))
+        os.environ[SESSION_ENV] = str(folder)
+        os.environ["TUNEFM_CACHE_DIR"] = str(folder / "cache")
+
+
+# The modules that hold the suite's longest tests (minutes of both cores between them), longest
+# first: started first, while the short ones fill the other worker, none is left running alone
+# at the end.
+LONGEST_FIRST = ("test_autoscaling.py", "test_cluster.py", "test_resume.py", "test_studies_run.py",
+                 "test_fused_search.py", "test_multi_objective.py", "test_gpu_path.py", "test_search.py",
+                 "test_failures.py")
+# Modules whose tests read one costly module fixture (a search, a benchmark): they stay on one
+# worker, so it runs once. Every other test goes to whichever worker is free.
+SHARED_FIXTURE_MODULES = ("test_search.py", "test_fused_search.py", "test_multi_objective.py", "test_bench.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that needs the README's quick search (minutes) is in the slow tier, and runs
+    last, when the search (started at collection) has had the most time to finish; the modules
+    with the longest tests run first. One reader of `small_fourfam` goes first of all: the
+    worker that takes it builds the run while the other starts on the long tests, instead of
+    waiting for it later."""
+    for item in items:
+        if needs_quick_search(item):
+            item.add_marker(pytest.mark.slow)
+    first_reader = next((item for item in items if "small_fourfam" in getattr(item, "fixturenames", ())), None)
+    items.sort(key=lambda item: -1 if item is first_reader else run_order(item))  # stable: else the file's order
+
+
+def run_order(item) -> int:
+    if needs_quick_search(item):
+        return len(LONGEST_FIRST) + 1
+    return LONGEST_FIRST.index(item.path.name) if item.path.name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """With workers (`-n`): tests in `run_order`, each to whichever worker is free, but for
+    SHARED_FIXTURE_MODULES, whose tests go to one worker together."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFixturesTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module.rsplit("/", 1)[-1] in SHARED_FIXTURE_MODULES else nodeid
+
+    return SharedFixturesTogether(config, log)
+
+
+def needs_quick_search(item) -> bool:
+    return "quick_fourfam" in getattr(item, "fixturenames", ())
 
 
 def pytest_collection_finish(session):
     """Start the README's quick search now, in the background, when a selected test needs it.
-
-    It is the suite's largest piece of training (2-3 minutes of both cores), while the
-    machine is idle for about two thirds of the suite (tests waiting on Ray and process
-    start-ups). At a low CPU priority it trains in that idle time, barely slowing the
-    tests in front, and is done long before the first test that reads it (test files run
-    in name order; the first reader is test_importance.py, minutes later)."""
-    global background_search
+    It is the suite's largest piece of training (about 4 minutes of one core): started first,
+    it is done before the tests that read it, which run last. Every worker collects the same
+    tests; the first to get here starts it."""
     folder = find_data_dir()
-    if folder and any("quick_fourfam" in getattr(item, "fixturenames", ()) for item in session.items):
-        background_search = QuickSearch(folder)
+    if folder and any(needs_quick_search(item) for item in session.items):
+        QuickSearch.start_once(folder)
 
 
 def pytest_unconfigure(config):
-    if background_search is not None:
-        background_search.stop()
+    """The session ends (after every worker): the quick search, if still running, is stopped as
+    Ctrl-C would stop it, and the session's folder goes."""
+    if not is_worker(config) and SESSION_ENV in os.environ:
+        QuickSearch.stop()
+        shutil.rmtree(session_dir(), ignore_errors=True)
 
 
 def own_processes() -> set[int]:
     """This test process's descendants (the session's Ray, the searches tests run), less the
     background quick search and its Ray: what a test may look for and kill among."""
     mine = descendants(os.getpid()) - {os.getpid()}
-    if background_search is not None:
-        mine -= descendants(background_search.process.pid)
+    if (pid := QuickSearch.pid()) is not None:
+        mine -= descendants(pid)
     return mine
 
 
 class QuickSearch:
     """`tunefm search` with the README's quick-search options, as a user runs it, in its own
-    process group with its own local Ray; `wait()` returns its run folder. Niceness 10, which
-    its Ray inherits: about a tenth of the CPU while the tests in front want all of it, enough
-    that no Ray worker waits past Ray's start-up timeouts."""
+    process group with its own local Ray, once per session whatever the number of workers:
+    one starts it (`start_once`), any waits for it (`wait`: its run folder), the session's
+    end stops it. Its exit code lands in a file, so a worker that did not start it can wait
+    for it."""
 
-    def __init__(self, data_folder: Path):
-        self.folder = Path(tempfile.mkdtemp(prefix="tunefm-quick-"))
-        self.run_dir = self.folder / "results" / "quick"
-        env = {**fresh_ray_env(self.folder), "TUNEFM_DATA_DIR": str(data_folder)}
-        self.log = open(self.folder / "output.txt", "w")
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", "from tunefm.cli import main; main()", "search", *QUICK_FOURFAM,
-             "--results", str(self.folder / "results"), "--name", "quick"],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=lambda: os.nice(10))  # mostly idle time: the tests in front keep the CPU
+    @staticmethod
+    def folder() -> Path:
+        return session_dir() / "quick"
 
-    def wait(self) -> Path:
-        code = self.process.wait(timeout=1800)
-        output = (self.folder / "output.txt").read_text()
+    @classmethod
+    def start_once(cls, data_folder: Path) -> None:
+        folder = cls.folder()
+        try:
+            folder.mkdir()  # atomic: the one worker that makes it starts the search
+        except FileExistsError:
+            return
+        env = {**fresh_ray_env(folder), "TUNEFM_DATA_DIR": str(data_folder)}
+        search = [sys.executable, "-c", "from tunefm.cli import main; main()", "search", *QUICK_FOURFAM,
+                  "--results", str(folder / "results"), "--name", "quick"]
+        with open(folder / "output.txt", "w") as log:
+            process = subprocess.Popen(
+                ["sh", "-c", '"$@"; echo $? > "$0.tmp" && mv "$0.tmp" "$0"', str(folder / "exit_code"), *search],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        (folder / "pid").write_text(str(process.pid))
+
+    @classmethod
+    def pid(cls) -> int | None:
+        """The search's process group (its shell's pid), if it was started in this session."""
+        try:
+            return int((cls.folder() / "pid").read_text())
+        except (FileNotFoundError, ValueError, KeyError):
+            return None
+
+    @classmethod
+    def wait(cls, data_folder: Path, timeout_s: float = 1800) -> Path:
+        cls.start_once(data_folder)  # asked for by getfixturevalue: not seen at collection
+        folder = cls.folder()
+        deadline = time.monotonic() + timeout_s
+        while not (folder / "exit_code").exists():
+            if time.monotonic() > deadline:
+                pytest.fail(f"the README's quick search did not finish in {timeout_s:.0f} s")
+            time.sleep(1)
+        code = int((folder / "exit_code").read_text())
         if code != 0:
+            output = (folder / "output.txt").read_text()
             pytest.fail(f"the README's quick search exited with {code}:\n{output[-3000:]}")
-        return self.run_dir
+        return folder / "results" / "quick"
 
-    def stop(self) -> None:
-        """The session ends: a search still running is stopped as Ctrl-C would (its Ray with it)."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGINT)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self.log.close()
-        shutil.rmtree(self.folder, ignore_errors=True)
+    @classmethod
+    def stop(cls) -> None:
+        pid = cls.pid()
+        if pid is None or (cls.folder() / "exit_code").exists():
+            return
+        try:
+            os.killpg(pid, signal.SIGINT)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and group_alive(pid):
+                time.sleep(0.5)
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def find_data_dir() -> Path | None:
@@ -141,7 +224,7 @@ def write_idx(path: Path, array: np.ndarray, magic: int | None = None, count: in
     header = struct.pack(">II", magic, count) + (struct.pack(">II", *array.shape[1:]) if array.ndim == 3 else b"")
     payload = header + array.tobytes()
     if compress:
-        with gzip.open(path, "wb") as f:
+        with gzip.open(path, "wb", compresslevel=1) as f:  # fast; any level reads the same
             f.write(payload)
     else:
         path.write_bytes(payload)
@@ -184,20 +267,25 @@ def quick_fourfam(data_dir) -> Path:
     Shared by the search, importance, resume and retention tests; they must not change it
     (copy it with `linked_copy` first).
     """
-    global background_search
-    if background_search is None:  # asked for by getfixturevalue: not seen at collection
-        background_search = QuickSearch(data_dir)
-    return background_search.wait()
+    return QuickSearch.wait(data_dir)
 
 
 @pytest.fixture(scope="session")
-def small_fourfam(tmp_path_factory, data_dir) -> Path:
+def small_fourfam(data_dir) -> Path:
     """fourfam on every model x 2 lr x 2 batch sizes, 3 epochs, trained without Ray in seconds
     (small_runs.py): the run the fast tier's summarize, report and evaluate tests read. They
-    must not change it (copy it with `linked_copy` first)."""
+    must not change it (copy it with `linked_copy` first). Built once per session: the first
+    worker to ask builds it, the others wait for it (a file lock)."""
     from small_runs import small_fourfam as build
 
-    return build(tmp_path_factory.mktemp("small") / "small", data_dir)
+    folder = session_dir() / "small"
+    folder.mkdir(exist_ok=True)
+    with open(folder / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / "small" / store.RUN_FILE).exists():
+            shutil.rmtree(folder / "small", ignore_errors=True)  # a build that died half-way
+            build(folder / "small", data_dir)
+    return folder / "small"
 
 
 def linked_copy(run_dir: Path, target: Path) -> Path:

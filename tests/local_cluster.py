@@ -78,6 +78,20 @@ def is_alive(pid: int) -> bool:
     return state != "Z"  # a zombie has exited; only its parent's wait is missing
 
 
+def group_alive(pgid: int) -> bool:
+    """Whether a process of group `pgid` still runs (zombies aside): its leader may be gone and
+    its other processes not our children."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                state, _, group = entry.joinpath("stat").read_text().rsplit(")", 1)[1].split()[:3]
+            except (OSError, ValueError):
+                continue
+            if int(group) == pgid and state != "Z":
+                return True
+    return False
+
+
 class ClusterDrivers:
     """tunefm run against a cluster with its environment (`env`), the cluster's processes
     recorded (`observe`) before and after."""

@@ -1,6 +1,7 @@
 """The cluster path a user takes, on this machine: `ray up -y cluster/local.yaml`, searches
 with `--address auto` whose trials make the autoscaler launch GPU workers, a worker lost
-mid-search and replaced, idle workers stopped, `ray down -y`, and nothing left behind.
+mid-search and replaced, idle workers stopped, `ray down -y`, and nothing left behind: one
+cluster's whole life in one test (a `ray up` and its workers take half a minute of both cores).
 
 The nodes are processes here (tunefm/tune/one_machine.py), set up by the YAML's own setup
 and start commands; their GPUs are logical, so trials train on the CPU and say so. Ray
@@ -46,8 +47,12 @@ def assert_nothing_left(cluster: UpCluster) -> None:
 
 
 @pytest.mark.slow
-def test_ray_up_launches_workers_for_a_search_stops_them_when_idle_and_ray_down_leaves_nothing(
+def test_ray_up_launches_workers_replaces_a_lost_one_stops_them_when_idle_and_ray_down_leaves_nothing(
         ray_session, tmp_path, data_dir):
+    """One cluster's whole life, as a user's: `ray up`; a solo and a fused search whose trials make
+    the autoscaler launch GPU workers; a third search that loses a worker mid-trial (every
+    process of it SIGKILLed: the machine dies), whose trials continue from their checkpoints
+    while the autoscaler replaces the node; the idle workers stopped; `ray down`."""
     others = session_ray_daemons()
     assert len(others) == 2  # the session's gcs_server and raylet
     with UpCluster(tmp_path) as cluster:
@@ -69,6 +74,10 @@ def test_ray_up_launches_workers_for_a_search_stops_them_when_idle_and_ray_down_
         assert fused.returncode == 0, fused.stdout[-3000:] + fused.stderr[-3000:]
         nodes += cluster.ray_nodes()
         workers.update(cluster.workers())
+        launched_for_the_first_two = dict(workers)
+
+        lost = lose_a_worker_mid_search(cluster, tmp_path, data_dir)
+        workers.update(lost.workers_after)
 
         # Idle workers go after idle_timeout_minutes (0.5): the autoscaler terminates them through the provider.
         deadline = time.monotonic() + 150
@@ -83,7 +92,8 @@ def test_ray_up_launches_workers_for_a_search_stops_them_when_idle_and_ray_down_
     assert session_ray_daemons() == others  # the Ray that is not this cluster's still runs
 
     # The autoscaler launched the workers (the test started none): each carries its launch request.
-    assert 1 <= len(workers) <= 2 and all("ray-launch-request" in n["tags"] for n in workers.values())
+    assert 1 <= len(launched_for_the_first_two) <= 2
+    assert all("ray-launch-request" in n["tags"] for n in workers.values())
     assert all(n["tags"]["ray-user-node-type"] == "gpu_worker" for n in workers.values())
     on_workers = {n["node_id"] for n in nodes if n["type"] == "gpu_worker" and n["instance_id"] in workers}
     for name in ("solo", "fused"):
@@ -98,67 +108,72 @@ def test_ray_up_launches_workers_for_a_search_stops_them_when_idle_and_ray_down_
     assert len(fused_trials) == 4 and fused_trials.fused_group.notna().all()
     assert sum("CUDA is not available" in line for line in solo.stdout.splitlines()) == 1  # warned once
 
+    lost.check()
     assert scaled_down and not worker_processes_left  # stopped by the autoscaler, processes and all
 
 
-@pytest.mark.slow
-def test_a_lost_worker_is_replaced_by_the_autoscaler_and_its_trials_continue_from_checkpoints(tmp_path, data_dir):
+class LostWorker:
+    """What `lose_a_worker_mid_search` saw: the search's run folder and output, the trial and node
+    lost, the workers the autoscaler launched after the loss and those it held at the end."""
+
+    def __init__(self, **facts):
+        self.__dict__.update(facts)
+
+    def check(self) -> None:
+        """The autoscaler terminated the dead node and launched a replacement, set up by the YAML's
+        commands; the lost trial continued from its checkpoint on another node; every epoch once."""
+        assert self.lost_instance not in self.workers_after  # terminated through the provider
+        assert self.replacements, "the autoscaler launched no node after the loss"
+        for instance in self.replacements:  # a new gpu_worker, Ray running there
+            assert self.workers_after[instance]["tags"]["ray-user-node-type"] == "gpu_worker"
+            assert self.workers_after[instance]["tags"]["ray-node-status"] == "up-to-date"
+        trials, epochs = store.read_trials(self.run_dir).set_index("trial_id"), store.read_epochs(self.run_dir)
+        assert len(trials) == 8 and set(trials.status) == {"TERMINATED"} and (trials.epochs == 6).all()
+        assert not epochs.duplicated(["trial_id", "epoch"]).any() and len(epochs) == 48  # each epoch once
+        assert trials.retries[self.lost_trial] >= 1 and trials.node_id[self.lost_trial] != self.lost_node
+        assert restored_from_checkpoint(self.tune_dir, self.lost_trial)
+        assert f"Warning: trial {self.lost_trial} (iaro2 " in self.out
+
+
+def lose_a_worker_mid_search(cluster: UpCluster, tmp_path, data_dir) -> LostWorker:
     """Eight trials of 6 epochs, four at a time on two workers (2 CPUs each), so that trials still
     wait when one worker's processes are all SIGKILLed, while a trial on it has 1 to 4 epochs
-    checkpointed. The autoscaler sees the node die, terminates it through the provider and
-    launches a replacement for the waiting trials; the lost trials continue from their
-    checkpoints, and every epoch is in the tables once."""
-    with UpCluster(tmp_path) as cluster:
-        up = cluster.up()
-        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
-        results, shared = tmp_path / "results", tmp_path / "shared"
-        process = cluster.start_tunefm(
-            "search", *ON_THE_CLUSTER, "--set", "model=iaro2", "--set", "lr=0.01,0.005", "--set",
-            "batch_size=8,16,32,64", "--max-epochs", "6", "--no-early-stop", "--train-size", "6000", "--test-top", "0",
-            "--fuse", "off",
-            "--storage", str(shared), "--data-dir", str(data_dir), "--results", str(results), "--name", "lost")
-        run_dir, tune_dir = results / "lost", shared / "lost" / store.TUNE_DIR
-        deadline, victim = time.monotonic() + 240, None
-        while victim is None and time.monotonic() < deadline and process.poll() is None:
-            cluster.observe()
-            if store.has_results(run_dir) and len(cluster.workers()) == 2:
-                trials = store.read_trials(run_dir)
-                running = trials[(trials.status == "RUNNING") & trials.node_id.notna()]  # its facts written
-                for trial_id, node_id in zip(running.trial_id, running.node_id):
-                    if 1 <= checkpointed_epoch(tune_dir / trial_id) <= 4:
-                        victim = trial_id, node_id
-                        break
-            time.sleep(0.3)
-        assert victim is not None, process.communicate()
-        lost_trial, lost_node = victim
-        nodes = cluster.ray_nodes()
-        lost_instance = next((n["instance_id"] for n in nodes if n["node_id"] == lost_node), None)
-        assert lost_instance, (lost_node, nodes, cluster.state())
-        before = set(cluster.workers())
-        for p in cluster.node_processes(lost_instance):  # the machine dies: every process at once
-            p.kill()
+    checkpointed (trials.parquet lags a flush, a few epochs: two to spare). The autoscaler sees
+    the node die, terminates it through the provider and launches a replacement for the waiting
+    trials; the lost trials continue from their checkpoints."""
+    results, shared = tmp_path / "results", tmp_path / "shared"
+    process = cluster.start_tunefm(
+        "search", *ON_THE_CLUSTER, "--set", "model=iaro2", "--set", "lr=0.01,0.005", "--set",
+        "batch_size=8,16,32,64", "--max-epochs", "6", "--no-early-stop", "--train-size", "4000", "--test-top", "0",
+        "--fuse", "off",
+        "--storage", str(shared), "--data-dir", str(data_dir), "--results", str(results), "--name", "lost")
+    run_dir, tune_dir = results / "lost", shared / "lost" / store.TUNE_DIR
+    deadline, victim = time.monotonic() + 240, None
+    while victim is None and time.monotonic() < deadline and process.poll() is None:
+        cluster.observe()
+        if store.has_results(run_dir) and len(cluster.workers()) == 2:
+            trials = store.read_trials(run_dir)
+            running = trials[(trials.status == "RUNNING") & trials.node_id.notna()]  # its facts written
+            for trial_id, node_id in zip(running.trial_id, running.node_id):
+                if 1 <= checkpointed_epoch(tune_dir / trial_id) <= 4:
+                    victim = trial_id, node_id
+                    break
+        time.sleep(0.3)
+    assert victim is not None, process.communicate()
+    lost_trial, lost_node = victim
+    nodes = cluster.ray_nodes()
+    lost_instance = next((n["instance_id"] for n in nodes if n["node_id"] == lost_node), None)
+    assert lost_instance, (lost_node, nodes, cluster.state())
+    before = set(cluster.workers())
+    for p in cluster.node_processes(lost_instance):  # the machine dies: every process at once
+        p.kill()
 
-        replacements: set[str] = set()
-        while process.poll() is None:
-            cluster.observe()
-            replacements |= set(cluster.workers()) - before
-            time.sleep(0.5)
-        out, err = process.communicate()
-        assert process.returncode == 0, err[-3000:]
-        workers_after = cluster.workers()
-        down = cluster.down()
-        assert down.returncode == 0, down.stdout[-3000:] + down.stderr[-3000:]
-        assert_nothing_left(cluster)
-
-    assert lost_instance not in workers_after  # the autoscaler terminated the dead node through the provider
-    assert replacements, "the autoscaler launched no node after the loss"
-    for instance in replacements:  # a new gpu_worker, set up by the YAML's commands, Ray running there
-        assert workers_after[instance]["tags"]["ray-user-node-type"] == "gpu_worker"
-        assert workers_after[instance]["tags"]["ray-node-status"] == "up-to-date"
-
-    trials, epochs = store.read_trials(run_dir).set_index("trial_id"), store.read_epochs(run_dir)
-    assert len(trials) == 8 and set(trials.status) == {"TERMINATED"} and (trials.epochs == 6).all()
-    assert not epochs.duplicated(["trial_id", "epoch"]).any() and len(epochs) == 48  # each epoch once
-    assert trials.retries[lost_trial] >= 1 and trials.node_id[lost_trial] != lost_node
-    assert restored_from_checkpoint(tune_dir, lost_trial)
-    assert f"Warning: trial {lost_trial} (iaro2 " in out
+    replacements: set[str] = set()
+    while process.poll() is None:
+        cluster.observe()
+        replacements |= set(cluster.workers()) - before
+        time.sleep(0.5)
+    out, err = process.communicate()
+    assert process.returncode == 0, err[-3000:]
+    return LostWorker(run_dir=run_dir, tune_dir=tune_dir, out=out, lost_trial=lost_trial, lost_node=lost_node,
+                      lost_instance=lost_instance, replacements=replacements, workers_after=cluster.workers())

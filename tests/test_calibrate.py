@@ -179,24 +179,72 @@ def test_bench_shows_and_refreshes_the_calibration(cache):
     assert bad.exit_code == 2 and bad.output.startswith("Error: Invalid value for '--loop': 'fast' is not one of")
 
 
-def test_a_shape_too_short_to_measure_borrows_the_nearest_batch_size(cache):
-    def entry(best):
-        return {"solo": {"plain": 100.0, "channels_last": 100.0, "native_conv": 100.0, best: 150.0}}
+def measured(best: str) -> dict:
+    """A cache entry as a measurement leaves it, `best` the fastest loop by far."""
+    return {"solo": {"plain": 100.0, "channels_last": 100.0, "native_conv": 100.0, best: 150.0}}
 
+
+def test_a_shape_too_short_to_measure_borrows_the_nearest_batch_size(cache):
     with calibrate.locked_cache() as contents:
         contents[calibrate.machine_key(CPU, 1)] = {
-            calibrate.shape_id({"model": "iaro2", "batch_size": 8}): entry("native_conv"),
-            calibrate.shape_id({"model": "iaro2", "batch_size": 128}): entry("channels_last")}
+            calibrate.shape_id({"model": "iaro2", "batch_size": 8}): measured("native_conv"),
+            calibrate.shape_id({"model": "iaro2", "batch_size": 128}): measured("channels_last")}
     short = 10  # steps: not worth measuring
     assert calibrate.choose_loop({"model": "iaro2", "batch_size": 512}, CPU, 1, steps=short) == "channels_last"
     assert calibrate.choose_loop({"model": "iaro2", "batch_size": 16}, CPU, 1, steps=short) == "native_conv"
     # Another optimizer is another shape; another model has nothing to borrow: PyTorch's defaults.
     assert calibrate.choose_loop({"model": "iaro2", "batch_size": 512, "optimizer": "adam"}, CPU, 1, short) == "plain"
     assert calibrate.choose_loop({"model": "iaro1", "batch_size": 512}, CPU, 1, steps=short) == "plain"
-    assert len(calibrate.cached()[calibrate.machine_key(CPU, 1)]) == 2  # nothing was measured
-    # The test evaluation (another thread count, batches of 2048) asks for any thread count.
-    assert calibrate.borrowed_loop({"model": "iaro2", "batch_size": 2048}, CPU, threads=None) == "channels_last"
+    entries = calibrate.cached()[calibrate.machine_key(CPU, 1)]
+    decided = {shape: (e["loop"], e["loop_from"]) for shape, e in entries.items() if "solo" not in e}  # not measured
+    assert decided == {"iaro2 batch=512 optimizer=sgd output=softmax": ("channels_last", "borrowed from batch=128"),
+                       "iaro2 batch=16 optimizer=sgd output=softmax": ("native_conv", "borrowed from batch=8"),
+                       "iaro2 batch=512 optimizer=adam output=softmax": ("plain", "default (too short to measure)"),
+                       "iaro1 batch=512 optimizer=sgd output=softmax": ("plain", "default (too short to measure)")}
+    # The test evaluation (another thread count, batches of 2048) borrows from any thread count.
+    assert calibrate.borrowed_loop({"model": "iaro2", "batch_size": 2048}, CPU, threads=None) \
+        == ("channels_last", "borrowed from batch=128")
     assert calibrate.borrowed_loop({"model": "iaro2", "batch_size": 2048}, CPU, threads=2) is None
+
+
+def test_a_shapes_loop_is_decided_once_whatever_is_measured_later(cache, monkeypatch):
+    """Loops agree only to float rounding, so the loop a shape trains in must not follow what
+    happens to be measured when a trial starts (issue 43: a search's trials of one shape got
+    channels_last and plain, a second search plain, after another test measured a nearer batch
+    size meanwhile). The first decision stands, for short and long trials, until a refresh."""
+    iaro2 = {"model": "iaro2", "batch_size": 256}
+    with calibrate.locked_cache() as contents:
+        contents[calibrate.machine_key(CPU, 1)] = {calibrate.shape_id({**iaro2, "batch_size": 32}):
+                                                   measured("channels_last")}
+    assert calibrate.choose_loop(iaro2, CPU, 1, steps=10) == "channels_last"  # borrowed from batch=32
+    with calibrate.locked_cache() as contents:  # another search measures a nearer batch size meanwhile
+        contents[calibrate.machine_key(CPU, 1)][calibrate.shape_id({**iaro2, "batch_size": 128})] = measured("plain")
+    assert calibrate.borrowed_loop(iaro2, CPU, 1) == ("plain", "borrowed from batch=128")  # what it would borrow now
+    monkeypatch.setattr(calibrate, "measure_solo", lambda *a: pytest.fail("a decided shape was measured"))
+    assert calibrate.choose_loop(iaro2, CPU, 1, steps=10) == "channels_last"
+    assert calibrate.choose_loop(iaro2, CPU, 1, steps=100_000) == "channels_last"  # a long trial: the same
+    # A trial that raced the first to decide gets the first decision.
+    assert calibrate.record_loop(iaro2, CPU, 1, "native_conv", "borrowed from batch=512") == "channels_last"
+    # Fusion's calibration measures the shape later: the figures are kept, the decision stays.
+    monkeypatch.setattr(calibrate, "measure_solo", lambda *a: measured("native_conv")["solo"])
+    entry = calibrate.entry_for(iaro2, CPU, 1)
+    assert "solo" in entry and entry["loop"] == "channels_last" and entry["loop_from"] == "borrowed from batch=32"
+    assert calibrate.choose_loop(iaro2, CPU, 1) == "channels_last"
+    # `tunefm bench --refresh` measures it again: the measurement decides.
+    calibrate.entry_for(iaro2, CPU, 1, refresh=True)
+    assert calibrate.choose_loop(iaro2, CPU, 1, steps=10) == "native_conv"
+    assert calibrate.cached_entry(iaro2, CPU, 1)["loop_from"] == "measured"
+    # The test evaluation's layout is decided once too.
+    torch.set_num_threads(1)
+    assert calibrate.evaluation_layout(iaro2, CPU, 2048) == "plain"  # nearest measured: batch 256 (native_conv)
+    with calibrate.locked_cache() as contents:
+        contents[calibrate.machine_key(CPU, 1)][calibrate.shape_id({**iaro2, "batch_size": 1024})] = \
+            measured("channels_last")
+    assert calibrate.evaluation_layout(iaro2, CPU, 2048) == "plain"
+    shown = CliRunner().invoke(main, ["bench", "--calibration"])
+    assert shown.exit_code == 0, shown.output
+    row = next(line for line in shown.output.splitlines() if line.startswith("iaro2 batch=2048"))
+    assert "plain" in row.split() and "borrowed from batch=256" in row  # what `tunefm bench --calibration` shows
 
 
 def test_the_cpu_decision_reads_calibrated_shapes_from_the_cache(cache, monkeypatch):

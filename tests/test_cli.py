@@ -31,7 +31,7 @@ def test_every_command_and_option_is_documented():
 
 def test_search_with_set_runs_the_narrowed_grid(ray_session, tmp_path, data_dir):
     result = invoke("search", "--space", "fourfam", "--set", "model=iaro1", "--set", "lr=0.01",
-                    "--max-epochs", "1", "--train-size", "300", "--val-size", "200",
+                    "--max-epochs", "1", "--train-size", "300", "--val-size", "200", "--concurrency", "1",
                     "--data-dir", str(data_dir), "--results", str(tmp_path), "--name", "q")
     assert result.exit_code == 0, result.output
     trials = store.read_trials(tmp_path / "q")

@@ -1,6 +1,7 @@
-"""Trials that lose their worker: a killed trial process and a lost node are retried from
-the last checkpoint (`--max-failures`), and the retried trial trains exactly the curve an
-uninterrupted one does. Real Ray, real processes killed with SIGKILL (only ours)."""
+"""Trials that lose their worker: a killed trial process is retried from the last checkpoint
+(`--max-failures`), and the retried trial trains exactly the curve an uninterrupted one does.
+Real Ray, real processes killed with SIGKILL (only ours). A whole node lost mid-trial is
+test_autoscaling.py's: its trials continue from their checkpoints on the other nodes."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import own_processes
-from local_cluster import LocalCluster
 from test_resume import restored_from_checkpoint
 
 from tunefm.engine import data, solo
@@ -107,46 +107,3 @@ def checkpointed_epoch(trial_dir: Path) -> int:
         except (OSError, ValueError):
             continue  # being copied into the storage right now
     return max(epochs, default=0)
-
-
-@pytest.mark.slow
-def test_a_lost_worker_node_moves_its_trials_to_the_head(tmp_path, data_dir):
-    """Two nodes on this machine (head 1 CPU, worker 1 CPU), four trials of 6 epochs; the worker
-    is SIGKILLed while a trial trains on it. The trial continues from its checkpoint on the head; the run completes.
-
-    The trial is found from trials.parquet, which lags the training by up to a flush (5 s, a few
-    of these epochs), so it is caught with 1 to 4 epochs checkpointed: two epochs to spare."""
-    with LocalCluster(tmp_path) as cluster:
-        address = cluster.start_head(cpus=1)
-        cluster.add_node(cpus=1)
-        cluster.wait_for_nodes(2)
-        head, (worker,) = cluster.node_ids()
-        results = tmp_path / "results"
-        process = cluster.start_tunefm(
-            "search", "--address", address, "--storage", str(tmp_path / "shared"), "--space", "fourfam",
-            "--set", "model=iaro2", "--set", "lr=0.01,0.005", "--set", "batch_size=8,16", "--max-epochs", "6",
-            "--no-early-stop", "--train-size", "5000", "--val-size", "500", "--test-top", "0",
-            "--data-dir", str(data_dir), "--results", str(results), "--name", "lost")
-        run_dir, deadline, on_worker = results / "lost", time.monotonic() + 240, None
-        tune_dir = tmp_path / "shared" / "lost" / store.TUNE_DIR
-        while on_worker is None and time.monotonic() < deadline and process.poll() is None:
-            if store.has_results(run_dir):
-                trials = store.read_trials(run_dir)
-                for trial_id in trials[(trials.node_id == worker) & (trials.status == "RUNNING")].trial_id:
-                    # Parquet lags up to 5 s; the checkpoints in the storage are current
-                    if 1 <= checkpointed_epoch(tune_dir / trial_id) <= 4:
-                        on_worker = trial_id
-            time.sleep(0.2)
-        assert on_worker is not None, process.communicate()
-        cluster.kill_node(1)
-        out, err = process.communicate(timeout=400)
-        assert process.returncode == 0, err[-3000:]
-        leftovers = cluster.stop()
-    assert not leftovers
-
-    trials, epochs = store.read_trials(run_dir).set_index("trial_id"), store.read_epochs(run_dir)
-    assert len(trials) == 4 and set(trials.status) == {"TERMINATED"} and (trials.epochs == 6).all()
-    assert not epochs.duplicated(["trial_id", "epoch"]).any() and len(epochs) == 24
-    assert trials.retries[on_worker] >= 1 and trials.node_id[on_worker] == head
-    assert restored_from_checkpoint(tmp_path / "shared" / "lost" / store.TUNE_DIR, on_worker)
-    assert f"Warning: trial {on_worker} (iaro2 " in out

@@ -79,14 +79,21 @@ def by_config(trials: pd.DataFrame, column: str) -> dict:
     return {(r.lr, r.batch_size): getattr(r, column) for r in trials.itertuples()}
 
 
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, data_dir, ray_session):
+    """GRID's 12 trials to the end (--no-early-stop), one at a time: what both replays read."""
+    full = search(tmp_path_factory.mktemp("full"), data_dir, "full", space="fourfam", max_epochs=4, sets=GRID,
+                  early_stop=False, concurrency=1, fuse="off")
+    assert (full.trials.epochs == 4).all()
+    return full
+
+
 @pytest.mark.parametrize("objectives", ["val_acc:max", "val_acc:max,train_loss:min"])
-def test_replay_gives_every_trial_the_epochs_a_real_search_gives_it(tmp_path, data_dir, ray_session, objectives):
+def test_replay_gives_every_trial_the_epochs_a_real_search_gives_it(full_run, tmp_path, data_dir, objectives):
     """A --no-early-stop run of 12 trials, replayed with ASHA (or MO-ASHA on two objectives whose
     values do not depend on timing), equals a real search of the same study, seed and settings,
     both one trial at a time: every trial's epochs, and the rung of every stop."""
-    full = search(tmp_path, data_dir, "full", space="fourfam", max_epochs=4, sets=GRID, early_stop=False,
-                  concurrency=1, fuse="off")
-    assert (full.trials.epochs == 4).all()
+    full = full_run
     real = search(tmp_path, data_dir, "real", space="fourfam", max_epochs=4, sets=GRID, concurrency=1, fuse="off",
                   reduction_factor=2, objectives=objectives)
     # the same curves: the replay stands on the same numbers the real search judged

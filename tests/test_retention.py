@@ -1,15 +1,13 @@
-"""--keep-checkpoints: what a run keeps on disk, and what `tunefm evaluate` says when a checkpoint is gone."""
+"""--keep-checkpoints: what a run keeps on disk, and what `tunefm evaluate` says when a checkpoint is
+gone (on the README's quick search: test_quick_search.py)."""
 
 import json
 from types import SimpleNamespace
 
 import pyarrow.fs as pafs
 import pytest
-from click.testing import CliRunner
-from conftest import linked_copy
 
-from tunefm.cli import main
-from tunefm.run import checkpoints, ranking, store
+from tunefm.run import checkpoints, store
 from tunefm.tune import retention
 
 
@@ -17,39 +15,6 @@ def on_disk(tune_dir, trial_id):
     """epoch -> size of each checkpoint the trial has on disk."""
     found = checkpoints.listing(pafs.LocalFileSystem(), str(tune_dir / trial_id))
     return {c.epoch: c.size for c in found}
-
-
-def test_the_quick_search_keeps_only_the_best_checkpoint_of_each_models_top_configurations(quick_fourfam):
-    trials = store.read_trials(quick_fourfam)
-    info = store.read_json(quick_fourfam / store.RUN_FILE)
-    kept = ranking.top_configs(trials, checkpoints.KEEP_TOP)
-    assert info["checkpoints"]["policy"] == "best" and info["checkpoints"]["keep_top"] == checkpoints.KEEP_TOP
-    assert info["checkpoints"]["kept_trials"] == kept and len(kept) == 4 * checkpoints.KEEP_TOP
-    tune_dir = quick_fourfam / store.TUNE_DIR
-    for trial in trials.itertuples():
-        found = on_disk(tune_dir, trial.trial_id)
-        if trial.trial_id in kept:
-            assert list(found) == [trial.best_epoch], trial.trial_id  # the best only, not the latest
-        else:
-            assert found == {}, trial.trial_id
-    kept_bytes = sum(sum(on_disk(tune_dir, t).values()) for t in kept)
-    assert info["checkpoints"]["kept_mb"] == round(kept_bytes / 2**20, 1)
-    assert info["checkpoints"]["freed_mb"] > info["checkpoints"]["kept_mb"]
-
-
-def test_evaluate_says_which_checkpoints_the_policy_deleted(quick_fourfam, tmp_path):
-    run_dir = linked_copy(quick_fourfam, tmp_path / "copy")
-    before = sorted(p.name for p in (run_dir / store.TRIALS_FILE).iterdir())
-    result = CliRunner().invoke(main, ["evaluate", str(run_dir), "--test-top", str(checkpoints.KEEP_TOP + 1)])
-    assert result.exit_code == 1
-    lines = result.output.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: trial ")
-    assert lines[0].endswith("'s checkpoints were deleted after the search: --keep-checkpoints best keeps only "
-                             "each model's top 5 configuration(s); evaluate with --test-top 5 or less, or run the "
-                             "search with --keep-checkpoints all")
-    assert sorted(p.name for p in (run_dir / store.TRIALS_FILE).iterdir()) == before
-    again = CliRunner().invoke(main, ["evaluate", str(run_dir), "--test-top", str(checkpoints.KEEP_TOP)])
-    assert again.exit_code == 0, again.output  # the kept ones are enough for --test-top 5
 
 
 def test_an_ended_trial_keeps_its_best_checkpoint_and_drops_the_latest(tmp_path):

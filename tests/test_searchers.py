@@ -224,12 +224,12 @@ def test_grid_proposes_every_combination_in_a_seeded_shuffle():
 @pytest.mark.parametrize("sampler", ["tpe", "gp", "cmaes", "nsga2"])
 def test_optuna_samplers_draw_inside_the_space_the_same_for_a_seed(sampler):
     """nsga2 on two objectives (it takes no fewer); the others on val_acc and, but cmaes, on two."""
-    loaded = example("optuna", sampler=sampler, num_samples=8)
+    loaded = example("optuna", sampler=sampler, num_samples=5)  # 3 after the 2 random ones: gp fits each
     for named in (["val_acc:max"] if sampler != "nsga2" else []) + (["val_acc:max,params:min"]
                                                                    if sampler != "cmaes" else []):
         chosen = objectives.parse(named)
         configs = proposals(loaded, seed=3, objectives=chosen)
-        assert len(configs) == 8 and all(inside(loaded, c) for c in configs)
+        assert len(configs) == 5 and all(inside(loaded, c) for c in configs)
         assert configs == proposals(loaded, seed=3, objectives=chosen)
         assert configs != proposals(loaded, seed=4, objectives=chosen)
 

@@ -47,8 +47,9 @@ def bench_text(rows: list[bench.Row], packings: list[bench.Packing], machine: be
 
 
 def calibration_text(contents: dict, shapes: list[str] | None = None) -> str:
-    """The cache as text: per machine, per shape, each solo loop's samples/s, the loop chosen,
-    and the best fused group (its size, kernels and speedup over the chosen loop)."""
+    """The cache as text: per machine, per shape, each solo loop's samples/s, the loop decided
+    (and how: measured, borrowed from a batch size measured, or the default), and the best fused
+    group (its size, kernels and speedup over the best solo loop)."""
     where = f"Calibration cache: {calibrate.cache_dir() / calibrate.CACHE_FILE}"
     if not contents:
         return where + "\nnothing measured yet: trials calibrate their shape on first use, or run " \
@@ -59,13 +60,14 @@ def calibration_text(contents: dict, shapes: list[str] | None = None) -> str:
         for shape, entry in sorted(entries.items()):
             if shapes is not None and shape not in shapes:
                 continue
-            plan = calibrate.plan_from(entry, max(calibrate.GROUP_SIZES))
+            plan = calibrate.plan_from(entry, max(calibrate.GROUP_SIZES)) if "solo" in entry else None
             rows.append({"shape": shape,
                          **{loop: f"{rate:,.0f}" for loop, rate in entry.get("solo", {}).items()},
-                         "loop": calibrate.best_solo(entry),
-                         "fused": "-" if plan.group_size == 1 else
+                         "loop": calibrate.decided_loop(entry),
+                         "decided": entry.get("loop_from", "measured"),
+                         "fused": "-" if plan is None or plan.group_size == 1 else
                                   f"{plan.group_size} x {plan.variant}: {plan.speedup:.2f}x",
-                         "measured": entry.get("measured_at", "")[:16]})
+                         "when": entry.get("measured_at", entry.get("decided_at", ""))[:16]})
         if rows:
             lines += ["", machine + "  (solo loops in samples/s)",
                       text_table(pd.DataFrame(rows).fillna(""), index=False, width=200)]

@@ -2,7 +2,7 @@
 
     ols = optional.load("statsmodels.formula.api").ols
 
-statsmodels, optuna, plotly and MLflow take seconds to import (MLflow is an extra:
+statsmodels, optuna, plotly, hyperopt and MLflow take seconds to import (MLflow is an extra:
 `pip install "tunefm[mlflow]"`), and most commands need none of them: the modules that use
 them import them through `load`, inside the function that needs them, so `tunefm summarize`
 and every Ray worker start without them. A library that is not installed is one UserError

@@ -23,6 +23,13 @@ kept in `$TUNEFM_CACHE_DIR/calibration.json` (default `~/.cache/tunefm/`), keyed
 GPU model, the torch version and the thread count, so every trial on the machine reuses it.
 A lock per shape makes concurrent trials wait for one measurement of it instead of each
 making its own; different shapes are measured side by side.
+
+A shape's loop is decided once per machine and kept (the entry's "loop"): measured, or, for a
+trial too short to repay a measurement, borrowed from the nearest batch size measured then
+(else `plain`). Loops agree only to float rounding, so a decision that followed whatever
+happened to be measured at the moment a trial started would train the same configuration
+differently from one search to the next. Every later trial of the shape, short or long,
+trains in the recorded loop until `tunefm bench --refresh` measures the shape again.
 Calibration never touches the trial's random streams (it runs inside `torch.random.fork_rng`).
 """
 
@@ -353,6 +360,11 @@ def entry_for(config: dict, device: torch.device, threads: int, group_sizes=(), 
                 previous = fastest
         entry["measured_at"] = _now()
         with locked_cache() as contents:
+            recorded = contents.get(key, {}).get(shape) or {}
+            if refresh or "loop" not in recorded:
+                entry.update(loop=best_solo(entry), loop_from="measured")
+            else:  # decided while this measurement ran (a short trial's borrowed loop): it stays
+                entry.update(loop=recorded["loop"], loop_from=recorded.get("loop_from", "measured"))
             contents.setdefault(key, {})[shape] = entry
         return entry
 
@@ -366,6 +378,27 @@ def best_solo(entry: dict) -> str:
     return best if "plain" not in rates or rates[best] >= PLAIN_MARGIN * rates["plain"] else "plain"
 
 
+def decided_loop(entry: dict) -> str:
+    """The loop the entry's shape trains in: the one recorded when it was decided (caches from
+    before the record: the measured best)."""
+    return entry.get("loop") or best_solo(entry)
+
+
+def is_decided(entry: dict | None) -> bool:
+    return bool(entry) and ("loop" in entry or "solo" in entry)
+
+
+def record_loop(config: dict, device: torch.device, threads: int, loop: str, source: str) -> str:
+    """Record `loop` as the decision for config's shape unless one was recorded first (by a
+    trial that started at the same time); returns the decision that stands."""
+    key, shape = machine_key(device, threads), shape_id(config)
+    with locked_cache() as contents:
+        entry = contents.setdefault(key, {}).setdefault(shape, {})
+        if not is_decided(entry):
+            entry.update(loop=loop, loop_from=source, decided_at=_now())
+        return decided_loop(entry)
+
+
 def cached_entry(config: dict, device: torch.device, threads: int) -> dict | None:
     return read_cache().get(machine_key(device, threads), {}).get(shape_id(config))
 
@@ -375,10 +408,11 @@ def worth_measuring(steps: int | None) -> bool:
     return steps is None or steps >= WORTH_MEASURING_STEPS
 
 
-def borrowed_loop(config: dict, device: torch.device, threads: int | None) -> str | None:
+def borrowed_loop(config: dict, device: torch.device, threads: int | None) -> tuple[str, str] | None:
     """On CPU, the loop measured here for the same model and options at the nearest batch size
-    (a layout that wins at batch 128 wins at 256 too, as a rule), or None if there is none.
-    `threads` None: measured with any thread count."""
+    (a layout that wins at batch 128 wins at 256 too, as a rule) and where it comes from
+    ('borrowed from batch=128'), or None if there is none. `threads` None: measured with any
+    thread count."""
     if device.type != "cpu":
         return None  # a captured graph's gain depends too much on the batch to borrow
     mine = shape_id(config).split()  # [model, "batch=N", other keys...]
@@ -393,21 +427,41 @@ def borrowed_loop(config: dict, device: torch.device, threads: int | None) -> st
             continue
         distance = abs(math.log(int(theirs[1].split("=")[1]) / int(config["batch_size"])))
         if nearest is None or distance < nearest[0]:
-            nearest = (distance, best_solo(entry))
-    return nearest[1] if nearest else None
+            nearest = (distance, best_solo(entry), f"borrowed from {theirs[1]}")
+    return nearest[1:] if nearest else None
 
 
 def choose_loop(config: dict, device: torch.device, threads: int | None = None, steps: int | None = None) -> str:
-    """The fastest solo loop for config's shape on this machine (measured once, then cached).
-    A trial of fewer than WORTH_MEASURING_STEPS `steps`, with nothing cached for its shape,
-    borrows the loop of the nearest batch size measured (`borrowed_loop`), else runs `plain`."""
+    """The loop decided for config's shape on this machine: the fastest measured, decided once
+    and then kept. The first trial of a shape with fewer than WORTH_MEASURING_STEPS `steps`
+    borrows the loop of the nearest batch size measured (`borrowed_loop`), else `plain`, and
+    that is the shape's decision from then on."""
     threads = threads or torch.get_num_threads()
     found = cached_entry(config, device, threads)
-    if found and "solo" in found:
-        return best_solo(found)
+    if is_decided(found):
+        return decided_loop(found)
     if not worth_measuring(steps):
-        return borrowed_loop(config, device, threads) or "plain"
-    return best_solo(entry_for(config, device, threads))
+        borrowed = borrowed_loop(config, device, threads)
+        return record_loop(config, device, threads, *(borrowed or ("plain", "default (too short to measure)")))
+    return decided_loop(entry_for(config, device, threads))
+
+
+def evaluation_layout(config: dict, device: torch.device, batch_size: int) -> str:
+    """The layout the test evaluation runs a model in: on CPU the loop decided for its batches
+    (`batch_size`) at this thread count, decided once like a trial's (borrowed from the
+    nearest batch size measured at any thread count: channels-last or plain); else plain."""
+    if device.type != "cpu":
+        return "plain"
+    big_batches = {**config, "batch_size": batch_size}
+    threads = torch.get_num_threads()
+    found = cached_entry(big_batches, device, threads)
+    if is_decided(found):
+        loop = decided_loop(found)
+    else:
+        loop, source = borrowed_loop(big_batches, device, threads=None) or ("plain", "default (nothing to borrow)")
+        loop = record_loop(big_batches, device, threads, "channels_last" if loop == "channels_last" else "plain",
+                           source)
+    return "channels_last" if loop == "channels_last" else "plain"
 
 
 @dataclass(frozen=True)

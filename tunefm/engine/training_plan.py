@@ -100,11 +100,9 @@ def group_plan(config: dict, device: torch.device, loop: str, fuse: str, steps: 
 
 def evaluation_loop(config: dict, device: torch.device) -> str:
     """The layout a checkpoint's model is evaluated in: on CPU channels-last where calibration
-    (with any thread count) measured that layout fastest for the model at the batch size
-    nearest evaluation's (the predictions are the same up to float rounding); else plain."""
-    big_batches = {**config, "batch_size": training.EVAL_BATCH_SIZE}
-    layout = calibrate.borrowed_loop(big_batches, device, threads=None)
-    return "channels_last" if layout == "channels_last" else "plain"
+    measured that layout fastest for the model at the batch size nearest evaluation's (the
+    predictions are the same up to float rounding), decided once per shape; else plain."""
+    return calibrate.evaluation_layout(config, device, training.EVAL_BATCH_SIZE)
 
 
 def runnable_loop(loop: str, config: dict) -> str:

@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from ray.tune.search import ConcurrencyLimiter
-from ray.tune.search.hyperopt import HyperOptSearch
 
+from tunefm import optional
 from tunefm.errors import UserError
 from tunefm.searchers.base import DrawingSearcher, Study
 from tunefm.searchers.vocabulary import is_int
@@ -33,9 +33,11 @@ class HyperoptSearcher(DrawingSearcher):
     def search_alg(self, study: "Study", seed: int, concurrency: int | None,
                    configs: list[dict[str, Any]] | None = None,
                    objectives: Sequence[Any] = ()) -> tuple[dict[str, Any], object, int]:
-        algorithm = HyperOptSearch(metric="val_acc", mode="max", n_initial_points=study.initial_points,
-                                   points_to_evaluate=[dict(p) for p in study.points_to_evaluate] or None,
-                                   random_state_seed=seed)
+        # hyperopt imports scipy.stats (about a second of every start-up): only its studies pay for it
+        search_class = optional.load("ray.tune.search.hyperopt").HyperOptSearch
+        algorithm = search_class(metric="val_acc", mode="max", n_initial_points=study.initial_points,
+                                 points_to_evaluate=[dict(p) for p in study.points_to_evaluate] or None,
+                                 random_state_seed=seed)
         limit = concurrency or study.concurrency or HYPEROPT_CONCURRENCY
         return ({**study.base_config(), **study.space}, ConcurrencyLimiter(algorithm, max_concurrent=limit),
                 study.num_samples)

@@ -5,14 +5,17 @@
     order(points)              # indices best first: by rank, then larger crowding distance
     hypervolume(points, ref)   # the volume they dominate above `ref`
 
-Fronts in tunefm are small (a rung holds tens of trials), so the plain O(n^2) sort and
-an exact slicing hypervolume are fast enough and easy to check by hand.
+Fronts in tunefm are small (a rung holds tens to hundreds of trials), so the plain O(n^2)
+sort (one array comparison of every pair) and an exact slicing hypervolume are fast enough
+and easy to check by hand.
 """
 
 from __future__ import annotations
 
 import math
 from typing import Sequence
+
+import numpy as np
 
 Point = Sequence[float]
 
@@ -22,32 +25,25 @@ def dominates(a: Point, b: Point) -> bool:
     return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
 
 
+def dominance(points: Sequence[Point]) -> np.ndarray:
+    """(n, n) booleans: [i, j] is whether point i dominates point j (`dominates`, every pair at once)."""
+    values = np.asarray(points, dtype=float).reshape(len(points), -1)  # (n, objectives)
+    at_least = (values[:, None, :] >= values[None, :, :]).all(axis=2)
+    better = (values[:, None, :] > values[None, :, :]).any(axis=2)
+    return at_least & better
+
+
 def ranks(points: Sequence[Point]) -> list[int]:
     """Non-dominated sorting (Deb et al., 2002): each point's front, 0 the best."""
-    n = len(points)
-    dominated_by = [0] * n  # how many points dominate each
-    dominating: list[list[int]] = [[] for _ in range(n)]
-    for i in range(n):
-        for j in range(i + 1, n):
-            if dominates(points[i], points[j]):
-                dominating[i].append(j)
-                dominated_by[j] += 1
-            elif dominates(points[j], points[i]):
-                dominating[j].append(i)
-                dominated_by[i] += 1
-    rank = [0] * n
-    current = [i for i in range(n) if dominated_by[i] == 0]
-    level = 0
-    while current:
-        following = []
-        for i in current:
-            rank[i] = level
-            for j in dominating[i]:
-                dominated_by[j] -= 1
-                if dominated_by[j] == 0:
-                    following.append(j)
-        current, level = following, level + 1
-    return rank
+    dominates_ = dominance(points)
+    dominated_by = dominates_.sum(axis=0)  # how many points dominate each
+    rank = np.full(len(points), -1)
+    current, level = np.flatnonzero(dominated_by == 0), 0
+    while current.size:  # peel the fronts: those no remaining point dominates
+        rank[current] = level
+        dominated_by = dominated_by - dominates_[current].sum(axis=0)
+        current, level = np.flatnonzero((dominated_by == 0) & (rank < 0)), level + 1
+    return rank.tolist()
 
 
 def crowding(points: Sequence[Point], members: Sequence[int]) -> dict[int, float]:
