@@ -56,7 +56,7 @@ def pytest_configure(config):
 # at the end.
 LONGEST_FIRST = ("test_autoscaling.py", "test_cluster.py", "test_resume.py", "test_studies_run.py",
                  "test_fused_search.py", "test_multi_objective.py", "test_gpu_path.py", "test_search.py",
-                 "test_failures.py")
+                 "test_bundle.py", "test_failures.py")
 # Modules whose tests read one costly module fixture (a search, a benchmark): they stay on one
 # worker, so it runs once. Every other test goes to whichever worker is free.
 SHARED_FIXTURE_MODULES = ("test_search.py", "test_fused_search.py", "test_multi_objective.py", "test_bench.py")
@@ -64,8 +64,8 @@ SHARED_FIXTURE_MODULES = ("test_search.py", "test_fused_search.py", "test_multi_
 
 def pytest_collection_modifyitems(config, items):
     """Every test that needs the README's quick search (minutes) is in the slow tier, and runs
-    last, when the search (started at collection) has had the most time to finish; the modules
-    with the longest tests run first. One reader of `small_fourfam` goes first of all: the
+    after the modules with the longest tests, when the search (started at collection) has
+    finished (`run_order`). One reader of `small_fourfam` goes first of all: the
     worker that takes it builds the run while the other starts on the long tests, instead of
     waiting for it later."""
     for item in items:
@@ -76,9 +76,12 @@ def pytest_collection_modifyitems(config, items):
 
 
 def run_order(item) -> int:
+    """The modules with the longest tests, then the quick search's readers (it has finished by
+    then; the longest reader first), then the rest: the many short tests fill the other worker
+    while the last long ones run, so neither waits idle at the end."""
     if needs_quick_search(item):
-        return len(LONGEST_FIRST) + 1
-    return LONGEST_FIRST.index(item.path.name) if item.path.name in LONGEST_FIRST else len(LONGEST_FIRST)
+        return len(LONGEST_FIRST)
+    return LONGEST_FIRST.index(item.path.name) if item.path.name in LONGEST_FIRST else len(LONGEST_FIRST) + 1
 
 
 def pytest_xdist_make_scheduler(config, log):

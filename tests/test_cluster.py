@@ -8,6 +8,7 @@ tunefm runs against them as a subprocess, the way a user runs it with `--address
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -227,7 +228,7 @@ def test_resources_count_the_nodes_an_autoscaler_may_start(ray_session, monkeypa
 DASHBOARD_PROBE = """
 import json, os, urllib.error, urllib.request
 from tunefm.tune import cluster
-started, url = cluster.start_ray(None)  # what `tunefm search` does without --address
+started, url, _ = cluster.start_ray(None)  # what `tunefm search` does without --address
 token = open(os.path.expanduser("~/.ray/auth_token")).read().strip()
 def status(headers):
     try:
@@ -270,6 +271,43 @@ def test_a_local_search_prints_the_dashboard_and_warns_when_auth_is_off(tmp_path
     else:
         assert len(dashboard) == 1 and "token" not in dashboard[0]
         assert warning in lines
+
+
+@pytest.mark.slow
+def test_a_search_goes_on_without_a_dashboard_that_cannot_start(tmp_path, data_dir):
+    """A dashboard dependency missing makes Ray raise a bare Exception when asked for a
+    dashboard: one warning line, and the search runs on a Ray started without it."""
+    broken = tmp_path / "broken"
+    (broken / "aiohttp_cors").mkdir(parents=True)
+    (broken / "aiohttp_cors" / "__init__.py").write_text(  # as if it were not installed
+        'raise ModuleNotFoundError("No module named \'aiohttp_cors\'", name="aiohttp_cors")\n')
+    env = fresh_ray_env(tmp_path)
+    env["PYTHONPATH"] = os.pathsep.join([str(broken), *filter(None, [env.get("PYTHONPATH")])])
+    done = run_tunefm(env, "search", *QUICK, "--set", "batch_size=256", "--max-epochs", "1", "--test-top", "0",
+                      "--results", str(tmp_path / "results"), "--data-dir", str(data_dir), "--name", "run")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert [line for line in lines if "dashboard" in line.lower()] == [
+        "Warning: Ray's dashboard could not start (No module named 'aiohttp_cors'); "
+        "the search goes on without it"]
+    assert "Traceback" not in done.stderr
+    loaded = store.load_run(tmp_path / "results" / "run")
+    assert (loaded.trials.status == "TERMINATED").all() and loaded.info["dashboard_url"] is None
+
+
+def test_a_gpu_torch_sees_and_ray_does_not_is_one_warning_line():
+    lines = []
+    no_gpu = cluster.Cluster(nodes=[{"CPU": 16.0}], launchable=[])
+    cluster.announce(no_gpu, None, None, None, lines.append, gpus_here=1)
+    assert [line for line in lines if "GPU" in line] == ["Warning: torch sees 1 GPU(s) on this machine but the local Ray has none, so every trial "
+                     "trains on a CPU; give Ray the GPUs (CUDA_VISIBLE_DEVICES, `ray start --num-gpus`), or "
+                     "--gpus-per-trial 0 to train on CPUs on purpose"]
+    quiet = []
+    cluster.announce(no_gpu, None, None, None, quiet.append, gpus_per_trial=0, gpus_here=1)  # CPUs asked for
+    cluster.announce(cluster.Cluster(nodes=[{"CPU": 16.0, "GPU": 1.0}], launchable=[]), None, None, None,
+                     quiet.append, gpus_here=1)
+    cluster.announce(no_gpu, None, None, None, quiet.append, gpus_here=0)
+    assert not [line for line in quiet if "GPU" in line]
 
 
 @pytest.mark.slow

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from conftest import own_processes
 from local_cluster import fresh_ray_env
 from test_resume import assert_only_tunefms_lines, group_is_gone, restored_from_checkpoint, start_tunefm
 
+from tunefm.engine import training_plan
 from tunefm.run import store
 from tunefm.tune import placement
 from tunefm.tune.search import run
@@ -167,9 +169,15 @@ def test_fuse_is_checked_and_explained():
     assert placement.decide("on", many, False, 1, None, loop="plain", slots=2).capacity == placement.CPU_CAPACITY
     assert placement.decide("on", many[:10], False, 1, None, loop="plain", slots=2).capacity == 5
     assert placement.decide("auto", None, True, 1, 0.125).capacity == 8
-    pinned = placement.decide("auto", [{"model": "iaro1", "batch_size": 8, "lr": lr} for lr in (0.1, 0.2)], True, 1,
-                              None, loop="plain")
-    assert not pinned.fuse and "--loop plain pins how trials train" in pinned.reason
+    # A pinned loop: on a GPU auto still fuses (groups in that loop's kernels); on CPUs trials train apart.
+    two = [{"model": "iaro1", "batch_size": 8, "lr": lr} for lr in (0.1, 0.2)]
+    pinned = placement.decide("auto", two, True, 1, None, loop="captured")
+    assert pinned.fuse and pinned.on_gpus and pinned.capacity == 2 and "--loop captured's kernels" in pinned.reason
+    on_cpus = placement.decide("auto", two, False, 1, None, loop="plain")
+    assert not on_cpus.fuse and "--loop plain pins how trials train, so on CPUs" in on_cpus.reason
+    assert not placement.decide("auto", two, True, 1, 0, loop="plain").fuse  # --gpus-per-trial 0: CPUs
+    captured = training_plan.group_plan(two[0], torch.device("cuda"), "captured", "auto", 1000, 1, 2)
+    assert captured is not None and captured.group_size == 2 and captured.variant == "captured"
 
 
 def test_fused_order_keeps_shapes_together():

@@ -99,6 +99,33 @@ def test_the_first_round_waits_for_members_on_their_way(data_dir):
     assert np.isfinite(results["a"][0]["train_loss"])
 
 
+def test_an_executor_measures_and_makes_no_group_larger_than_a_shape_can_fill(data_dir, monkeypatch):
+    """fourfam has 28 shapes of 4 trials: an executor of capacity 16 measures groups of 2 and 4
+    for them, not 8 and 16 (the slowest to measure); a shape the grid does not count (a
+    drawing searcher) may fill the capacity."""
+    from tunefm.engine import calibrate, data, fused
+    from tunefm.tune.executor import Executor
+
+    splits = data.load(data_dir, train_size=64, val_size=32, test_size=10)
+    arrays = {"train_x": splits.train_x, "train_y": splits.train_y, "val_x": splits.val_x, "val_y": splits.val_y}
+    asked = []
+    monkeypatch.setattr(calibrate, "fusion_plan", lambda config, device, threads=None, largest=16: (
+        asked.append((config["batch_size"], largest)) or calibrate.FusionPlan(largest, "plain", 1.0, 1.0)))
+    four = {"model": "iaro1", "batch_size": 32}
+    ex = Executor(arrays, "cpu", loop="auto", fuse="on", capacity=16, max_epochs=200,
+                  shape_trials={fused.shape_key(four): 4})
+    try:
+        assert ex.largest_group(four) == 4 and ex.largest_group({**four, "batch_size": 64}) == 16
+        ex.join("a", {**four, "lr": 0.01})
+        ex.join("b", {**four, "batch_size": 64, "lr": 0.01})
+        with ex._changed:
+            ex._place(list(ex.members.values()))
+    finally:
+        ex.stop()
+    assert sorted(asked) == [(32, 4), (64, 16)]
+    assert [len(g) for g in ex.groups] == [1, 1]
+
+
 def test_auto_decides_on_the_whole_study_from_measured_figures(tmp_path, monkeypatch):
     """What `--fuse auto` does with the calibrated figures of the issue's study (a group of 4
     trains 2.06x one trial, 8 trains 1.97x; a Tune process costs 1.7 CPU-seconds to start):

@@ -166,6 +166,83 @@ def test_the_executor_joins_a_member_from_a_gpu_checkpoint(arrays):
         assert (metrics["train_loss"], metrics["val_loss"]) == pytest.approx(whole[1], rel=1e-5)
 
 
+def test_a_sticky_cuda_error_breaks_the_executor_and_other_errors_do_not(arrays, monkeypatch):
+    """An illegal access leaves a process's CUDA context unusable: every member fails at once
+    and `ping` raises, so the coordinator replaces the executor; an out-of-memory error fails
+    only the members that hit it. (The error is raised by hand: a CPU cannot make one.)"""
+    torch.set_num_threads(1)
+    errors = iter([RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                   RuntimeError("CUDA error: an illegal memory access was encountered\nCUDA kernel errors ...")])
+
+    def failing_epoch(self, x, y):
+        raise next(errors)
+
+    monkeypatch.setattr(fused.FusedGroup, "train_epoch", failing_epoch)
+    ex = executor.Executor(arrays, "cpu", threads=1, loop="plain", fuse="on", capacity=4, max_epochs=2)
+    try:
+        for trial_id in ("a", "b"):
+            ex.join(trial_id, {**BASE, "seed": ord(trial_id)})
+        with pytest.raises(RuntimeError, match="out of memory"):
+            run_epochs_raising(ex, "a", "b")
+        assert ex.ping() == ex.name and ex.broken is None  # goes on: Tune retries those two here
+        for trial_id in ("a", "b"):
+            ex.join(trial_id, {**BASE, "seed": ord(trial_id)})
+        with pytest.raises(executor.ExecutorBroken, match="can no longer train: CUDA error: an illegal memory access"):
+            run_epochs_raising(ex, "a", "b")
+        with pytest.raises(executor.ExecutorBroken):
+            ex.ping()
+        ex.join("c", BASE)
+        with pytest.raises(executor.ExecutorBroken):
+            ex.next_epoch("c")  # at once, not after a round that never comes
+    finally:
+        ex.stop()
+    assert devices.is_sticky_error(RuntimeError("CUDA error: device-side assert triggered"))
+    assert not devices.is_sticky_error(RuntimeError("CUDA out of memory")) and not devices.is_sticky_error(ValueError())
+
+
+def run_epochs_raising(ex: executor.Executor, *trial_ids: str) -> None:
+    """Each member's next epoch from its own thread; raises the first error any of them got."""
+    errors = []
+
+    def ask(trial_id):
+        try:
+            ex.next_epoch(trial_id)
+        except Exception as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=ask, args=(t,)) for t in trial_ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(errors) == len(trial_ids)
+    raise errors[0]
+
+
+def test_the_coordinator_replaces_an_executor_whose_ping_raises(ray_session):
+    """A broken executor (its ping raises) is killed and forgotten, so the next trial placed
+    there starts a new process; a live one is kept."""
+    from tunefm.tune.coordinator import Coordinator
+
+    @ray_session.remote(num_cpus=0)
+    class Stand:
+        def __init__(self, broken):
+            self.broken = broken
+
+        def ping(self):
+            if self.broken:
+                raise executor.ExecutorBroken("can no longer train: CUDA error: an illegal memory access")
+            return "fine"
+
+    coordinator = Coordinator([None], "run", 1, "plain", "on", 4, 2, 1.0)
+    broken, fine = Stand.remote(True), Stand.remote(False)
+    coordinator.executors = {("n", "cuda", "0"): broken, ("n", "cuda", "1"): fine}
+    assert not coordinator._alive(("n", "cuda", "0")) and coordinator._alive(("n", "cuda", "1"))
+    assert list(coordinator.executors) == [("n", "cuda", "1")]
+    with pytest.raises(ray_session.exceptions.RayActorError):
+        ray_session.get(broken.ping.remote(), timeout=30)  # killed, not left holding the GPU
+
+
 def test_evaluate_reads_checkpoints_written_on_a_gpu(tmp_path, data_dir):
     """tunefm evaluate on a CPU, from best-validation checkpoints a GPU wrote."""
     from test_evaluate import hand_made_run

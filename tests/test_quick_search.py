@@ -4,7 +4,8 @@ and the stops, the importance ranking, the checkpoints kept, and a search stoppe
 and resumed that must train the same numbers.
 
 The search runs once per test session, as a user runs it, in the background from the start
-(conftest.py); these tests run last, each on whichever worker is free (they share nothing else).
+(conftest.py); these tests run once the modules with the longest tests have run, the longest
+of them first, each on whichever worker is free (they share nothing else).
 """
 
 from __future__ import annotations
@@ -26,65 +27,6 @@ from test_retention import on_disk
 
 from tunefm.cli import main
 from tunefm.run import checkpoints, ranking, store
-
-
-def test_quick_fourfam_search_runs_the_full_grid_with_asha(quick_fourfam):
-    """The README's quick search: every trial and epoch, ASHA stopping, test evaluation."""
-    trials, epochs = store.read_trials(quick_fourfam), store.read_epochs(quick_fourfam)
-    assert len(trials) == 112
-    assert trials.groupby("model").size().to_dict() == {f"iaro{i}": 28 for i in range(1, 5)}
-    assert (trials.stopped_early & (trials.epochs < 3)).sum() >= 56  # ASHA stopped at least half
-    assert len(epochs) == trials.epochs.sum() and not epochs.duplicated(["trial_id", "epoch"]).any()
-    # The search's own test evaluation: each model's top 3 configurations, on all 10,000 test images.
-    evaluated = trials[trials.test_acc.notna()]
-    assert sorted(evaluated.trial_id) == ranking.top_configs(trials, 3) and len(evaluated) == 12
-    confusion = pd.read_parquet(quick_fourfam / store.CONFUSION_FILE)
-    assert set(confusion.trial_id) == set(evaluated.trial_id) and (confusion.groupby("trial_id")["count"].sum()
-                                                                   == 10_000).all()
-    info = store.read_json(quick_fourfam / store.RUN_FILE)
-    assert info["evaluation"]["trials"] == sorted(evaluated.trial_id) and info["status"] == "completed"
-
-
-def test_the_quick_search_ranks_lr_and_batch_size(quick_fourfam):
-    """The README's quick search (fourfam, 112 trials): an exact ANOVA over model x lr x batch size."""
-    rows = assert_matches_statsmodels(quick_fourfam)
-    assert set(rows.index) == {"model", "lr", "batch_size", "lr x batch_size", "residual (other interactions)"}
-    assert rows.loc["lr", "share"] > 0.1 and rows.loc["batch_size", "share"] > 0.1
-    assert rows.loc["lr", "p"] < 1e-6 and rows.loc["batch_size", "p"] < 1e-6
-
-
-def test_the_quick_search_keeps_only_the_best_checkpoint_of_each_models_top_configurations(quick_fourfam):
-    trials = store.read_trials(quick_fourfam)
-    info = store.read_json(quick_fourfam / store.RUN_FILE)
-    kept = ranking.top_configs(trials, checkpoints.KEEP_TOP)
-    assert info["checkpoints"]["policy"] == "best" and info["checkpoints"]["keep_top"] == checkpoints.KEEP_TOP
-    assert info["checkpoints"]["kept_trials"] == kept and len(kept) == 4 * checkpoints.KEEP_TOP
-    tune_dir = quick_fourfam / store.TUNE_DIR
-    for trial in trials.itertuples():
-        found = on_disk(tune_dir, trial.trial_id)
-        if trial.trial_id in kept:
-            assert list(found) == [trial.best_epoch], trial.trial_id  # the best only, not the latest
-        else:
-            assert found == {}, trial.trial_id
-    kept_bytes = sum(sum(on_disk(tune_dir, t).values()) for t in kept)
-    assert info["checkpoints"]["kept_mb"] == round(kept_bytes / 2**20, 1)
-    assert info["checkpoints"]["freed_mb"] > info["checkpoints"]["kept_mb"]
-
-
-def test_evaluate_says_which_checkpoints_the_policy_deleted(quick_fourfam, tmp_path):
-    run_dir = linked_copy(quick_fourfam, tmp_path / "copy")
-    before = sorted(p.name for p in (run_dir / store.TRIALS_FILE).iterdir())
-    result = CliRunner().invoke(main, ["evaluate", str(run_dir), "--test-top", str(checkpoints.KEEP_TOP + 1)])
-    assert result.exit_code == 1
-    lines = result.output.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: trial ")
-    assert lines[0].endswith("'s checkpoints were deleted after the search: --keep-checkpoints best keeps only "
-                             "each model's top 5 configuration(s); evaluate with --test-top 5 or less, or run the "
-                             "search with --keep-checkpoints all")
-    assert sorted(p.name for p in (run_dir / store.TRIALS_FILE).iterdir()) == before
-    again = CliRunner().invoke(main, ["evaluate", str(run_dir), "--test-top", str(checkpoints.KEEP_TOP)])
-    assert again.exit_code == 0, again.output  # the kept ones are enough for --test-top 5
-
 
 BATCHES = [32, 64, 128, 256, 512]
 LRS = [0.01, 0.001]
@@ -190,3 +132,61 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_runs_trials(quick_fourfam, t
                            env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 1 and again.stdout == ""
     assert again.stderr.startswith("Error: run q is already complete (20 trials, finished ")
+
+
+def test_quick_fourfam_search_runs_the_full_grid_with_asha(quick_fourfam):
+    """The README's quick search: every trial and epoch, ASHA stopping, test evaluation."""
+    trials, epochs = store.read_trials(quick_fourfam), store.read_epochs(quick_fourfam)
+    assert len(trials) == 112
+    assert trials.groupby("model").size().to_dict() == {f"iaro{i}": 28 for i in range(1, 5)}
+    assert (trials.stopped_early & (trials.epochs < 3)).sum() >= 56  # ASHA stopped at least half
+    assert len(epochs) == trials.epochs.sum() and not epochs.duplicated(["trial_id", "epoch"]).any()
+    # The search's own test evaluation: each model's top 3 configurations, on all 10,000 test images.
+    evaluated = trials[trials.test_acc.notna()]
+    assert sorted(evaluated.trial_id) == ranking.top_configs(trials, 3) and len(evaluated) == 12
+    confusion = pd.read_parquet(quick_fourfam / store.CONFUSION_FILE)
+    assert set(confusion.trial_id) == set(evaluated.trial_id) and (confusion.groupby("trial_id")["count"].sum()
+                                                                   == 10_000).all()
+    info = store.read_json(quick_fourfam / store.RUN_FILE)
+    assert info["evaluation"]["trials"] == sorted(evaluated.trial_id) and info["status"] == "completed"
+
+
+def test_the_quick_search_ranks_lr_and_batch_size(quick_fourfam):
+    """The README's quick search (fourfam, 112 trials): an exact ANOVA over model x lr x batch size."""
+    rows = assert_matches_statsmodels(quick_fourfam)
+    assert set(rows.index) == {"model", "lr", "batch_size", "lr x batch_size", "residual (other interactions)"}
+    assert rows.loc["lr", "share"] > 0.1 and rows.loc["batch_size", "share"] > 0.1
+    assert rows.loc["lr", "p"] < 1e-6 and rows.loc["batch_size", "p"] < 1e-6
+
+
+def test_the_quick_search_keeps_only_the_best_checkpoint_of_each_models_top_configurations(quick_fourfam):
+    trials = store.read_trials(quick_fourfam)
+    info = store.read_json(quick_fourfam / store.RUN_FILE)
+    kept = ranking.top_configs(trials, checkpoints.KEEP_TOP)
+    assert info["checkpoints"]["policy"] == "best" and info["checkpoints"]["keep_top"] == checkpoints.KEEP_TOP
+    assert info["checkpoints"]["kept_trials"] == kept and len(kept) == 4 * checkpoints.KEEP_TOP
+    tune_dir = quick_fourfam / store.TUNE_DIR
+    for trial in trials.itertuples():
+        found = on_disk(tune_dir, trial.trial_id)
+        if trial.trial_id in kept:
+            assert list(found) == [trial.best_epoch], trial.trial_id  # the best only, not the latest
+        else:
+            assert found == {}, trial.trial_id
+    kept_bytes = sum(sum(on_disk(tune_dir, t).values()) for t in kept)
+    assert info["checkpoints"]["kept_mb"] == round(kept_bytes / 2**20, 1)
+    assert info["checkpoints"]["freed_mb"] > info["checkpoints"]["kept_mb"]
+
+
+def test_evaluate_says_which_checkpoints_the_policy_deleted(quick_fourfam, tmp_path):
+    run_dir = linked_copy(quick_fourfam, tmp_path / "copy")
+    before = sorted(p.name for p in (run_dir / store.TRIALS_FILE).iterdir())
+    result = CliRunner().invoke(main, ["evaluate", str(run_dir), "--test-top", str(checkpoints.KEEP_TOP + 1)])
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: trial ")
+    assert lines[0].endswith("'s checkpoints were deleted after the search: --keep-checkpoints best keeps only "
+                             "each model's top 5 configuration(s); evaluate with --test-top 5 or less, or run the "
+                             "search with --keep-checkpoints all")
+    assert sorted(p.name for p in (run_dir / store.TRIALS_FILE).iterdir()) == before
+    again = CliRunner().invoke(main, ["evaluate", str(run_dir), "--test-top", str(checkpoints.KEEP_TOP)])
+    assert again.exit_code == 0, again.output  # the kept ones are enough for --test-top 5

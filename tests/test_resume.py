@@ -51,6 +51,16 @@ def wait_for_finished_trials(run_dir: Path, count: int, process: subprocess.Pope
     raise AssertionError(f"{count} trials did not finish in time: {process.poll()=}")
 
 
+def wait_for_epochs(run_dir: Path, count: int, process: subprocess.Popen, timeout_s: float = 300) -> None:
+    """Until the run's Parquet holds `count` (trial, epoch) rows."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.poll() is None:
+        if store.has_results(run_dir) and len(store.read_epochs(run_dir)) >= count:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{count} epochs were not written in time: {process.poll()=}")
+
+
 def group_is_gone(pgid: int, timeout_s: float = 30) -> bool:
     """No process of the interrupted command's group (the driver, its Ray) is left."""
     deadline = time.monotonic() + timeout_s
@@ -116,11 +126,13 @@ def test_a_killed_search_resumes_and_a_resume_stopped_by_sigterm_resumes_again(t
     os.killpg(process.pid, signal.SIGKILL)  # Ray's agents outlive a SIGKILLed driver; they are ours to end
     assert group_is_gone(process.pid)
     assert store.read_json(results / "k" / store.RUN_FILE)["status"] == "running"
-    done_before = (store.read_trials(results / "k").status == "TERMINATED").sum()
+    # Trials the killed run finished after Tune's last save are not finished for Tune: the
+    # resume trains them again from their checkpoints, so progress is counted in epochs.
+    epochs_before = len(store.read_epochs(results / "k"))
 
     resume_args = ["search", "--name", "k", "--resume", "--results", str(results)]
     resuming = start_tunefm(env, *resume_args)
-    wait_for_finished_trials(results / "k", done_before + 1, resuming)
+    wait_for_epochs(results / "k", epochs_before + 2, resuming)  # the resume trains
     wait_for_a_running_trial_with_a_checkpoint(results / "k", resuming)
     resuming.send_signal(signal.SIGTERM)
     out, err = resuming.communicate(timeout=120)
@@ -129,7 +141,8 @@ def test_a_killed_search_resumes_and_a_resume_stopped_by_sigterm_resumes_again(t
     assert group_is_gone(resuming.pid)
     info = store.read_json(results / "k" / store.RUN_FILE)
     assert info["status"] == "interrupted" and info["events"][-1]["signal"] == "SIGTERM"
-    assert done_before < (store.read_trials(results / "k").status == "TERMINATED").sum() < 16
+    assert len(store.read_epochs(results / "k")) > epochs_before
+    assert (store.read_trials(results / "k").status == "TERMINATED").sum() < 16  # stopped before the end
 
     # The race a SIGKILL can hit: Tune deleted the checkpoint its saved state names, a newer
     # one exists. Made here on purpose for one trial the saved state names a checkpoint of

@@ -53,7 +53,7 @@ def asha_run(tmp_path_factory, data_dir):
             consistent = (tables.trials.set_index("trial_id").epochs
                           == tables.epochs.groupby("trial_id").size().reindex(tables.trials.trial_id).fillna(0)).all()
             snapshots.append((len(tables.epochs), status, json.loads(summarized.stdout), consistent))
-        time.sleep(0.2)
+        time.sleep(1.0)  # a read per flush or two: each summarize costs the search's cores a fraction of a second
     worker.join()
     return outcome["value"], run_dir, snapshots
 

@@ -183,3 +183,18 @@ def timed(run, device: torch.device) -> float:
     run()
     synchronize(device)
     return time.perf_counter() - started
+
+
+# What CUDA says when a context is lost for good: every later call in the process fails too
+# (an illegal access, a device-side assert, an ECC error, the GPU fallen off the bus).
+STICKY_CUDA_ERRORS = ("illegal memory access", "illegal instruction", "device-side assert", "misaligned address",
+                      "uncorrectable ecc", "unspecified launch failure", "fallen off the bus",
+                      "cuda error: unknown error", "context is destroyed")
+
+
+def is_sticky_error(error: BaseException) -> bool:
+    """Whether `error` leaves this process's CUDA context unusable (only a new process can use
+    the GPU again), unlike an out-of-memory error or a bad input, after which it goes on."""
+    text = str(error).lower()
+    return any(sign in text for sign in STICKY_CUDA_ERRORS)
+

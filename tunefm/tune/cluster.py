@@ -1,6 +1,6 @@
 """The Ray cluster a search runs on: starting or joining it, its nodes, what a trial asks of them.
 
-    started, dashboard = cluster.start_ray(address)      # a local Ray, or join `address`
+    started, dashboard, no_dashboard = cluster.start_ray(address)   # a local Ray, or join `address`
     nodes = cluster.connect(cpus_per_trial=1, gpus_per_trial=None)   # fails now if no node fits a trial
     resources = cluster.trial_resources(1, None, nodes.has_gpus)     # config -> PlacementGroupFactory
 
@@ -116,9 +116,10 @@ def publish_node_types(config_path: str, address: str | None = None) -> list[tup
     return node_types
 
 
-def start_ray(address: str | None, log_to_driver: bool = False, **local_options) -> tuple[bool, str | None]:
+def start_ray(address: str | None, log_to_driver: bool = False,
+              **local_options) -> tuple[bool, str | None, str | None]:
     """Join `address`, or start a local Ray (`local_options` such as num_cpus go to its
-    ray.init); returns (we started it, dashboard URL).
+    ray.init); returns (we started it, dashboard URL, why a local Ray has no dashboard).
 
     Without an address the Ray is always a new local one: `address="local"` makes
     ray.init ignore RAY_ADDRESS, a `ray start` cluster running on this machine, and
@@ -126,6 +127,9 @@ def start_ray(address: str | None, log_to_driver: bool = False, **local_options)
     join). It gets its dashboard on 127.0.0.1 only, with token authentication on
     (Ray's local default since 2.59 when RAY_AUTH_MODE is unset; `announce` warns when
     it is off); the token is in ~/.ray/auth_token and `ray get-auth-token` prints it.
+    Where the dashboard cannot start (a dependency missing or too old, with which asking Ray
+    for one raises a bare Exception), Ray runs without it and the reason is returned, for one
+    warning line.
     Without `log_to_driver` the terminal shows tunefm's lines only: no worker output ("Checkpoint
     successfully created" per trial and epoch), no raylet warnings; each trial's errors are in its
     error.txt, and tunefm prints a line per failed trial.
@@ -134,7 +138,9 @@ def start_ray(address: str | None, log_to_driver: bool = False, **local_options)
     if address:
         check_reachable(address)
     if ray.is_initialized():
-        return False, None
+        return False, None, None
+    where = f"the Ray cluster at {address}" if address else "a local Ray"
+    no_dashboard = None
     try:
         # Ray's own "Connected"/"Started" lines and its "token authentication is enabled"
         # notice repeat what tunefm prints itself, and would make a user error two lines.
@@ -144,13 +150,24 @@ def start_ray(address: str | None, log_to_driver: bool = False, **local_options)
             context = ray.init(address=address, **quiet)
         else:
             ray_internals.quiet_worker_pool_warning(int(local_options.get("num_cpus") or len(os.sched_getaffinity(0))))
-            context = ray.init(**{"address": "local", "include_dashboard": True, "dashboard_host": "127.0.0.1",
-                                  **quiet, **local_options})
-    except (ConnectionError, ValueError, RuntimeError) as e:
-        where = f"the Ray cluster at {address}" if address else "a local Ray"
-        raise UserError(f"could not start or join {where}: {str(e).splitlines()[0]}") from None
-    url = getattr(context, "dashboard_url", None)
-    return True, (f"http://{url}" if url and not url.startswith("http") else url)
+            # include_dashboard=None: Ray starts the dashboard where it can and goes on without it
+            # where it cannot (True would raise a bare Exception, after starting GCS)
+            no_dashboard = ray_internals.dashboard_dependency_error()
+            with ray_internals.quiet_dashboard_failure():
+                context = ray.init(**{"address": "local", "include_dashboard": None, "dashboard_host": "127.0.0.1",
+                                      **quiet, **local_options})
+            if not getattr(context, "dashboard_url", None):
+                no_dashboard = no_dashboard or "it did not come up: see dashboard.err in the Ray session's logs"
+    except Exception as e:  # Ray raises bare Exceptions too (a raylet that did not come up)
+        also = (f"; Ray's dashboard modules cannot be imported here ({no_dashboard}), and its agent on each node "
+                f"needs them: install what ray[default] needs" if no_dashboard else "")
+        raise UserError(f"could not start or join {where}: {_first_line(e)}{also}") from None
+    url = getattr(context, "dashboard_url", None) if no_dashboard is None else None
+    return True, (f"http://{url}" if url and not url.startswith("http") else url), no_dashboard
+
+
+def _first_line(error: BaseException) -> str:  # Ray's messages may span lines
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def gcs_address() -> str | None:
@@ -200,11 +217,21 @@ def connect(cpus_per_trial: float, gpus_per_trial: float | None) -> Cluster:
 
 
 def announce(cluster: Cluster, dashboard: str | None, address: str | None, storage: str | None,
-             echo: Callable[[str], None]) -> None:
-    """The dashboard line and the warnings about this cluster, before the search starts."""
+             echo: Callable[[str], None], no_dashboard: str | None = None, gpus_per_trial: float | None = None,
+             gpus_here: int | None = None) -> None:
+    """The dashboard line and the warnings about this cluster, before the search starts.
+    `gpus_here`: the GPUs torch sees on this machine (default: asked now)."""
     token_auth = ray_internals.auth_mode() == "token"
     if dashboard:
         echo(f"Ray dashboard: {dashboard}" + ("   (token: `ray get-auth-token`)" if token_auth else ""))
+    if no_dashboard:
+        echo(f"Warning: Ray's dashboard could not start ({no_dashboard}); the search goes on without it")
+    gpus_here = devices.count() if gpus_here is None else gpus_here
+    if gpus_here and not cluster.has_gpus and gpus_per_trial != 0:
+        ray_of = "the Ray cluster" if address else "the local Ray"
+        echo(f"Warning: torch sees {gpus_here} GPU(s) on this machine but {ray_of} has none, so every trial "
+             f"trains on a CPU; give Ray the GPUs (CUDA_VISIBLE_DEVICES, `ray start --num-gpus`), or "
+             f"--gpus-per-trial 0 to train on CPUs on purpose")
     if not token_auth and not address:
         echo("Warning: RAY_AUTH_MODE=disabled: the dashboard and Ray's ports accept anyone who can reach them")
     if storage is None and cluster.multi_node:

@@ -10,7 +10,8 @@ an executor actor until the executor itself is built in it.
 Placement: one executor per GPU (the GPU Ray gave the trial), or on a CPU node one per CPU
 slot; a trial goes to its node's slot with the fewest members (of its shape first where
 loads tie), so a study's trials spread over every slot. An executor that died (killed, its
-node lost) is replaced when a trial it trained asks again after Tune retried it.
+node lost) or broke (its `ping` raises: a sticky CUDA error) is replaced, by a new process,
+when a trial it trained asks again after Tune retried it.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ class Coordinator:
     """Starts executors where trials land and tells each trial its executor."""
 
     def __init__(self, arrays_box: list, run_name: str, threads: int, loop: str, fuse: str, capacity: int,
-                 max_epochs: int, cpus_per_trial: float):
+                 max_epochs: int, cpus_per_trial: float, shape_trials: dict | None = None):
+        self.shape_trials = shape_trials or {}  # shape key -> a grid's trials of that shape
         self.arrays_ref = arrays_box[0]  # in a list, so Ray passes the reference, not 47 MB of arrays
         self.run_name, self.threads, self.loop, self.fuse = run_name, threads, loop, fuse
         self.capacity, self.max_epochs, self.cpus_per_trial = capacity, max_epochs, cpus_per_trial
@@ -122,6 +124,10 @@ class Coordinator:
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
             del self.executors[key]  # dead, or gone with its node: the next trial here starts another
             return False
+        except ray.exceptions.RayTaskError:  # alive but broken (a sticky CUDA error): a new process
+            del self.executors[key]
+            ray.kill(handle, no_restart=True)
+            return False
 
     def _choose(self, node_id: str, gpu_ids: list[str], shape: str) -> tuple:
         """The GPU Ray gave the trial; on a CPU node the slot with the fewest members (of its
@@ -152,4 +158,5 @@ class Coordinator:
         # The executor finds the device of Ray's GPU id itself: it runs on that GPU's node, which
         # may not be this coordinator's.
         return actor.remote(self.arrays_ref, kind, self.threads, self.loop, self.fuse, self.capacity,
-                            self.max_epochs, name, facts, gpu_id=None if kind == "cpu" else str(slot))
+                            self.max_epochs, name, facts, gpu_id=None if kind == "cpu" else str(slot),
+                            shape_trials=self.shape_trials)

@@ -14,8 +14,12 @@ train as one `fused.FusedGroup` of up to the calibrated group size (`calibrate.f
 a shape that does not gain from fusing trains each member alone with its calibrated loop.
 Each member gets back its epoch's metrics (train and evaluation time are its share of its
 group's), its checkpoint's state as bytes (saved from the CPU; the member trial writes the
-checkpoint files, `run/checkpoints.py`, as a solo trial does) and where it ran. A trial that reaches its last epoch leaves by itself. Nothing here imports Ray: the Ray
-actor around it is made in `placement.py`.
+checkpoint files, `run/checkpoints.py`, as a solo trial does) and where it ran. A trial that
+reaches its last epoch leaves by itself. An error that leaves the CUDA context unusable (an
+illegal access: `devices.is_sticky_error`) breaks the executor: every member fails at once,
+`ping` raises, and the coordinator replaces it with a new process when Tune retries those
+trials from their checkpoints. Nothing here imports Ray: the Ray actor around it is made in
+`coordinator.py`.
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ from tunefm.engine import calibrate, devices, fused, loops, models, training, tr
 from tunefm.tune import interrupt
 
 log = logging.getLogger(__name__)
+
+
+class ExecutorBroken(RuntimeError):
+    """The executor's process can no longer train (its CUDA context is lost)."""
 
 
 @dataclass
@@ -58,11 +66,13 @@ class Executor:
     def __init__(self, arrays: dict[str, np.ndarray], device: str, threads: int = 1, loop: str = loops.AUTO,
                  fuse: str = "auto", capacity: int = 8, max_epochs: int = 100, name: str = "executor",
                  facts: dict | None = None, patience_s: float = 300.0, gpu_id: str | None = None,
-                 settle_s: float = 1.0):
+                 settle_s: float = 1.0, shape_trials: dict | None = None):
         """`device`: "cpu" or "cuda"; with `gpu_id` (Ray's id of a GPU of this node) the CUDA device
         is that GPU's index in this process, found here, on the executor's own node. `settle_s`: while
         it has room, a round starts only this long after the last trial joined (others are likely
-        on their way: a round started without them would leave them waiting for its whole length)."""
+        on their way: a round started without them would leave them waiting for its whole length).
+        `shape_trials`: a grid's trials per shape (`fused.shape_key`): a shape's groups are measured
+        and made no larger than its trials can fill (4 trials of a shape: groups of 2 and 4, not 16)."""
         interrupt.quiet_exit_during_garbage_collection()  # a Ray actor, stopped with SIGTERM
         torch.set_num_threads(max(1, threads))
         self.device = devices.for_ray_gpu(gpu_id) if gpu_id not in (None, "") else torch.device(device)
@@ -70,6 +80,7 @@ class Executor:
             devices.make_deterministic(self.device)
         self.threads, self.loop, self.fuse, self.capacity = max(1, threads), loop, fuse, capacity
         self.max_epochs, self.name, self.patience_s, self.settle_s = max_epochs, name, patience_s, settle_s
+        self.shape_trials = dict(shape_trials or {})
         self._last_join = float("-inf")
         self.facts = {"device": self.device.type, "threads": self.threads, **(facts or {})}
         with devices.bound(self.device):
@@ -82,11 +93,15 @@ class Executor:
         self._groups_made = 0
         self._changed = threading.Condition()
         self._stopped = False
+        self.broken: str | None = None  # why this process can no longer train (a sticky CUDA error)
         self._thread = threading.Thread(target=self._run_rounds, name=f"{name}-rounds", daemon=True)
         self._thread.start()
 
     # ---- what trials call ------------------------------------------------------------
     def ping(self) -> str:
+        """Its name; raises ExecutorBroken once it can no longer train, so it is replaced."""
+        if self.broken:
+            raise ExecutorBroken(f"{self.name} can no longer train: {self.broken}")
         return self.name
 
     def join(self, trial_id: str, config: dict, state: bytes | None = None) -> None:
@@ -106,6 +121,8 @@ class Executor:
         """Block until this member's next epoch is trained: (metrics, the state's bytes, facts);
         None if it is not a member (it trained its last epoch, or left)."""
         with self._changed:
+            if self.broken:
+                raise ExecutorBroken(f"{self.name} can no longer train: {self.broken}")
             member = self.members.get(trial_id)
             if member is None:
                 return None
@@ -186,6 +203,9 @@ class Executor:
                     results = self._train(unit)
                 except Exception as error:  # those trials fail (Tune retries them); the others go on
                     log.exception("%s: training %d member(s) failed", self.name, len(unit))
+                    if devices.is_sticky_error(error):  # nothing more trains in this process
+                        self._break(error)
+                        return
                     self._fail(unit, error)
                     continue
                 with self._changed:
@@ -196,6 +216,14 @@ class Executor:
                         member.done.set()
             with self._changed:
                 self.rounds += 1
+
+    def _break(self, error: BaseException) -> None:
+        """Fail every member (Tune retries them from their checkpoints, on a new executor) and
+        stop: the device's context is lost for this process."""
+        with self._changed:
+            self.broken = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            members = list(self.members.values())
+        self._fail(members, ExecutorBroken(f"{self.name} can no longer train: {self.broken}"))
 
     def _fail(self, members: list[_Member], error: BaseException) -> None:
         with self._changed:
@@ -218,7 +246,7 @@ class Executor:
             saved, member.pending = member.pending, None
             try:
                 how = training_plan.plan_trial(member.config, self.device, self.loop, self._steps(member), saved,
-                                               self.fuse, self.threads, self.capacity)
+                                               self.fuse, self.threads, self.largest_group(member.config))
                 plan, solo_loop, loop = how.group, None, how.loop
                 if plan is None:
                     if loop != "captured":
@@ -248,6 +276,11 @@ class Executor:
                 member.done.set()
                 failed.append(member)
         return failed
+
+    def largest_group(self, config: dict) -> int:
+        """The largest group of config's shape worth measuring and making here: the capacity, or
+        fewer where the grid has fewer trials of that shape."""
+        return max(1, min(self.capacity, self.shape_trials.get(fused.shape_key(config), self.capacity)))
 
     def _park(self, member: _Member) -> None:
         """Out of its group or solo state, its state kept as a checkpoint to be placed again."""

@@ -53,13 +53,16 @@ class RaySession:
     dashboard: str | None
     address: str | None  # as the user gave it (--address), None for a local Ray
     ray_address: str | None = None  # the GCS address connected to (recorded in run.json)
+    no_dashboard: str | None = None  # why a local Ray started without its dashboard
+    gpus_per_trial: float | None = None
 
     def facts(self) -> dict[str, Any]:
         """What run.json records of it (`RunRecord.started`, `.resumed`)."""
         return {"dashboard_url": self.dashboard, "ray_address": self.ray_address, "nodes": len(self.cluster.nodes)}
 
     def announce(self, storage: str | None, echo: Callable[[str], None]) -> None:
-        cluster.announce(self.cluster, self.dashboard, self.address, storage, echo)
+        cluster.announce(self.cluster, self.dashboard, self.address, storage, echo, self.no_dashboard,
+                         self.gpus_per_trial)
 
 
 @contextlib.contextmanager
@@ -73,9 +76,10 @@ def ray_session(address: str | None, cpus_per_trial: float = 1.0, gpus_per_trial
     if not address and not ray.is_initialized():
         # A local Ray would detect these; refusing now spares its start-up and logs.
         cluster.check_resources_fit(cpus_per_trial, gpus_per_trial, cluster.local_node())
-    started, dashboard = cluster.start_ray(address, log_to_driver=log_to_driver, **local_options)
+    started, dashboard, no_dashboard = cluster.start_ray(address, log_to_driver=log_to_driver, **local_options)
     try:
-        yield RaySession(cluster.connect(cpus_per_trial, gpus_per_trial), dashboard, address, cluster.gcs_address())
+        yield RaySession(cluster.connect(cpus_per_trial, gpus_per_trial), dashboard, address, cluster.gcs_address(),
+                         no_dashboard, gpus_per_trial)
     finally:
         if started:
             ray.shutdown()
@@ -91,13 +95,15 @@ class Fusion:
 
 @contextlib.contextmanager
 def fused_coordinator(decision: "placement.Decision", run_name: str, splits: "data.Splits",
-                      settings: "SearchSettings", max_epochs: int, trials: int | None = None) -> Iterator[Fusion | None]:
-    """The coordinator of a fused search (None where trials train alone), stopped on leaving."""
+                      settings: "SearchSettings", max_epochs: int, trials: int | None = None,
+                      shape_trials: dict | None = None) -> Iterator[Fusion | None]:
+    """The coordinator of a fused search (None where trials train alone), stopped on leaving.
+    `shape_trials`: a grid's trials per shape (None where a searcher draws them)."""
     if not decision.fuse:
         yield None
         return
     arrays = {"train_x": splits.train_x, "train_y": splits.train_y, "val_x": splits.val_x, "val_y": splits.val_y}
-    running = placement.start(run_name, arrays, settings, decision, max_epochs, trials)
+    running = placement.start(run_name, arrays, settings, decision, max_epochs, trials, shape_trials)
     try:
         yield Fusion(decision, running)
     finally:
@@ -140,8 +146,10 @@ def live(plan: RunPlan, echo: Callable[[str], None] = print) -> SearchOutcome:
     with ray_session(settings.address, settings.cpus_per_trial, settings.gpus_per_trial, settings.ray_logs) as session:
         decision = plan.placement(session)
         writer = plan.open_writer()
+        configs = plan.study.search.configs(plan.study)
+        shape_trials = placement.shape_counts(configs) if configs is not None else None
         with fused_coordinator(decision, plan.run_dir.name, plan.splits, settings, plan.study.max_epochs,
-                               plan.study.num_trials) as fusion:
+                               plan.study.num_trials, shape_trials) as fusion:
             pruning = make_pruning(settings, plan.tune_dir, plan.study)
             tuner = plan.tuner(session, writer, fusion, pruning, echo)
             session.announce(settings.storage, echo)

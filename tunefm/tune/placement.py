@@ -23,7 +23,8 @@ executor at once, so the group never waits for it; an executor that died is repl
 Tune retries its trials from their checkpoints (`--max-failures`).
 
 Deciding (`--fuse auto`): where trials use GPUs, fuse (small nets leave a GPU mostly idle:
-results/benchmarks/gpu-acceptance.md). On CPUs only, fuse if the whole study is estimated to
+results/benchmarks/gpu-acceptance.md), also under a pinned --loop (the groups train with its
+kernels; on CPUs a pinned loop keeps trials apart). On CPUs only, fuse if the whole study is estimated to
 finish at least AUTO_MIN_SPEEDUP times faster (`fusion_cost.py`: the calibrated group gains
 of its shapes, `calibrate.py`, against the start of every trial process a fused search adds),
 at the group size per slot estimated fastest; for most shapes a CPU gains nothing from fusing.
@@ -79,11 +80,17 @@ def decide(mode: str, configs: list[dict] | None, cluster_has_gpus: bool, cpus_p
     choices.check_fuse(mode)
     if mode == "off":
         return Decision(False, 1, "--fuse off")
-    if mode == "auto" and loop != "auto":  # which trials share a group depends on timing, and so would the bits
-        return Decision(False, 1, f"--loop {loop} pins how trials train, so auto keeps them apart and a run "
-                                  f"gives the same bits every time (--fuse on fuses anyway)")
-    return _decide(mode, configs, cluster_has_gpus, cpus_per_trial, gpus_per_trial, train_images, max_epochs,
+    on_gpus = uses_gpus(cluster_has_gpus, gpus_per_trial)
+    if mode == "auto" and loop != "auto" and not on_gpus:  # on CPUs fusing must be measured to pay, and
+        # which trials share a group depends on timing, and so would the bits
+        return Decision(False, 1, f"--loop {loop} pins how trials train, so on CPUs auto keeps them apart and a "
+                                  f"run gives the same bits every time (--fuse on fuses anyway)")
+    decision = _decide(mode, configs, cluster_has_gpus, cpus_per_trial, gpus_per_trial, train_images, max_epochs,
                    max(1, slots), max(1, gpus), cores or max(1, slots), loop, group_size)
+    if decision.fuse and on_gpus and loop != "auto":  # a GPU idles without groups: the pin applies to their kernels
+        decision = Decision(True, decision.capacity, f"{decision.reason}; each group trains with --loop {loop}'s "
+                                                     f"kernels", on_gpus=True)
+    return decision
 
 
 def _sized(group_size: int, place: str, why: str, on_gpus: bool = False) -> Decision:
@@ -252,14 +259,16 @@ class Running:
 
 
 def start(run_name: str, arrays: dict, settings, decision: Decision, max_epochs: int,
-          trials: int | None = None) -> Running:
-    """The coordinator of this search (a named Ray actor), its data in the object store once."""
+          trials: int | None = None, shape_trials: Mapping | None = None) -> Running:
+    """The coordinator of this search (a named Ray actor), its data in the object store once.
+    `shape_trials`: a grid's trials per shape (`shape_counts`), so that no executor measures a
+    group larger than a shape can fill (None where a searcher draws trials as it goes)."""
 
     name = f"tunefm-coordinator-{run_name}-{os.getpid()}"
     ref = ray.put(arrays)
     handle = ray.remote(Coordinator).options(name=name, num_cpus=0, max_concurrency=64).remote(
         [ref], run_name, max(1, int(settings.cpus_per_trial)), settings.loop, settings.fuse, decision.capacity,
-        max_epochs, settings.cpus_per_trial)
+        max_epochs, settings.cpus_per_trial, dict(shape_trials or {}))
     if not decision.on_gpus:  # started while Tune starts the trials; a GPU's executor waits for its first trial
         handle.prestart.remote(math.ceil(trials / decision.capacity) if trials else 1 << 30)
     return Running(name, handle, ref)

@@ -45,6 +45,28 @@ def quiet_auth_notice() -> None:
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
 
 
+def dashboard_dependency_error() -> str | None:
+    """Why Ray's dashboard cannot start in this Python (a dependency missing or too old), or None.
+    Ray asks the same private function before it starts the dashboard."""
+    from ray._private.utils import get_dashboard_dependency_error
+
+    error = get_dashboard_dependency_error()
+    return None if error is None else (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+@contextlib.contextmanager
+def quiet_dashboard_failure():
+    """Ray logs a dashboard that did not come up as a multi-line error from a private module;
+    tunefm says it in one line (`cluster.announce`)."""
+    services = logging.getLogger("ray._private.services")
+    level = services.level
+    services.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        services.setLevel(level)
+
+
 WORKER_STARTS_PER_CPU = 16  # a fused search's member trials per CPU slot, with room to spare
 
 
