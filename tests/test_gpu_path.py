@@ -178,7 +178,7 @@ def test_a_sticky_cuda_error_breaks_the_executor_and_other_errors_do_not(arrays,
         raise next(errors)
 
     monkeypatch.setattr(fused.FusedGroup, "train_epoch", failing_epoch)
-    ex = executor.Executor(arrays, "cpu", threads=1, loop="plain", fuse="on", capacity=4, max_epochs=2)
+    ex = executor.Executor(arrays, "cpu", threads=1, loop="plain", fuse="on", capacity=4, max_epochs=2, settle_s=0)
     try:
         for trial_id in ("a", "b"):
             ex.join(trial_id, {**BASE, "seed": ord(trial_id)})
@@ -225,9 +225,12 @@ def test_the_coordinator_replaces_an_executor_whose_ping_raises(ray_session):
     from tunefm.tune.coordinator import Coordinator
 
     @ray_session.remote(num_cpus=0)
-    class Stand:
-        def __init__(self, broken):
-            self.broken = broken
+    class Stand:  # an executor's ping, fine until it breaks
+        def __init__(self):
+            self.broken = False
+
+        def hit(self):
+            self.broken = True
 
         def ping(self):
             if self.broken:
@@ -235,12 +238,13 @@ def test_the_coordinator_replaces_an_executor_whose_ping_raises(ray_session):
             return "fine"
 
     coordinator = Coordinator([None], "run", 1, "plain", "on", 4, 2, 1.0)
-    broken, fine = Stand.remote(True), Stand.remote(False)
-    coordinator.executors = {("n", "cuda", "0"): broken, ("n", "cuda", "1"): fine}
-    assert not coordinator._alive(("n", "cuda", "0")) and coordinator._alive(("n", "cuda", "1"))
-    assert list(coordinator.executors) == [("n", "cuda", "1")]
+    stand = Stand.remote()
+    coordinator.executors = {("n", "cuda", "0"): stand}
+    assert coordinator._alive(("n", "cuda", "0")) and list(coordinator.executors) == [("n", "cuda", "0")]
+    ray_session.get(stand.hit.remote())
+    assert not coordinator._alive(("n", "cuda", "0")) and coordinator.executors == {}
     with pytest.raises(ray_session.exceptions.RayActorError):
-        ray_session.get(broken.ping.remote(), timeout=30)  # killed, not left holding the GPU
+        ray_session.get(stand.ping.remote(), timeout=30)  # killed, not left holding the GPU
 
 
 def test_evaluate_reads_checkpoints_written_on_a_gpu(tmp_path, data_dir):
