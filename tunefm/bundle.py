@@ -20,13 +20,15 @@ like this machine: no network; what the tests use).
 writes env.sh and runs `check`: every module a search and a summary import, and every Ray
 dashboard module Ray's dashboard loads, imported from the bundle's folder.
 
-This module imports only the standard library and `packaging` (on every target) at its
-top, so `python -m tunefm.bundle install` runs from a checkout before anything is installed.
+This module imports only the standard library, `packaging` and numpy (`tunefm.engine.data`;
+both on every target) at its top, so `python -m tunefm.bundle install` runs from a checkout
+before anything is installed.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import importlib
 import importlib.metadata as metadata
@@ -46,6 +48,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from packaging.requirements import Requirement
+
+from tunefm.engine import data
 
 LIMIT_MIB = 60
 FORMAT = 1
@@ -71,8 +75,6 @@ LEFT_OUT = {
 }
 RAY_DROPPED = ("ray/jars/", "ray/rllib/", "ray/serve/", "ray/llm/")
 RAY_DROPPED_MODULES = tuple(p.rstrip("/").replace("/", ".") for p in RAY_DROPPED)
-DATA_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-              "t10k-labels-idx1-ubyte")
 # What a search, its trials and a summary import (the CLI's commands import the rest lazily).
 CHECK_MODULES = ("tunefm.cli", "tunefm.tune.search", "tunefm.tune.executor", "tunefm.tune.member",
                  "tunefm.tune.trial", "tunefm.analysis.summary", "tunefm.analysis.importance",
@@ -235,14 +237,14 @@ def _ray_kept(name: str) -> bool:
     return not (name.startswith(RAY_DROPPED) or name.endswith(".js.map"))
 
 
-def _stripped(data: bytes, strip: str) -> bytes:
+def _stripped(content: bytes, strip: str) -> bytes:
     """An ELF file without its symbol table (`strip --strip-unneeded`: what linking and loading
     need stays)."""
     with tempfile.NamedTemporaryFile() as f:
-        f.write(data)
+        f.write(content)
         f.flush()
         done = subprocess.run([strip, "--strip-unneeded", f.name], capture_output=True)
-        return Path(f.name).read_bytes() if done.returncode == 0 else data
+        return Path(f.name).read_bytes() if done.returncode == 0 else content
 
 
 def slim_ray(wheel: Path, out: Path, preset: int) -> dict[str, int]:
@@ -261,28 +263,27 @@ def slim_ray(wheel: Path, out: Path, preset: int) -> dict[str, int]:
             if not _ray_kept(name):
                 dropped += archive.getinfo(name).file_size
                 continue
-            data = archive.read(name)
-            if data[:4] == b"\x7fELF" and strip:
-                data = _stripped(data, strip)
+            content = archive.read(name)
+            if content[:4] == b"\x7fELF" and strip:
+                content = _stripped(content, strip)
             if name.endswith(".dist-info/RECORD"):
-                data = "".join(line + "\n" for line in data.decode().splitlines()
+                content = "".join(line + "\n" for line in content.decode().splitlines()
                                if _ray_kept(line.split(",", 1)[0])).encode()
             info = tarfile.TarInfo(name)
-            info.size = len(data)
+            info.size = len(content)
             info.mode = (archive.getinfo(name).external_attr >> 16) & 0o777 or 0o644
-            tar.addfile(info, io.BytesIO(data))
-            kept += len(data)
+            tar.addfile(info, io.BytesIO(content))
+            kept += len(content)
     return {"kept_bytes": kept, "dropped_bytes": dropped, "stripped": bool(strip)}
 
 
 def _idx_bytes(folder: Path, stem: str) -> bytes:
-    import gzip  # only where the source files are gzipped
-
-    for path, opener in ((folder / stem, open), (folder / f"{stem}.gz", gzip.open)):
-        if path.exists():
-            with opener(path, "rb") as f:
-                return f.read()
-    raise BundleError(f"no {stem} (or {stem}.gz) in {folder}: give --data-dir the folder of the four IDX files")
+    """An IDX file's bytes, from the plain or gzipped file `data.find_file` finds."""
+    path = data.find_file(folder, stem)
+    if path is None:
+        raise BundleError(f"no {stem} (or {stem}.gz) in {folder}: give --data-dir the folder of the four IDX files")
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+        return f.read()
 
 
 def _sha256(path: Path) -> str:
@@ -315,7 +316,7 @@ def build(out: str | os.PathLike, data_dir: str | os.PathLike, target: Target | 
             (out / "wheels" / wheel.name).write_bytes(wheel.read_bytes())
     (out / "fashion-mnist").mkdir()
     echo(f"Compressing Fashion-MNIST from {data_dir} (xz -{preset}) ...")
-    for stem in DATA_FILES:
+    for stem in data.FILES.values():
         (out / "fashion-mnist" / f"{stem}.xz").write_bytes(lzma.compress(_idx_bytes(data_dir, stem), preset=preset))
     files = {p.relative_to(out).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
              for p in sorted(out.rglob("*")) if p.is_file()}
@@ -397,15 +398,15 @@ def install(bundle: str | os.PathLike, target: str | os.PathLike, data_dir: str 
     wheels = sorted((bundle / "wheels").glob("*.whl"))
     for wheel in wheels:
         _unpack_wheel(wheel, target)
-    data = Path(data_dir).absolute() if data_dir else target / "fashion-mnist"
-    data.mkdir(parents=True, exist_ok=True)
-    for stem in DATA_FILES:
-        (data / stem).write_bytes(lzma.decompress((bundle / "fashion-mnist" / f"{stem}.xz").read_bytes()))
+    data_folder = Path(data_dir).absolute() if data_dir else target / "fashion-mnist"
+    data_folder.mkdir(parents=True, exist_ok=True)
+    for stem in data.FILES.values():
+        (data_folder / stem).write_bytes(lzma.decompress((bundle / "fashion-mnist" / f"{stem}.xz").read_bytes()))
     repository = Path(__file__).resolve().parent.parent
     (target / "env.sh").write_text(f"# . {target}/env.sh: tunefm and its bundle on this Python's path\n"
                                    f"export PYTHONPATH={target}:{repository}${{PYTHONPATH:+:$PYTHONPATH}}\n"
-                                   f"export TUNEFM_DATA_DIR={data}\n")
-    echo(f"Installed Ray, {len(wheels)} wheels and Fashion-MNIST ({data}); `. {target}/env.sh` to use them")
+                                   f"export TUNEFM_DATA_DIR={data_folder}\n")
+    echo(f"Installed Ray, {len(wheels)} wheels and Fashion-MNIST ({data_folder}); `. {target}/env.sh` to use them")
     if check_after:
         run_check(target, repository)
     return target

@@ -27,7 +27,7 @@ def dominates(a: Point, b: Point) -> bool:
 
 def dominance(points: Sequence[Point]) -> np.ndarray:
     """(n, n) booleans: [i, j] is whether point i dominates point j (`dominates`, every pair at once)."""
-    values = np.asarray(points, dtype=float).reshape(len(points), -1)  # (n, objectives)
+    values = np.asarray(points, dtype=float).reshape(len(points), -1) if len(points) else np.zeros((0, 0))
     at_least = (values[:, None, :] >= values[None, :, :]).all(axis=2)
     better = (values[:, None, :] > values[None, :, :]).any(axis=2)
     return at_least & better
