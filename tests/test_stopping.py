@@ -126,6 +126,10 @@ def test_pareto_helpers_against_brute_force(dims, seed):
     assert sorted(pareto.order(points)) == list(range(len(points)))
 
 
+def test_pareto_ranks_of_no_point_and_of_one():
+    assert pareto.ranks([]) == [] and pareto.ranks([(0.5, 1.0)]) == [0]
+
+
 def test_objectives_parse_and_read_trial_columns():
     parsed = objectives.parse("val_acc:max, time_per_epoch_s:min")
     assert [str(o) for o in parsed] == ["val_acc:max", "time_per_epoch_s:min"]
