@@ -97,6 +97,12 @@ def test_a_bundle_for_another_python_is_one_error_line(tmp_path, data_dir):
     assert built.returncode == 1 and built.stderr.splitlines() == [
         f"Error: --source environment bundles this machine's Python {sys.version_info.major}."
         f"{sys.version_info.minor}; for Python 3.9 use --source index"]
+    no_data = subprocess.run([sys.executable, "-m", "tunefm.bundle", "build", str(tmp_path / "b"), "--source",
+                              "environment", "--data-dir", str(tmp_path)], capture_output=True, text=True)
+    assert no_data.returncode == 1 and no_data.stderr.splitlines() == [
+        f"Error: no train-images-idx3-ubyte (or train-images-idx3-ubyte.gz) in {tmp_path}: give --data-dir the "
+        f"folder of the four IDX files"] and no_data.stdout == ""  # said before any packing
+    assert not (tmp_path / "b").exists()
     (tmp_path / "fake").mkdir()
     (tmp_path / "fake" / "manifest.json").write_text(json.dumps({"python": "3.9"}))
     put = subprocess.run([sys.executable, "-m", "tunefm.bundle", "install", str(tmp_path / "fake"), "--target",

@@ -277,11 +277,16 @@ def slim_ray(wheel: Path, out: Path, preset: int) -> dict[str, int]:
     return {"kept_bytes": kept, "dropped_bytes": dropped, "stripped": bool(strip)}
 
 
-def _idx_bytes(folder: Path, stem: str) -> bytes:
-    """An IDX file's bytes, from the plain or gzipped file `data.find_file` finds."""
+def _idx_path(folder: Path, stem: str) -> Path:
+    """The plain or gzipped IDX file `data.find_file` finds."""
     path = data.find_file(folder, stem)
     if path is None:
         raise BundleError(f"no {stem} (or {stem}.gz) in {folder}: give --data-dir the folder of the four IDX files")
+    return path
+
+
+def _idx_bytes(folder: Path, stem: str) -> bytes:
+    path = _idx_path(folder, stem)
     with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
         return f.read()
 
@@ -301,7 +306,25 @@ def build(out: str | os.PathLike, data_dir: str | os.PathLike, target: Target | 
                           f"for Python {target.python} use --source index")
     if out.exists() and any(out.iterdir()):
         raise BundleError(f"{out} is not empty; give a new folder")
+    for stem in data.FILES.values():  # before minutes of packing
+        _idx_path(data_dir, stem)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _build(out, data_dir, target, source, preset, echo, limit_mib)
+    except BaseException:  # a failed build leaves no half-made bundle: `out` as it was
+        for made in out.iterdir():
+            if made.is_dir():
+                shutil.rmtree(made)
+            else:
+                made.unlink()
+        if created:
+            out.rmdir()
+        raise
+
+
+def _build(out: Path, data_dir: Path, target: Target, source: str, preset: int, echo,
+           limit_mib: float | None) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         echo(f"Resolving tunefm's requirements for Python {target.python} ({source}) ...")
         wheels = from_index(target, Path(scratch)) if source == "index" else from_environment(Path(scratch))
